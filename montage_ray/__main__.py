@@ -1,0 +1,5 @@
+import sys
+
+from montage_ray._cli import main
+
+sys.exit(main())

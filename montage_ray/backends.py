@@ -1,0 +1,211 @@
+"""Encoder backends are data: one table, one row per way of encoding, looked up by name.
+
+A :class:`Backend` says which Ray resource a node must offer to run it, which ffmpeg encoder serves each
+codec, which device arguments and upload filter it needs, how the common CRF-like ``quality`` maps to
+the encoder's own knob, and how to probe it. Nothing else in montage-ray branches on a backend's name::
+
+    from montage_ray.backends import BACKENDS
+
+    cpu = BACKENDS["cpu"]
+    spec = cpu.spec("h264", quality=23, preset="medium", threads=2)
+    spec.output_args()   # ['-c:v', 'libx264', '-preset', 'medium', '-crf', '23', '-threads', '2', ...]
+
+An :class:`EncoderSpec` is what an encoder actor receives: everything it needs to run one ffmpeg encode,
+already resolved for its node (device path, VA driver). A *stand-in* spec serves a hardware label with a
+CPU encoder, for tests and simulations; it says so in its ``label`` wherever it is shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping
+
+#: Codecs a user can ask for, with their encoded name in ffprobe's ``codec_name``.
+CODECS = ("h264", "hevc", "av1")
+
+#: x264-style preset names accepted everywhere; each backend maps them to its own.
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
+def _crf(q: int) -> list[str]:
+    return ["-crf", str(q)]
+
+
+def _svt_crf(q: int) -> list[str]:
+    # SVT-AV1's CRF runs 0..63; its 35 looks about like x264's 23.
+    return ["-crf", str(max(0, min(63, round(q * 1.5))))]
+
+
+def _qp(q: int) -> list[str]:
+    return ["-rc_mode", "CQP", "-qp", str(q)]
+
+
+def _global_quality(q: int) -> list[str]:
+    return ["-global_quality", str(q)]
+
+
+def _nvenc_cq(q: int) -> list[str]:
+    return ["-rc", "vbr", "-cq", str(q), "-b:v", "0"]
+
+
+def _nvmpi_q(q: int) -> list[str]:
+    # ffmpeg-nvmpi has no constant-quality mode; map quality to a bitrate ladder for 1080p.
+    kbps = int(8000 * 2 ** ((23 - q) / 6))
+    return ["-b:v", f"{kbps}k"]
+
+
+def _v4l2_q(q: int) -> list[str]:
+    kbps = int(6000 * 2 ** ((23 - q) / 6))
+    return ["-b:v", f"{kbps}k"]
+
+
+_X264_PRESETS = {p: p for p in PRESETS}
+_SVT_PRESETS = dict(zip(PRESETS, ("12", "11", "10", "9", "8", "7", "5", "4", "3")))
+_NVENC_PRESETS = dict(zip(PRESETS, ("p1", "p1", "p2", "p3", "p3", "p4", "p5", "p6", "p7")))
+_QSV_PRESETS = dict(zip(PRESETS, ("veryfast", "veryfast", "veryfast", "faster", "fast", "medium", "slow",
+                                  "slower", "veryslow")))
+_VAAPI_LEVELS = dict(zip(PRESETS, ("7", "7", "6", "5", "4", "4", "2", "1", "1")))
+
+
+@dataclass(frozen=True)
+class ProbeRecipe:
+    """How to find out whether a backend works on a node (used by :mod:`montage_ray.probe`)."""
+
+    devices: tuple[str, ...] = ()           # globs of device nodes that must exist, e.g. /dev/dri/renderD*
+    driver_env: str | None = None           # environment variable naming the user-space driver
+    drivers: tuple[str, ...] = ()           # values to try for it, in order
+    marker_files: tuple[str, ...] = ()      # files whose presence identifies the platform (Jetson)
+    libraries: tuple[str, ...] = ()         # shared libraries the encoder loads at run time
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way of encoding: a row of :data:`BACKENDS`."""
+
+    name: str
+    resource: str | None                    # Ray custom resource; None = plain CPUs (num_cpus)
+    encoders: Mapping[str, str]             # codec -> ffmpeg encoder
+    quality: Mapping[str, Callable[[int], list[str]]]  # codec -> quality args
+    presets: Mapping[str, tuple[str, Mapping[str, str]]] = field(default_factory=dict)  # codec -> (option, map)
+    input_args: tuple[str, ...] = ()        # before -i; "{device}" is filled from the probe
+    video_filter: str | None = None         # e.g. "format=nv12,hwupload"
+    extra_args: tuple[str, ...] = ()        # after the encoder, for every codec
+    hardware: bool = True
+    sessions: int = 1                       # concurrent encodes one device should take
+    probe: ProbeRecipe = ProbeRecipe()
+    notes: str = ""
+
+    def spec(self, codec: str, *, quality: int = 23, preset: str = "medium", threads: int = 0,
+             device: str | None = None, env: Mapping[str, str] | None = None,
+             label: str | None = None, standin_for: str | None = None) -> "EncoderSpec":
+        """Resolve this backend for one job and node into an :class:`EncoderSpec`."""
+        if codec not in self.encoders:
+            raise KeyError(f"backend {self.name!r} has no encoder for codec {codec!r}")
+        args: list[str] = ["-c:v", self.encoders[codec]]
+        if codec in self.presets:
+            option, table = self.presets[codec]
+            args += [option, table.get(preset, table["medium"])]
+        args += self.quality[codec](quality)
+        if not self.hardware and threads:
+            args += ["-threads", str(threads)]
+        args += list(self.extra_args)
+        input_args = tuple(a.replace("{device}", device or "") for a in self.input_args)
+        resource = self.resource
+        if standin_for is not None:
+            resource = standin_for
+        return EncoderSpec(
+            backend=self.name, codec=codec, encoder=self.encoders[codec], resource=resource,
+            input_args=input_args, video_filter=self.video_filter, codec_args=tuple(args),
+            env=dict(env or {}), threads=threads, device=device, standin_for=standin_for,
+            label=label or (f"{standin_for} (stand-in: {self.encoders[codec]} on CPU)" if standin_for
+                            else f"{self.name}:{self.encoders[codec]}"))
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything an encoder actor needs to encode segments: one backend, resolved for one job and node."""
+
+    backend: str
+    codec: str
+    encoder: str
+    resource: str | None
+    input_args: tuple[str, ...]
+    video_filter: str | None
+    codec_args: tuple[str, ...]
+    env: Mapping[str, str]
+    threads: int
+    device: str | None
+    standin_for: str | None
+    label: str
+
+    @property
+    def is_standin(self) -> bool:
+        """True when a CPU encoder serves a hardware label (tests, simulations)."""
+        return self.standin_for is not None
+
+    def with_threads(self, threads: int) -> "EncoderSpec":
+        """The same spec with another ffmpeg thread count (CPU backends only)."""
+        if self.threads == threads or "-threads" not in self.codec_args:
+            return self
+        args = list(self.codec_args)
+        args[args.index("-threads") + 1] = str(threads)
+        return replace(self, codec_args=tuple(args), threads=threads)
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend(
+        name="cpu", resource=None, hardware=False,
+        encoders={"h264": "libx264", "hevc": "libx265", "av1": "libsvtav1"},
+        quality={"h264": _crf, "hevc": _crf, "av1": _svt_crf},
+        presets={"h264": ("-preset", _X264_PRESETS), "hevc": ("-preset", _X264_PRESETS),
+                 "av1": ("-preset", _SVT_PRESETS)},
+        notes="Software encoders; always available where ffmpeg was built with them."),
+    Backend(
+        name="vaapi", resource="vaapi",
+        encoders={"h264": "h264_vaapi", "hevc": "hevc_vaapi", "av1": "av1_vaapi"},
+        quality={"h264": _qp, "hevc": _qp, "av1": _qp},
+        presets={c: ("-compression_level", _VAAPI_LEVELS) for c in ("h264", "hevc", "av1")},
+        input_args=("-vaapi_device", "{device}"), video_filter="format=nv12,hwupload",
+        probe=ProbeRecipe(devices=("/dev/dri/renderD*",), driver_env="LIBVA_DRIVER_NAME",
+                          drivers=("radeonsi", "iHD", "i965"), libraries=("libva.so.2",)),
+        notes="AMD (radeonsi) and Intel (iHD/i965) GPUs through libva."),
+    Backend(
+        name="qsv", resource="qsv",
+        encoders={"h264": "h264_qsv", "hevc": "hevc_qsv", "av1": "av1_qsv"},
+        quality={"h264": _global_quality, "hevc": _global_quality, "av1": _global_quality},
+        presets={c: ("-preset", _QSV_PRESETS) for c in ("h264", "hevc", "av1")},
+        input_args=("-init_hw_device", "vaapi=va:{device}", "-init_hw_device", "qsv=qs@va",
+                    "-filter_hw_device", "qs"),
+        video_filter="format=nv12,hwupload=extra_hw_frames=64",
+        probe=ProbeRecipe(devices=("/dev/dri/renderD*",), driver_env="LIBVA_DRIVER_NAME",
+                          drivers=("iHD", "i965"), libraries=("libvpl.so.2", "libmfx.so.1")),
+        notes="Intel Quick Sync, derived from the Intel render node's VAAPI device."),
+    Backend(
+        name="nvenc", resource="nvenc",
+        encoders={"h264": "h264_nvenc", "hevc": "hevc_nvenc", "av1": "av1_nvenc"},
+        quality={"h264": _nvenc_cq, "hevc": _nvenc_cq, "av1": _nvenc_cq},
+        presets={c: ("-preset", _NVENC_PRESETS) for c in ("h264", "hevc", "av1")},
+        sessions=3,
+        probe=ProbeRecipe(devices=("/dev/nvidia0",), libraries=("libcuda.so.1", "libnvidia-encode.so.1")),
+        notes="NVIDIA NVENC; consumer cards allow a few sessions at once, Tesla/datacenter cards more."),
+    Backend(
+        name="nvmpi", resource="nvmpi",
+        encoders={"h264": "h264_nvmpi", "hevc": "hevc_nvmpi"},
+        quality={"h264": _nvmpi_q, "hevc": _nvmpi_q},
+        probe=ProbeRecipe(devices=("/dev/nvhost-msenc",), marker_files=("/etc/nv_tegra_release",)),
+        notes="Jetson multimedia encoder through the ffmpeg-nvmpi patches."),
+    Backend(
+        name="v4l2m2m", resource="v4l2m2m",
+        encoders={"h264": "h264_v4l2m2m"},
+        quality={"h264": _v4l2_q},
+        video_filter="format=yuv420p",
+        probe=ProbeRecipe(devices=("/dev/video1[0-9]", "/dev/video*")),
+        notes="V4L2 mem2mem encoders (Raspberry Pi 4; the Pi 5 has no hardware encoder)."),
+)}
+
+
+def cpu_spec(codec: str = "h264", *, quality: int = 23, preset: str = "medium", threads: int = 1,
+             standin_for: str | None = None) -> EncoderSpec:
+    """The CPU backend resolved for a job; with ``standin_for`` it serves that hardware label."""
+    return BACKENDS["cpu"].spec(codec, quality=quality, preset=preset, threads=threads,
+                                standin_for=standin_for)

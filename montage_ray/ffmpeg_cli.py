@@ -1,0 +1,174 @@
+"""The one place that starts processes: finding and running ffmpeg and ffprobe.
+
+Everything else in montage-ray builds argument *lists* and hands them to :func:`run`; no module builds a
+shell string or calls :mod:`subprocess` itself. Each run has a hard timeout, the whole process group is
+killed when it expires (or when the Python process that started it dies), and the tail of stderr is kept
+so that errors can be explained::
+
+    from montage_ray import ffmpeg_cli
+
+    done = ffmpeg_cli.run([ffmpeg_cli.ffmpeg(), "-hide_banner", "-version"], timeout=10)
+    print(done.stdout.splitlines()[0])
+
+File names from users never reach ffmpeg as they are: :func:`file_url` turns them into absolute
+``file:`` URLs, so that ``-x.mp4`` is not an option and ``concat:a|b`` or ``http://...`` is not a protocol.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from montage_ray.errors import FFmpegError, FFmpegNotFound
+
+#: How much of a failed process's stderr is kept (the end is where ffmpeg says what went wrong).
+STDERR_TAIL_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A finished process: exit status, output and how long it ran."""
+
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+@lru_cache(maxsize=None)
+def ffmpeg() -> str:
+    """Path of the ffmpeg executable: ``$MONTAGE_FFMPEG``, then PATH, then imageio-ffmpeg's build."""
+    found = os.environ.get("MONTAGE_FFMPEG") or shutil.which("ffmpeg")
+    if not found:
+        try:
+            import imageio_ffmpeg  # optional: a pip-installable static build
+
+            found = imageio_ffmpeg.get_ffmpeg_exe()
+        except Exception:  # noqa: BLE001 - any failure means "not available"
+            found = None
+    if not found:
+        raise FFmpegNotFound("ffmpeg was not found: install it (Debian: apt-get install ffmpeg) "
+                             "or set MONTAGE_FFMPEG to its path")
+    return found
+
+
+@lru_cache(maxsize=None)
+def ffprobe() -> str:
+    """Path of the ffprobe executable: ``$MONTAGE_FFPROBE``, then PATH, then beside ffmpeg."""
+    found = os.environ.get("MONTAGE_FFPROBE") or shutil.which("ffprobe")
+    if not found:
+        beside = Path(ffmpeg()).with_name("ffprobe")
+        found = str(beside) if beside.exists() else None
+    if not found:
+        raise FFmpegNotFound("ffprobe was not found: install ffmpeg's full package "
+                             "(Debian: apt-get install ffmpeg) or set MONTAGE_FFPROBE to its path")
+    return found
+
+
+def file_url(path: str | os.PathLike[str]) -> str:
+    """An ffmpeg URL that can only mean the local file ``path`` (never an option or a protocol)."""
+    return "file:" + os.path.abspath(os.fspath(path))
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to kill this child when the process that started it dies (no orphaned ffmpeg)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _tail(text: str, limit: int = STDERR_TAIL_CHARS) -> str:
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def run(args: Sequence[str], *, timeout: float, check: bool = True, input_bytes: bytes | None = None,
+        env: Mapping[str, str] | None = None, cwd: str | None = None) -> Completed:
+    """Run ``args`` (a list, never a shell string) with a hard ``timeout`` in seconds.
+
+    On timeout the whole process group is killed and :class:`FFmpegError` (``timed_out=True``) raised.
+    With ``check`` a non-zero exit or a signal also raises :class:`FFmpegError`, carrying the stderr tail.
+    ``env`` *adds to* this process's environment for the child only (never mutates ``os.environ``).
+    """
+    args = [os.fspath(a) for a in args]
+    child_env = None
+    if env:
+        child_env = dict(os.environ)
+        child_env.update(env)
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env, cwd=cwd,
+            start_new_session=True, preexec_fn=_die_with_parent if os.name == "posix" else None)
+    except FileNotFoundError as err:
+        raise FFmpegNotFound(f"cannot run {args[0]!r}: {err.strerror}") from err
+    except PermissionError as err:
+        raise FFmpegNotFound(f"cannot run {args[0]!r}: permission denied") from err
+    try:
+        out, err = proc.communicate(input=input_bytes, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, err = proc.communicate()
+        raise FFmpegError(f"{Path(args[0]).name} did not finish within {timeout:g} s and was killed",
+                          returncode=None, stderr=_tail(err.decode(errors="replace")),
+                          timed_out=True) from None
+    except BaseException:
+        _kill_group(proc)
+        proc.wait()
+        raise
+    done = Completed(tuple(args), proc.returncode, out.decode(errors="replace"),
+                     err.decode(errors="replace"), time.monotonic() - started)
+    if check and done.returncode != 0:
+        raise FFmpegError(describe_failure(done), returncode=done.returncode, stderr=_tail(done.stderr))
+    return done
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+
+
+def describe_failure(done: Completed) -> str:
+    """One line saying how a process failed: its exit status or signal, and its last stderr line."""
+    name = Path(done.args[0]).name
+    if done.returncode < 0:
+        try:
+            how = f"was killed by {signal.Signals(-done.returncode).name}"
+        except ValueError:
+            how = f"was killed by signal {-done.returncode}"
+    else:
+        how = f"exited with status {done.returncode}"
+    last = last_error_line(done.stderr)
+    return f"{name} {how}" + (f": {last}" if last else "")
+
+
+def last_error_line(stderr: str) -> str:
+    """The most telling line of an ffmpeg stderr: the last non-empty one that is not a summary."""
+    for line in reversed(stderr.strip().splitlines()):
+        line = line.strip()
+        if line and not line.startswith(("Conversion failed", "frame=", "size=", "video:")):
+            return line
+    return ""
+
+
+def probe_json(args: Sequence[str], *, timeout: float) -> dict[str, Any]:
+    """Run ffprobe with ``args`` (``-of json`` is added) and return the parsed JSON."""
+    done = run([ffprobe(), "-v", "error", "-of", "json", *args], timeout=timeout)
+    try:
+        return json.loads(done.stdout or "{}")
+    except json.JSONDecodeError as err:  # pragma: no cover - ffprobe always prints JSON with -of json
+        raise FFmpegError(f"ffprobe printed output that is not JSON: {err}", stderr=done.stderr) from err
