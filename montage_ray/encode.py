@@ -1,0 +1,159 @@
+"""Encode one segment on one backend: bytes in, verified bytes out. No Ray here.
+
+An encoder actor (see :mod:`montage_ray.dispatch`) calls :func:`encode_segment` with the segment's packets
+(a NUT file made by stream copy, so timestamps are exact) and an :class:`~montage_ray.backends.EncoderSpec`.
+The output keeps the source's presentation times (``-fps_mode passthrough``, the source time base), so
+variable frame rate survives, and is checked by counting its packets: ffmpeg's exit status alone proves
+nothing::
+
+    from montage_ray.backends import cpu_spec
+    from montage_ray.encode import encode_segment
+
+    result, encoded = encode_segment(cpu_spec("h264", threads=2), segment, open("seg.nut", "rb").read(),
+                                     video_args=["-pix_fmt", "yuv420p"])
+    result.frames, result.fps
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from montage_ray import ffmpeg_cli
+from montage_ray.backends import EncoderSpec
+from montage_ray.errors import EncoderError, FFmpegError
+from montage_ray.media import VideoInfo
+from montage_ray.plan import Segment
+
+#: Pixel formats each codec is encoded to on CPU backends (broadest playback support).
+_PIX_FMT_8BIT = "yuv420p"
+_PIX_FMT_10BIT = "yuv420p10le"
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    """What one successful segment encode did, for the job report."""
+
+    segment: int
+    frames: int
+    bytes_in: int
+    bytes_out: int
+    seconds: float
+    encoder: str            # the spec's label, e.g. "cpu:libx264" or "vaapi (stand-in: libx264 on CPU)"
+    backend: str
+    resource: str | None
+    standin: bool
+    node: str
+    actor: str = ""
+    attempt: int = 1
+    stderr: str = field(default="", repr=False)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def video_output_args(video: VideoInfo, spec: EncoderSpec) -> list[str]:
+    """Output options that keep the source's look: pixel format (CPU), SAR, colour description."""
+    args: list[str] = []
+    if spec.video_filter is None:  # hardware backends choose their surface format in their filter
+        ten_bit = bool(video.pix_fmt) and ("10" in video.pix_fmt or "12" in video.pix_fmt)
+        args += ["-pix_fmt", _PIX_FMT_10BIT if ten_bit and spec.codec != "h264" else _PIX_FMT_8BIT]
+    for option, value in (("-color_primaries", video.color_primaries), ("-color_trc", video.color_transfer),
+                          ("-colorspace", video.color_space), ("-color_range", video.color_range)):
+        if value:
+            args += [option, value]
+    return args
+
+
+def segment_timeout(frames: int, width: int, height: int, *, min_fps_1080p: float = 1.0) -> float:
+    """A generous time limit for one segment: 60 s plus the time at ``min_fps_1080p`` scaled by area."""
+    scale = max(width * height, 1) / (1920 * 1080)
+    return 60.0 + frames * scale / max(min_fps_1080p, 1e-3)
+
+
+def build_command(spec: EncoderSpec, src: str, dst: str, video_args: Sequence[str],
+                  sar: str | None = None) -> list[str]:
+    """The ffmpeg argument list that encodes file ``src`` (NUT) into ``dst`` (NUT) with ``spec``."""
+    filters = []
+    if sar:
+        filters.append(f"setsar={sar}")
+    if spec.video_filter:
+        filters.append(spec.video_filter)
+    args = [ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-y",
+            *spec.input_args, "-noautorotate", "-i", ffmpeg_cli.file_url(src), "-map", "0:v:0"]
+    if filters:
+        args += ["-vf", ",".join(filters)]
+    args += [*spec.codec_args, *video_args,
+             "-fps_mode", "passthrough", "-enc_time_base", "-1",
+             "-an", "-sn", "-dn", "-map_metadata", "-1", "-f", "nut", ffmpeg_cli.file_url(dst)]
+    return args
+
+
+def count_packets(path: str, *, timeout: float = 60.0) -> int:
+    """Number of video packets in a file, read by demuxing only (cheap)."""
+    data = ffmpeg_cli.probe_json(["-select_streams", "v:0", "-count_packets",
+                                  "-show_entries", "stream=nb_read_packets", ffmpeg_cli.file_url(path)],
+                                 timeout=timeout)
+    streams = data.get("streams") or [{}]
+    try:
+        return int(streams[0].get("nb_read_packets", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_args: Sequence[str] = (),
+                   sar: str | None = None, timeout: float = 600.0, workdir: str | None = None,
+                   actor: str = "", attempt: int = 1) -> tuple[EncodeResult, bytes]:
+    """Encode one segment's packets (a NUT file's bytes) and return the result and the encoded NUT bytes.
+
+    Raises :class:`EncoderError` when ffmpeg fails, crashes, hangs past ``timeout`` or writes a wrong
+    number of frames; the error's message carries ffmpeg's last line and ``stderr`` its tail.
+    """
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="montage-seg-", dir=workdir) as tmp:
+        src = os.path.join(tmp, "in.nut")
+        dst = os.path.join(tmp, "out.nut")
+        with open(src, "wb") as fh:
+            fh.write(data)
+        cmd = build_command(spec, src, dst, video_args, sar)
+        try:
+            done = ffmpeg_cli.run(cmd, timeout=timeout, env=spec.env or None)
+        except FFmpegError as err:
+            raise SegmentEncodeError(
+                f"segment {segment.index} on {spec.label}: {err}", stderr=err.stderr,
+                reason="timeout" if err.timed_out else ("crash" if (err.returncode or 0) < 0 else "failed"),
+            ) from None
+        frames = count_packets(dst) if os.path.exists(dst) else 0
+        if frames != segment.frames:
+            raise SegmentEncodeError(
+                f"segment {segment.index} on {spec.label}: wrote {frames} frames, expected {segment.frames}",
+                stderr=done.stderr, reason="frame-count")
+        with open(dst, "rb") as fh:
+            encoded = fh.read()
+    result = EncodeResult(
+        segment=segment.index, frames=frames, bytes_in=len(data), bytes_out=len(encoded),
+        seconds=time.monotonic() - started, encoder=spec.label, backend=spec.backend,
+        resource=spec.resource, standin=spec.is_standin, node=socket.gethostname(), actor=actor,
+        attempt=attempt, stderr=done.stderr[-2000:])
+    return result, encoded
+
+
+class SegmentEncodeError(EncoderError):
+    """One segment failed on one encoder; ``reason`` is failed, crash, timeout or frame-count."""
+
+    def __init__(self, message: str, *, stderr: str = "", reason: str = "failed") -> None:
+        super().__init__(message)
+        self.stderr = stderr
+        self.reason = reason
+
+    def __reduce__(self):  # keep reason and stderr when Ray ships the error back to the driver
+        return (_rebuild_segment_error, (str(self), self.stderr, self.reason))
+
+
+def _rebuild_segment_error(message: str, stderr: str, reason: str) -> "SegmentEncodeError":
+    return SegmentEncodeError(message, stderr=stderr, reason=reason)

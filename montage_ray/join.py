@@ -1,0 +1,176 @@
+"""Join encoded segments into one file, mux everything else from the source once, and verify it.
+
+The encoded segments are concatenated by stream copy with ffmpeg's concat demuxer, each given its exact
+source duration so that presentation times come out as they were in the source (variable frame rate
+included). Audio, subtitles, chapters and metadata come straight from the source in the same pass, so
+audio is copied or encoded **once for the whole file**: nothing is cut at segment joins. The result is
+written to a temporary name and only becomes the destination after :func:`verify_output` passes::
+
+    from montage_ray.join import join_segments, verify_output
+
+    plan = join_segments(info, segments, encoded_paths, tmp_path, workdir)
+    verify_output(tmp_path, plan)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from montage_ray import ffmpeg_cli
+from montage_ray.errors import FFmpegError, InputError, VerificationError
+from montage_ray.media import TEXT_SUBTITLES, MediaInfo
+from montage_ray.plan import Segment
+
+#: Output containers by file extension: (ffmpeg muxer, family).
+CONTAINERS = {".mp4": ("mp4", "mp4"), ".m4v": ("mp4", "mp4"), ".mov": ("mov", "mp4"),
+              ".mkv": ("matroska", "mkv")}
+
+#: Audio codecs an MP4/MOV file holds as they are; anything else is encoded to AAC, once.
+MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "opus", "mp2"})
+
+
+def container_for(path: str) -> tuple[str, str]:
+    """(muxer, family) for a destination path, or InputError for an extension montage-ray cannot write."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in CONTAINERS:
+        raise InputError(f"cannot write {ext or 'files without an extension'!r}: "
+                         f"use one of {', '.join(sorted(CONTAINERS))}")
+    return CONTAINERS[ext]
+
+
+@dataclass(frozen=True)
+class JoinPlan:
+    """What the joined file must contain, for verification and the report."""
+
+    frames: int
+    audio_streams: int
+    subtitle_streams: int
+    duration: float
+    frame_duration: float
+    notes: tuple[str, ...] = field(default=())
+
+
+def _concat_list(segments: Sequence[Segment], paths: Sequence[str], list_path: str) -> None:
+    lines = ["ffconcat version 1.0"]
+    for seg, path in zip(segments, paths):
+        # Our own temp names only (no user text), quoted as the concat demuxer expects.
+        lines.append("file '" + ffmpeg_cli.file_url(path).replace("'", "'\\''") + "'")
+        lines.append(f"duration {seg.duration:.9f}")
+    with open(list_path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def mux_args(media: MediaInfo, family: str) -> tuple[list[str], list[str], list[str]]:
+    """(-map options, codec options, notes) for the source's non-video streams in this container family."""
+    maps: list[str] = []
+    codecs: list[str] = []
+    notes: list[str] = []
+    for n, a in enumerate(media.audio):
+        maps += ["-map", f"1:{a.index}"]
+        if family == "mp4" and a.codec not in MP4_AUDIO:
+            codecs += [f"-c:a:{n}", "aac", f"-b:a:{n}", "192k"]
+            notes.append(f"audio stream {a.index} ({a.codec}) encoded once to AAC for {family}")
+        else:
+            codecs += [f"-c:a:{n}", "copy"]
+    kept = 0
+    for s in media.subtitles:
+        if family == "mkv":
+            maps += ["-map", f"1:{s.index}"]
+            codecs += [f"-c:s:{kept}", "copy"]
+            kept += 1
+        elif s.codec in TEXT_SUBTITLES:
+            maps += ["-map", f"1:{s.index}"]
+            codecs += [f"-c:s:{kept}", "mov_text"]
+            kept += 1
+        else:
+            notes.append(f"subtitle stream {s.index} ({s.codec}) dropped: MP4 holds text subtitles only")
+    if family == "mkv":
+        for t in media.attachments:
+            maps += ["-map", f"1:{t.index}"]
+        if media.attachments:
+            codecs += ["-c:t", "copy"]
+    return maps, codecs, notes
+
+
+def join_segments(media: MediaInfo, segments: Sequence[Segment], encoded: Sequence[str], dst_tmp: str,
+                  workdir: str, *, container: tuple[str, str], timeout: float | None = None) -> JoinPlan:
+    """Concatenate ``encoded`` (NUT files, one per segment) with the source's other streams into ``dst_tmp``."""
+    muxer, family = container
+    list_path = os.path.join(workdir, "segments.ffconcat")
+    _concat_list(segments, encoded, list_path)
+    # The concat demuxer starts the video at 0; the source starts every stream at its own time. Shift the
+    # video by how far its first frame was from the file's start so that A/V offset is kept exactly.
+    offset = segments[0].start - media.start_time
+    maps, codecs, notes = mux_args(media, family)
+    args = [ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-y",
+            "-f", "concat", "-safe", "0", "-itsoffset", f"{offset:.9f}", "-i", ffmpeg_cli.file_url(list_path),
+            "-noautorotate", "-i", ffmpeg_cli.file_url(media.path),
+            "-map", "0:v:0", *maps, "-c:v", "copy", *codecs,
+            "-map_metadata", "1", "-map_chapters", "1", "-map_metadata:s:v:0", f"1:s:{media.video.index}"]
+    if media.video.rotation:
+        # ffprobe reports the display matrix's rotation counter-clockwise; the tag is clockwise.
+        args += ["-metadata:s:v:0", f"rotate={(-media.video.rotation) % 360}"]
+    if family == "mp4":
+        args += ["-movflags", "+faststart"]
+    args += ["-f", muxer, ffmpeg_cli.file_url(dst_tmp)]
+    ffmpeg_cli.run(args, timeout=timeout or 120.0 + media.size / 20e6)
+    rate = media.video.frame_rate
+    frame_duration = float(1 / rate) if rate else 0.04
+    kept_subs = sum(1 for s in media.subtitles if family == "mkv" or s.codec in TEXT_SUBTITLES)
+    return JoinPlan(frames=sum(s.frames for s in segments), audio_streams=len(media.audio),
+                    subtitle_streams=kept_subs,
+                    duration=sum(s.duration for s in segments), frame_duration=frame_duration,
+                    notes=tuple(notes))
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What verification measured on the joined file."""
+
+    frames: int
+    audio_streams: int
+    subtitle_streams: int
+    video_duration: float
+    seconds: float
+
+
+def verify_output(path: str, plan: JoinPlan, *, decode: bool = True, timeout: float = 3600.0) -> Verification:
+    """Check the joined file before it is called done: frame count, a clean decode, streams, duration.
+
+    With ``decode`` every video frame is decoded (ffprobe ``-count_frames``) and any decoder message fails
+    verification; without it, packets are counted. Raises :class:`VerificationError` on any mismatch.
+    """
+    count = "-count_frames" if decode else "-count_packets"
+    field_name = "nb_read_frames" if decode else "nb_read_packets"
+    try:
+        done = ffmpeg_cli.run(
+            [ffmpeg_cli.ffprobe(), "-v", "error", "-of", "json", "-select_streams", "v:0", count,
+             "-show_entries", f"stream={field_name},duration,start_time:format=nb_streams",
+             ffmpeg_cli.file_url(path)], timeout=timeout)
+        listing = ffmpeg_cli.probe_json(["-show_entries", "stream=codec_type", ffmpeg_cli.file_url(path)],
+                                        timeout=60)
+    except FFmpegError as err:
+        raise VerificationError(f"the joined output cannot be read back: {err}") from None
+    data = json.loads(done.stdout or "{}")
+    if done.stderr.strip():
+        raise VerificationError("decoding the joined output reported errors: "
+                                + ffmpeg_cli.last_error_line(done.stderr))
+    stream = (data.get("streams") or [{}])[0]
+    frames = int(stream.get(field_name) or 0)
+    if frames != plan.frames:
+        raise VerificationError(f"the joined output has {frames} video frames, the source has {plan.frames}")
+    kinds = [s.get("codec_type") for s in listing.get("streams", [])]
+    audio, subs = kinds.count("audio"), kinds.count("subtitle")
+    if audio != plan.audio_streams:
+        raise VerificationError(f"the joined output has {audio} audio streams, expected {plan.audio_streams}")
+    if subs != plan.subtitle_streams:
+        raise VerificationError(f"the joined output has {subs} subtitle streams, "
+                                f"expected {plan.subtitle_streams}")
+    duration = float(stream.get("duration") or 0.0)
+    if duration and abs(duration - plan.duration) > plan.frame_duration * 1.5:
+        raise VerificationError(f"the joined video lasts {duration:.3f} s, the source {plan.duration:.3f} s")
+    return Verification(frames=frames, audio_streams=audio, subtitle_streams=subs, video_duration=duration,
+                        seconds=done.seconds)

@@ -1,0 +1,246 @@
+"""What is this file? Streams, timing and the keyframe index of a source, read without decoding.
+
+:func:`inspect` runs ffprobe twice: once for streams, format and chapters, once for the video stream's
+packet table (timestamps and key flags, demuxing only). The packet table is what the planner needs to cut
+exactly: a cut is *clean* at a keyframe when every frame before it in decode order is shown before it and
+no frame after it is shown before it (no open-GOP leading pictures)::
+
+    from montage_ray.media import inspect
+
+    info = inspect("talk.mp4")
+    info.video.codec, info.video.frames, info.duration
+    info.clean_cuts()            # packet indices where a segment may start
+
+Bad inputs raise :class:`~montage_ray.errors.InputError` with one line a user can act on.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from montage_ray import ffmpeg_cli
+from montage_ray.errors import FFmpegError, InputError
+
+#: Seconds allowed for each ffprobe run (the packet scan of a two-hour file takes a few seconds).
+PROBE_TIMEOUT = 300.0
+
+#: Subtitle codecs that are text, and so can be converted to MP4's mov_text.
+TEXT_SUBTITLES = frozenset({"subrip", "ass", "ssa", "webvtt", "mov_text", "text"})
+
+
+def _fraction(text: str | None) -> Fraction | None:
+    if not text or text in ("0/0", "N/A"):
+        return None
+    try:
+        value = Fraction(text.replace(":", "/"))
+    except (ValueError, ZeroDivisionError):
+        return None
+    return value if value > 0 else None
+
+
+def _float(text: Any, default: float = 0.0) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return default
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """One non-primary stream (audio, subtitle, data) of the source, as ffprobe sees it."""
+
+    index: int
+    kind: str                   # "audio", "subtitle", "data", "attachment", "video"
+    codec: str
+    language: str | None = None
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """The video stream that montage-ray encodes (the first one that is not cover art)."""
+
+    index: int
+    codec: str
+    width: int
+    height: int
+    pix_fmt: str | None
+    time_base: Fraction
+    frame_rate: Fraction | None        # average frame rate
+    sar: Fraction | None               # sample aspect ratio, None when unknown or 1:1
+    rotation: int                      # display rotation in degrees as ffprobe reports it (e.g. -90)
+    color_range: str | None
+    color_space: str | None
+    color_transfer: str | None
+    color_primaries: str | None
+    frames: int                        # packets in the stream
+    start: float                       # first presentation time, seconds
+
+
+@dataclass(frozen=True)
+class PacketIndex:
+    """The video packet table in decode order: presentation times (in time-base ticks) and key flags."""
+
+    pts: np.ndarray          # int64, decode order
+    key: np.ndarray          # bool, decode order
+
+    def __len__(self) -> int:
+        return int(self.pts.shape[0])
+
+    def clean_cuts(self) -> np.ndarray:
+        """Packet indices (ascending, always including 0) where a segment can start frame-exactly."""
+        n = len(self)
+        if n == 0:
+            return np.zeros(1, dtype=np.int64)
+        prefix_max = np.maximum.accumulate(self.pts)              # max pts of packets [0..i]
+        suffix_min = np.minimum.accumulate(self.pts[::-1])[::-1]  # min pts of packets [i..n)
+        ok = self.key.copy()
+        ok[0] = True
+        # Everything before i is shown before packet i, and nothing from i on is shown before it.
+        ok[1:] &= prefix_max[:-1] < self.pts[1:]
+        ok[1:] &= suffix_min[1:] >= self.pts[1:]
+        return np.flatnonzero(ok).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """Everything montage-ray needs to know about a source before planning."""
+
+    path: str
+    size: int
+    format_name: str
+    duration: float
+    start_time: float
+    video: VideoInfo
+    audio: tuple[StreamInfo, ...]
+    subtitles: tuple[StreamInfo, ...]
+    attachments: tuple[StreamInfo, ...]
+    chapters: int
+    packets: PacketIndex = field(repr=False)
+
+    def clean_cuts(self) -> np.ndarray:
+        """See :meth:`PacketIndex.clean_cuts`."""
+        return self.packets.clean_cuts()
+
+    def seconds(self, ticks: int | float) -> float:
+        """A presentation time in video time-base ticks, as seconds."""
+        return float(ticks * self.video.time_base)
+
+
+def check_source(path: str | os.PathLike[str]) -> str:
+    """Return the absolute path of ``path`` if it names a readable, non-empty regular file.
+
+    Protocol-looking names (``http://``, ``concat:a|b``) are only ever file names here: if no such file
+    exists the error says that network and protocol inputs are not read.
+    """
+    text = os.fspath(path)
+    absolute = os.path.abspath(text)
+    try:
+        st = os.stat(absolute)
+    except FileNotFoundError:
+        if "://" in text or (":" in text.split("/")[0] and not os.path.exists(absolute)):
+            raise InputError(f"input {text!r} is not a local file (network and protocol inputs are not "
+                             "read)") from None
+        raise InputError(f"input {text!r} does not exist") from None
+    except OSError as err:
+        raise InputError(f"input {text!r} cannot be read: {err.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"input {text!r} is a folder, not a video file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"input {text!r} is not a regular file")
+    if st.st_size == 0:
+        raise InputError(f"input {text!r} is empty (0 bytes)")
+    if not os.access(absolute, os.R_OK):
+        raise InputError(f"input {text!r} cannot be read: permission denied")
+    return absolute
+
+
+def _read_packets(url: str, index: int) -> PacketIndex:
+    done = ffmpeg_cli.run(
+        [ffmpeg_cli.ffprobe(), "-v", "error", "-select_streams", str(index),
+         "-show_entries", "packet=pts,dts,flags", "-of", "csv=p=0", url],
+        timeout=PROBE_TIMEOUT)
+    lines = done.stdout.split()
+    n = len(lines)
+    pts = np.empty(n, dtype=np.int64)
+    key = np.zeros(n, dtype=bool)
+    for i, line in enumerate(lines):
+        fields = line.split(",")
+        p, d = fields[0], fields[1] if len(fields) > 1 else "N/A"
+        if p == "N/A":
+            p = d
+        if p == "N/A":  # no timestamps at all: assume decode order is display order
+            pts[i] = pts[i - 1] + 1 if i else 0
+        else:
+            pts[i] = int(p)
+        key[i] = len(fields) > 2 and fields[2].startswith("K")
+    return PacketIndex(pts=pts, key=key)
+
+
+def inspect(path: str | os.PathLike[str]) -> MediaInfo:
+    """Read a source's streams, timing and packet table (no decoding). Raises InputError on bad input."""
+    shown = os.fspath(path)
+    absolute = check_source(path)
+    url = ffmpeg_cli.file_url(absolute)
+    try:
+        data = ffmpeg_cli.probe_json(["-show_format", "-show_streams", "-show_chapters", url],
+                                     timeout=PROBE_TIMEOUT)
+    except FFmpegError as err:
+        why = ffmpeg_cli.last_error_line(err.stderr) or "ffprobe failed"
+        if "Invalid data found" in why:
+            why = "not a media file ffmpeg can read"
+        elif why.startswith(url):
+            why = why[len(url):].lstrip(": ")
+        raise InputError(f"input {shown!r} cannot be read as video: {why}") from None
+    streams = data.get("streams", [])
+    video_streams = [s for s in streams if s.get("codec_type") == "video"
+                     and not s.get("disposition", {}).get("attached_pic")]
+    if not video_streams:
+        raise InputError(f"input {shown!r} has no video stream")
+    v = video_streams[0]
+    if not v.get("codec_name") or v.get("codec_name") == "none":
+        raise InputError(f"input {shown!r}: the video codec is unknown to this ffmpeg "
+                         f"(codec tag {v.get('codec_tag_string', '?')})")
+    if not v.get("width") or not v.get("height"):
+        raise InputError(f"input {shown!r}: the video stream has no picture size (is the file truncated?)")
+    packets = _read_packets(url, int(v["index"]))
+    if len(packets) == 0:
+        raise InputError(f"input {shown!r}: the video stream has no frames (is the file truncated?)")
+    time_base = _fraction(v.get("time_base")) or Fraction(1, 90000)
+    rotation = 0
+    for side in v.get("side_data_list", []) or []:
+        if "rotation" in side:
+            rotation = int(round(_float(side["rotation"])))
+    if not rotation and "rotate" in v.get("tags", {}):
+        rotation = -int(_float(v["tags"]["rotate"]))
+    sar = _fraction(v.get("sample_aspect_ratio"))
+    video = VideoInfo(
+        index=int(v["index"]), codec=v["codec_name"], width=int(v["width"]), height=int(v["height"]),
+        pix_fmt=v.get("pix_fmt"), time_base=time_base,
+        frame_rate=_fraction(v.get("avg_frame_rate")) or _fraction(v.get("r_frame_rate")),
+        sar=None if sar in (None, Fraction(1)) else sar, rotation=rotation,
+        color_range=_known(v.get("color_range")), color_space=_known(v.get("color_space")),
+        color_transfer=_known(v.get("color_transfer")), color_primaries=_known(v.get("color_primaries")),
+        frames=len(packets), start=float(int(packets.pts.min()) * time_base))
+
+    def others(kind: str) -> tuple[StreamInfo, ...]:
+        return tuple(StreamInfo(int(s["index"]), kind, s.get("codec_name") or "unknown",
+                                s.get("tags", {}).get("language")) for s in streams
+                     if s.get("codec_type") == kind)
+
+    fmt = data.get("format", {})
+    return MediaInfo(
+        path=absolute, size=int(fmt.get("size") or os.path.getsize(absolute)),
+        format_name=fmt.get("format_name", "?"), duration=_float(fmt.get("duration")),
+        start_time=_float(fmt.get("start_time")), video=video, audio=others("audio"),
+        subtitles=others("subtitle"), attachments=others("attachment"),
+        chapters=len(data.get("chapters", [])), packets=packets)
+
+
+def _known(value: str | None) -> str | None:
+    return None if value in (None, "unknown", "reserved", "unspecified") else value

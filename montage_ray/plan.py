@@ -1,0 +1,95 @@
+"""Where to cut: group GOPs into segments of about ``segment_seconds``, cutting only at clean keyframes.
+
+Planning is pure: it reads a :class:`~montage_ray.media.PacketIndex` and returns :class:`Segment` rows.
+A segment is a half-open range of packets in decode order; because every cut is *clean* (see
+:meth:`~montage_ray.media.PacketIndex.clean_cuts`), the frames of consecutive segments follow each other
+exactly, none duplicated, none lost::
+
+    from montage_ray.plan import plan_segments
+
+    segments = plan_segments(info.packets, info.video.time_base, segment_seconds=10)
+    [(s.index, s.frames, round(s.duration, 2)) for s in segments]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from montage_ray.media import PacketIndex
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Packets ``[first_packet, end_packet)`` of the video stream, shown from ``start`` for ``duration`` s."""
+
+    index: int
+    first_packet: int
+    end_packet: int
+    start: float            # presentation time of its first frame, seconds (source clock)
+    duration: float         # until the next segment's first frame (or the end of the stream), seconds
+    start_ticks: int        # the same start in video time-base ticks (exact)
+    duration_ticks: int     # the same duration in ticks (exact)
+
+    @property
+    def frames(self) -> int:
+        return self.end_packet - self.first_packet
+
+
+def _frame_ticks(pts: np.ndarray) -> int:
+    """The typical frame duration in ticks (median gap between sorted presentation times)."""
+    if pts.shape[0] < 2:
+        return 1
+    gaps = np.diff(np.sort(pts))
+    gaps = gaps[gaps > 0]
+    return int(np.median(gaps)) if gaps.size else 1
+
+
+def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: float = 10.0,
+                  *, max_segments: int | None = None) -> list[Segment]:
+    """Cut the stream into segments of about ``segment_seconds`` at clean keyframes.
+
+    A stream shorter than two segments stays one segment (no pointless overhead). Each cut is placed at
+    the clean keyframe nearest to where the running segment reaches ``segment_seconds``; a last piece
+    shorter than half a segment joins the one before it.
+    """
+    if segment_seconds <= 0:
+        raise ValueError("segment_seconds must be positive")
+    n = len(packets)
+    pts = packets.pts
+    if n == 0:
+        return []
+    first = int(pts.min())
+    last_end = int(pts.max()) + _frame_ticks(pts)
+    total_ticks = last_end - first
+    target = max(1, int(round(segment_seconds / time_base)))
+    cuts = packets.clean_cuts()
+    starts = [0]
+    if total_ticks >= 2 * target and cuts.size > 1:
+        cut_pts = pts[cuts]
+        pos = 0  # index into cuts of the current segment's start
+        while True:
+            want = int(cut_pts[pos]) + target
+            j = int(np.searchsorted(cut_pts, want))  # first cut at or after the target
+            candidates = [c for c in (j - 1, j) if pos < c < cuts.size]
+            if not candidates:
+                break
+            best = min(candidates, key=lambda c: abs(int(cut_pts[c]) - want))
+            if last_end - int(cut_pts[best]) < target // 2:
+                break  # the rest is too short to stand alone
+            starts.append(int(cuts[best]))
+            pos = best
+    if max_segments is not None and len(starts) > max_segments:
+        keep = np.linspace(0, len(starts) - 1, max_segments).round().astype(int)
+        starts = [starts[i] for i in sorted(set(keep.tolist()))]
+    bounds = starts + [n]
+    start_ticks = [first] + [int(pts[s]) for s in starts[1:]] + [last_end]
+    return [
+        Segment(index=i, first_packet=bounds[i], end_packet=bounds[i + 1],
+                start=float(start_ticks[i] * time_base),
+                duration=float((start_ticks[i + 1] - start_ticks[i]) * time_base),
+                start_ticks=start_ticks[i], duration_ticks=start_ticks[i + 1] - start_ticks[i])
+        for i in range(len(starts))
+    ]

@@ -1,0 +1,96 @@
+"""The job report: what was encoded, by whom, how fast, and where the time went.
+
+:class:`JobReport` is what :func:`montage_ray.encode` returns; ``to_dict()`` is the ``--report`` JSON and
+:meth:`JobReport.summary` the table printed at the end of a CLI run::
+
+    report = encode("in.mp4", "out.mp4")
+    print(report.summary())
+    report.timings["encode"], report.segments[0].encoder
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+from montage_ray.encode import EncodeResult
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A failed try of one segment on one encoder (successful tries are the ``segments``)."""
+
+    segment: int
+    attempt: int
+    encoder: str
+    actor: str
+    reason: str             # failed, crash, timeout, frame-count, actor-died
+    message: str
+    stderr: str = ""
+
+
+@dataclass
+class JobReport:
+    """Everything a finished job can tell: source, output, per-segment results, failures, timings."""
+
+    source: str
+    output: str
+    codec: str
+    frames: int
+    duration: float
+    wall_seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    segments: list[EncodeResult] = field(default_factory=list)
+    failures: list[Attempt] = field(default_factory=list)
+    encoders: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    ray_address: str = ""
+
+    @property
+    def speed(self) -> float:
+        """Realtime factor: seconds of video encoded per second of wall time."""
+        return self.duration / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def standins(self) -> list[str]:
+        """Labels served by CPU stand-ins in this job (empty in production)."""
+        return sorted({s.encoder for s in self.segments if s.standin})
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["speed"] = self.speed
+        data["standins"] = self.standins
+        for seg in data["segments"]:
+            seg["fps"] = seg["frames"] / seg["seconds"] if seg["seconds"] else 0.0
+        return data
+
+    def write_json(self, path: str) -> None:
+        """Write the report as JSON (atomically: a temporary name, then a rename)."""
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(self.to_dict(), fh, indent=2)
+        os.replace(tmp, path)
+
+    def summary(self) -> str:
+        """A small table per encoder (segments, frames, fps, share of the work, failures) and the timings."""
+        rows = {}
+        for seg in self.segments:
+            row = rows.setdefault(seg.encoder, {"segments": 0, "frames": 0, "seconds": 0.0, "failures": 0})
+            row["segments"] += 1
+            row["frames"] += seg.frames
+            row["seconds"] += seg.seconds
+        for fail in self.failures:
+            rows.setdefault(fail.encoder, {"segments": 0, "frames": 0, "seconds": 0.0, "failures": 0})
+            rows[fail.encoder]["failures"] += 1
+        width = max([len("encoder")] + [len(k) for k in rows])
+        lines = [f"{'encoder':<{width}}  segments  frames     fps  share  failures"]
+        total = max(self.frames, 1)
+        for name, row in sorted(rows.items()):
+            fps = row["frames"] / row["seconds"] if row["seconds"] else 0.0
+            lines.append(f"{name:<{width}}  {row['segments']:>8}  {row['frames']:>6}  {fps:>6.1f}  "
+                         f"{100 * row['frames'] / total:>4.0f}%  {row['failures']:>8}")
+        phases = ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items())
+        lines.append(f"{self.frames} frames, {self.duration:.2f} s of video in {self.wall_seconds:.2f} s "
+                     f"({self.speed:.2f}x realtime); {phases}")
+        return "\n".join(lines)

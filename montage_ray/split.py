@@ -1,0 +1,50 @@
+"""Cut the source's video stream into the planned segments by stream copy (no re-encoding).
+
+One ffmpeg pass with the segment muxer cuts at the planned packet numbers (``-segment_frames``), which are
+clean keyframes, into NUT files that keep the source's timestamps exactly. Every piece is then counted:
+a segment with the wrong number of packets is an error, never something to encode anyway::
+
+    from montage_ray.split import split_source
+
+    paths = split_source(info, segments, workdir)   # one NUT file per segment, in order
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from montage_ray import ffmpeg_cli
+from montage_ray.encode import count_packets
+from montage_ray.errors import EncoderError
+from montage_ray.media import MediaInfo
+from montage_ray.plan import Segment
+
+
+def split_timeout(media: MediaInfo) -> float:
+    """Stream copy runs at disk speed; allow 60 s plus 1 s for every 20 MB."""
+    return 60.0 + media.size / 20e6
+
+
+def split_source(media: MediaInfo, segments: Sequence[Segment], workdir: str) -> list[str]:
+    """Write each segment's packets to ``workdir/src-NNNNNN.nut`` and return the paths in order."""
+    pattern = os.path.join(workdir, "src-%06d.nut")
+    args = [ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-y",
+            "-noautorotate", "-i", ffmpeg_cli.file_url(media.path), "-map", f"0:{media.video.index}",
+            "-c", "copy", "-map_metadata", "-1", "-f", "segment", "-segment_format", "nut",
+            "-reset_timestamps", "0"]
+    if len(segments) > 1:
+        args += ["-segment_frames", ",".join(str(s.first_packet) for s in segments[1:])]
+    else:
+        args += ["-segment_time", "1e9"]
+    args.append(ffmpeg_cli.file_url(pattern))
+    ffmpeg_cli.run(args, timeout=split_timeout(media))
+    paths = [pattern % i for i in range(len(segments))]
+    for seg, path in zip(segments, paths):
+        got = count_packets(path) if os.path.exists(path) else 0
+        if got != seg.frames:
+            raise EncoderError(f"cutting segment {seg.index} gave {got} packets instead of {seg.frames}; "
+                               "the source's packet table may be inconsistent (try remuxing it first)")
+    if os.path.exists(pattern % len(segments)):
+        raise EncoderError("cutting the source gave more segments than planned")
+    return paths
