@@ -168,7 +168,8 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: s
         plan = join_segments(media, segments, encoded, tmp_out, workdir, container=container)
         job.notes.extend(plan.notes)
         t = phase("join", t)
-        verify_output(tmp_out, plan, decode=(verify == "decode"))
+        checked = verify_output(tmp_out, plan, decode=(verify == "decode"))
+        job.notes.extend(checked.notes)
         t = phase("verify", t)
         _publish(tmp_out, target, overwrite)
     finally:

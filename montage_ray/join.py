@@ -50,6 +50,8 @@ class JoinPlan:
     subtitle_streams: int
     duration: float
     frame_duration: float
+    rotation: int = 0
+    family: str = "mp4"
     notes: tuple[str, ...] = field(default=())
 
 
@@ -69,7 +71,7 @@ def mux_args(media: MediaInfo, family: str) -> tuple[list[str], list[str], list[
     codecs: list[str] = []
     notes: list[str] = []
     for n, a in enumerate(media.audio):
-        maps += ["-map", f"1:{a.index}"]
+        maps += ["-map", f"1:{a.index}", f"-map_metadata:s:a:{n}", f"1:s:{a.index}"]
         if family == "mp4" and a.codec not in MP4_AUDIO:
             codecs += [f"-c:a:{n}", "aac", f"-b:a:{n}", "192k"]
             notes.append(f"audio stream {a.index} ({a.codec}) encoded once to AAC for {family}")
@@ -77,13 +79,9 @@ def mux_args(media: MediaInfo, family: str) -> tuple[list[str], list[str], list[
             codecs += [f"-c:a:{n}", "copy"]
     kept = 0
     for s in media.subtitles:
-        if family == "mkv":
-            maps += ["-map", f"1:{s.index}"]
-            codecs += [f"-c:s:{kept}", "copy"]
-            kept += 1
-        elif s.codec in TEXT_SUBTITLES:
-            maps += ["-map", f"1:{s.index}"]
-            codecs += [f"-c:s:{kept}", "mov_text"]
+        if family == "mkv" or s.codec in TEXT_SUBTITLES:
+            maps += ["-map", f"1:{s.index}", f"-map_metadata:s:s:{kept}", f"1:s:{s.index}"]
+            codecs += [f"-c:s:{kept}", "copy" if family == "mkv" else "mov_text"]
             kept += 1
         else:
             notes.append(f"subtitle stream {s.index} ({s.codec}) dropped: MP4 holds text subtitles only")
@@ -105,14 +103,20 @@ def join_segments(media: MediaInfo, segments: Sequence[Segment], encoded: Sequen
     # video by how far its first frame was from the file's start so that A/V offset is kept exactly.
     offset = segments[0].start - media.start_time
     maps, codecs, notes = mux_args(media, family)
+    rotation_in: list[str] = []
+    rotation_out: list[str] = []
+    if media.video.rotation:
+        if ffmpeg_cli.supports_option("display_rotation"):  # ffmpeg 6 and later
+            rotation_in = ["-display_rotation:v:0", str(media.video.rotation)]
+        else:  # ffmpeg 5: the rotate tag becomes a display matrix on stream copy
+            rotation_out = ["-metadata:s:v:0", f"rotate={media.video.rotation % 360}"]
     args = [ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-y",
-            "-f", "concat", "-safe", "0", "-itsoffset", f"{offset:.9f}", "-i", ffmpeg_cli.file_url(list_path),
+            "-f", "concat", "-safe", "0", "-itsoffset", f"{offset:.9f}", *rotation_in,
+            "-i", ffmpeg_cli.file_url(list_path),
             "-noautorotate", "-i", ffmpeg_cli.file_url(media.path),
             "-map", "0:v:0", *maps, "-c:v", "copy", *codecs,
             "-map_metadata", "1", "-map_chapters", "1", "-map_metadata:s:v:0", f"1:s:{media.video.index}"]
-    if media.video.rotation:
-        # ffprobe reports the display matrix's rotation counter-clockwise; the tag is clockwise.
-        args += ["-metadata:s:v:0", f"rotate={(-media.video.rotation) % 360}"]
+    args += rotation_out
     if family == "mp4":
         args += ["-movflags", "+faststart"]
     args += ["-f", muxer, ffmpeg_cli.file_url(dst_tmp)]
@@ -121,7 +125,7 @@ def join_segments(media: MediaInfo, segments: Sequence[Segment], encoded: Sequen
     frame_duration = float(1 / rate) if rate else 0.04
     kept_subs = sum(1 for s in media.subtitles if family == "mkv" or s.codec in TEXT_SUBTITLES)
     return JoinPlan(frames=sum(s.frames for s in segments), audio_streams=len(media.audio),
-                    subtitle_streams=kept_subs,
+                    subtitle_streams=kept_subs, rotation=media.video.rotation, family=family,
                     duration=sum(s.duration for s in segments), frame_duration=frame_duration,
                     notes=tuple(notes))
 
@@ -135,6 +139,8 @@ class Verification:
     subtitle_streams: int
     video_duration: float
     seconds: float
+    rotation: int = 0
+    notes: tuple[str, ...] = ()
 
 
 def verify_output(path: str, plan: JoinPlan, *, decode: bool = True, timeout: float = 3600.0) -> Verification:
@@ -150,8 +156,8 @@ def verify_output(path: str, plan: JoinPlan, *, decode: bool = True, timeout: fl
             [ffmpeg_cli.ffprobe(), "-v", "error", "-of", "json", "-select_streams", "v:0", count,
              "-show_entries", f"stream={field_name},duration,start_time:format=nb_streams",
              ffmpeg_cli.file_url(path)], timeout=timeout)
-        listing = ffmpeg_cli.probe_json(["-show_entries", "stream=codec_type", ffmpeg_cli.file_url(path)],
-                                        timeout=60)
+        listing = ffmpeg_cli.probe_json(["-show_entries", "stream=codec_type:stream_side_data=rotation",
+                                         ffmpeg_cli.file_url(path)], timeout=60)
     except FFmpegError as err:
         raise VerificationError(f"the joined output cannot be read back: {err}") from None
     data = json.loads(done.stdout or "{}")
@@ -169,8 +175,20 @@ def verify_output(path: str, plan: JoinPlan, *, decode: bool = True, timeout: fl
     if subs != plan.subtitle_streams:
         raise VerificationError(f"the joined output has {subs} subtitle streams, "
                                 f"expected {plan.subtitle_streams}")
+    rotation = 0
+    for entry in listing.get("streams", []):
+        if entry.get("codec_type") == "video":
+            for side in entry.get("side_data_list", []) or []:
+                rotation = int(round(float(side.get("rotation", 0) or 0)))
+            break
+    notes: tuple[str, ...] = ()
+    if rotation != plan.rotation:
+        if plan.family == "mp4":
+            raise VerificationError(f"the joined output is rotated {rotation} degrees, the source "
+                                    f"{plan.rotation}")
+        notes = (f"display rotation {plan.rotation} is not stored in .mkv by this ffmpeg; use .mp4 to keep it",)
     duration = float(stream.get("duration") or 0.0)
     if duration and abs(duration - plan.duration) > plan.frame_duration * 1.5:
         raise VerificationError(f"the joined video lasts {duration:.3f} s, the source {plan.duration:.3f} s")
     return Verification(frames=frames, audio_streams=audio, subtitle_streams=subs, video_duration=duration,
-                        seconds=done.seconds)
+                        seconds=done.seconds, rotation=rotation, notes=notes)

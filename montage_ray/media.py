@@ -162,7 +162,7 @@ def check_source(path: str | os.PathLike[str]) -> str:
 
 def _read_packets(url: str, index: int) -> PacketIndex:
     done = ffmpeg_cli.run(
-        [ffmpeg_cli.ffprobe(), "-v", "error", "-select_streams", str(index),
+        [ffmpeg_cli.ffprobe(), "-v", "error", "-fflags", "+genpts", "-select_streams", str(index),
          "-show_entries", "packet=pts,dts,flags", "-of", "csv=p=0", url],
         timeout=PROBE_TIMEOUT)
     lines = done.stdout.split()
@@ -217,7 +217,7 @@ def inspect(path: str | os.PathLike[str]) -> MediaInfo:
         if "rotation" in side:
             rotation = int(round(_float(side["rotation"])))
     if not rotation and "rotate" in v.get("tags", {}):
-        rotation = -int(_float(v["tags"]["rotate"]))
+        rotation = int(_float(v["tags"]["rotate"]))
     sar = _fraction(v.get("sample_aspect_ratio"))
     video = VideoInfo(
         index=int(v["index"]), codec=v["codec_name"], width=int(v["width"]), height=int(v["height"]),

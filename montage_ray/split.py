@@ -30,14 +30,14 @@ def split_source(media: MediaInfo, segments: Sequence[Segment], workdir: str) ->
     """Write each segment's packets to ``workdir/src-NNNNNN.nut`` and return the paths in order."""
     pattern = os.path.join(workdir, "src-%06d.nut")
     args = [ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-y",
-            "-noautorotate", "-i", ffmpeg_cli.file_url(media.path), "-map", f"0:{media.video.index}",
-            "-c", "copy", "-map_metadata", "-1", "-f", "segment", "-segment_format", "nut",
-            "-reset_timestamps", "0"]
+            "-fflags", "+genpts", "-noautorotate", "-i", ffmpeg_cli.file_url(media.path), "-map", f"0:{media.video.index}",
+            "-c", "copy", "-map_metadata", "-1"]
     if len(segments) > 1:
-        args += ["-segment_frames", ",".join(str(s.first_packet) for s in segments[1:])]
+        args += ["-f", "segment", "-segment_format", "nut", "-reset_timestamps", "0",
+                 "-segment_frames", ",".join(str(s.first_packet) for s in segments[1:]),
+                 ffmpeg_cli.file_url(pattern)]
     else:
-        args += ["-segment_time", "1e9"]
-    args.append(ffmpeg_cli.file_url(pattern))
+        args += ["-f", "nut", ffmpeg_cli.file_url(pattern % 0)]
     ffmpeg_cli.run(args, timeout=split_timeout(media))
     paths = [pattern % i for i in range(len(segments))]
     for seg, path in zip(segments, paths):

@@ -1,0 +1,112 @@
+"""Shared fixtures: real clips made once per session with ffmpeg's lavfi sources, and one local Ray.
+
+Clips are small (320x240 or so, a few seconds) so the whole suite stays quick on two cores, and encodes use
+short segments so that every clip is really cut and joined.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+FFMPEG = os.environ.get("MONTAGE_FFMPEG", "ffmpeg")
+
+V = ["-f", "lavfi", "-i"]
+X264 = ["-c:v", "libx264", "-preset", "veryfast"]
+AAC = ["-c:a", "aac", "-b:a", "96k"]
+
+
+def _testsrc(seconds: float, size: str = "320x240", rate: str = "30") -> list[str]:
+    return V + [f"testsrc2=size={size}:rate={rate}:duration={seconds}"]
+
+
+def _sine(seconds: float, freq: int = 440, rate: int = 48000) -> list[str]:
+    return V + [f"sine=frequency={freq}:sample_rate={rate}:duration={seconds}"]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def clip_recipes(tmp: Path) -> dict[str, tuple]:
+    """name -> (file name, ffmpeg arguments after the global options[, arguments of a copy pass])."""
+    srt = _write(tmp / "subs.srt", "1\n00:00:00,500 --> 00:00:02,000\nHello\n\n"
+                                   "2\n00:00:03,000 --> 00:00:05,000\nWorld\n")
+    chapters = _write(tmp / "chapters.txt", ";FFMETADATA1\ntitle=montage test\n"
+                      "[CHAPTER]\nTIMEBASE=1/1000\nSTART=0\nEND=3000\ntitle=One\n"
+                      "[CHAPTER]\nTIMEBASE=1/1000\nSTART=3000\nEND=6000\ntitle=Two\n")
+    return {
+        "bframes": ("bframes.mp4", _testsrc(6) + _sine(6) + X264 + ["-bf", "3", "-g", "30"] + AAC),
+        "opengop": ("opengop.mp4", _testsrc(6) + _sine(6) + X264 + ["-bf", "3", "-x264-params",
+                                                                      "open_gop=1:keyint=30"] + AAC),
+        "vfr": ("vfr.mp4", _testsrc(6) + _sine(6) + ["-vf", "select='lt(mod(n\\,10)\\,7)'",
+                                                        "-fps_mode", "vfr", "-g", "20"] + X264 + AAC),
+        "noaudio": ("noaudio.mp4", _testsrc(6) + X264 + ["-g", "30"]),
+        "twoaudio": ("twoaudio.mp4", _testsrc(6) + _sine(6, 440) + _sine(6, 880, 44100)
+                     + ["-map", "0:v", "-map", "1:a", "-map", "2:a", "-g", "30"] + X264 + AAC
+                     + ["-metadata:s:a:0", "language=eng", "-metadata:s:a:1", "language=fra"]),
+        "odd": ("odd.mp4", _testsrc(6, size="638x358") + _sine(6) + X264 + ["-g", "30", "-pix_fmt",
+                                                                               "yuv420p"] + AAC),
+        "startoffset": ("startoffset.ts", _testsrc(6) + _sine(6) + X264 + ["-g", "30"] + AAC
+                        + ["-output_ts_offset", "10"]),
+        # ffmpeg 5.1 turns the rotate tag into a display matrix only on stream copy: see make_clip
+        "rotation": ("rotation.mp4", _testsrc(6) + _sine(6) + X264 + ["-g", "30"] + AAC,
+                     ["-c", "copy", "-metadata:s:v:0", "rotate=90"]),
+        "ntsc": ("ntsc.mp4", _testsrc(6, rate="30000/1001") + _sine(6) + X264 + ["-g", "15"] + AAC),
+        "mpeg4": ("mpeg4.avi", _testsrc(6) + _sine(6, rate=44100) + ["-c:v", "mpeg4", "-bf", "2", "-g", "30",
+                                                                     "-flags", "+cgop", "-sc_threshold", "1000000000",
+                                                                     "-q:v", "5", "-c:a", "pcm_s16le"]),
+        "vp8": ("vp8.webm", _testsrc(6) + _sine(6) + ["-c:v", "libvpx", "-b:v", "400k", "-g", "30",
+                                                       "-c:a", "libopus"]),
+        "mkvsubs": ("mkvsubs.mkv", _testsrc(6) + _sine(6) + ["-i", str(srt), "-i", str(chapters),
+                    "-map", "0:v", "-map", "1:a", "-map", "2:s", "-map_metadata", "3", "-map_chapters", "3",
+                    "-g", "30"] + X264 + AAC + ["-c:s", "srt", "-metadata:s:s:0", "language=eng"]),
+        "singlekey": ("singlekey.mp4", _testsrc(6) + _sine(6) + X264 + ["-g", "100000", "-sc_threshold", "0"]
+                      + AAC),
+        "allintra": ("allintra.mp4", _testsrc(6) + X264 + ["-g", "1"]),
+        "meta": ("meta.mp4", _testsrc(6) + _sine(6) + ["-i", str(chapters), "-map", "0:v", "-map", "1:a",
+                 "-map_chapters", "2", "-vf", "setsar=4/3", "-color_primaries", "bt709", "-color_trc",
+                 "bt709", "-colorspace", "bt709", "-color_range", "tv", "-g", "30"] + X264 + AAC),
+        "long": ("long.mp4", _testsrc(20) + _sine(20) + X264 + ["-g", "30"] + AAC),
+    }
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("clips")
+
+
+@pytest.fixture(scope="session")
+def make_clip(clip_dir: Path):
+    """make_clip(name) -> Path of a generated clip (made on first use, then reused)."""
+    recipes = clip_recipes(clip_dir)
+    made: dict[str, Path] = {}
+
+    def make(name: str) -> Path:
+        if name not in made:
+            filename, args, *second_pass = recipes[name]
+            out = clip_dir / filename
+            first = out.with_name("pass1-" + filename) if second_pass else out
+            subprocess.run([FFMPEG, "-hide_banner", "-v", "error", "-y", *args, str(first)], check=True,
+                           timeout=120)
+            if second_pass:
+                subprocess.run([FFMPEG, "-hide_banner", "-v", "error", "-y", "-i", str(first), *second_pass[0],
+                                str(out)], check=True, timeout=120)
+            made[name] = out
+        return made[name]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the session (two CPUs); encode() uses it instead of starting its own."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
