@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +33,9 @@ from montage_ray.errors import FFmpegError, FFmpegNotFound
 
 #: How much of a failed process's stderr is kept (the end is where ffmpeg says what went wrong).
 STDERR_TAIL_CHARS = 4000
+
+#: ffmpeg's "[mov,mp4 @ 0x55...] " prefix, which says nothing to a user.
+_CONTEXT_PREFIX = re.compile(r"^\[[^\]]* @ 0x[0-9a-f]+\]\s*")
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,7 @@ def describe_failure(done: Completed) -> str:
 def last_error_line(stderr: str) -> str:
     """The most telling line of an ffmpeg stderr: the last non-empty one that is not a summary."""
     for line in reversed(stderr.strip().splitlines()):
-        line = line.strip()
+        line = _CONTEXT_PREFIX.sub("", line.strip())
         if line and not line.startswith(("Conversion failed", "frame=", "size=", "video:",
                                          "Error initializing output stream")):
             return line

@@ -160,7 +160,7 @@ def check_source(path: str | os.PathLike[str]) -> str:
     return absolute
 
 
-def _read_packets(url: str, index: int) -> PacketIndex:
+def _read_packets(url: str, index: int) -> tuple[PacketIndex, str]:
     done = ffmpeg_cli.run(
         [ffmpeg_cli.ffprobe(), "-v", "error", "-fflags", "+genpts", "-select_streams", str(index),
          "-show_entries", "packet=pts,dts,flags", "-of", "csv=p=0", url],
@@ -179,7 +179,7 @@ def _read_packets(url: str, index: int) -> PacketIndex:
         else:
             pts[i] = int(p)
         key[i] = len(fields) > 2 and fields[2].startswith("K")
-    return PacketIndex(pts=pts, key=key)
+    return PacketIndex(pts=pts, key=key), done.stderr
 
 
 def inspect(path: str | os.PathLike[str]) -> MediaInfo:
@@ -208,9 +208,14 @@ def inspect(path: str | os.PathLike[str]) -> MediaInfo:
                          f"(codec tag {v.get('codec_tag_string', '?')})")
     if not v.get("width") or not v.get("height"):
         raise InputError(f"input {shown!r}: the video stream has no picture size (is the file truncated?)")
-    packets = _read_packets(url, int(v["index"]))
+    packets, packet_errors = _read_packets(url, int(v["index"]))
     if len(packets) == 0:
         raise InputError(f"input {shown!r}: the video stream has no frames (is the file truncated?)")
+    listed = int(v.get("nb_frames") or 0)
+    if "partial file" in packet_errors or listed > len(packets):
+        raise InputError(f"input {shown!r} is truncated or damaged: "
+                         + (f"it lists {listed} video frames but only {len(packets)} can be read" if listed
+                            > len(packets) else ffmpeg_cli.last_error_line(packet_errors)))
     time_base = _fraction(v.get("time_base")) or Fraction(1, 90000)
     rotation = 0
     for side in v.get("side_data_list", []) or []:

@@ -52,8 +52,9 @@ def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: fl
     """Cut the stream into segments of about ``segment_seconds`` at clean keyframes.
 
     A stream shorter than two segments stays one segment (no pointless overhead). Each cut is placed at
-    the clean keyframe nearest to where the running segment reaches ``segment_seconds``; a last piece
-    shorter than half a segment joins the one before it.
+    the clean keyframe nearest to where the running segment reaches ``segment_seconds``; the last segment
+    takes whatever is left once less than one and a half segments remain, and no piece shorter than half
+    a segment is cut off at the end.
     """
     if segment_seconds <= 0:
         raise ValueError("segment_seconds must be positive")
@@ -70,7 +71,7 @@ def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: fl
     if total_ticks >= 2 * target and cuts.size > 1:
         cut_pts = pts[cuts]
         pos = 0  # index into cuts of the current segment's start
-        while True:
+        while last_end - int(cut_pts[pos]) >= target + target // 2:  # else the rest is the last segment
             want = int(cut_pts[pos]) + target
             j = int(np.searchsorted(cut_pts, want))  # first cut at or after the target
             candidates = [c for c in (j - 1, j) if pos < c < cuts.size]
