@@ -71,7 +71,7 @@ def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: fl
     if total_ticks >= 2 * target and cuts.size > 1:
         cut_pts = pts[cuts]
         pos = 0  # index into cuts of the current segment's start
-        while last_end - int(cut_pts[pos]) >= target + target // 2:  # else the rest is the last segment
+        while last_end - int(cut_pts[pos]) > target + target // 2:  # else the rest is the last segment
             want = int(cut_pts[pos]) + target
             j = int(np.searchsorted(cut_pts, want))  # first cut at or after the target
             candidates = [c for c in (j - 1, j) if pos < c < cuts.size]

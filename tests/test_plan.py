@@ -1,0 +1,109 @@
+"""Planning is pure: table-driven tests on packet tables built here, plus one real clip."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from montage_ray.media import PacketIndex, inspect
+from montage_ray.plan import plan_segments
+
+TB = Fraction(1, 30)  # one tick per frame at 30 fps
+
+
+def closed_gops(frames: int, gop: int, bframes: int = 0) -> PacketIndex:
+    """Decode-order pts of closed GOPs: I, then (P, B...) groups where each P is shown after its Bs."""
+    pts, key = [], []
+    for start in range(0, frames, gop):
+        end = min(start + gop, frames)
+        pts.append(start)
+        key.append(True)
+        t = start + 1
+        while t < end:
+            p = min(t + bframes, end - 1)
+            pts.append(p)
+            key.append(False)
+            pts.extend(range(t, p))
+            key.extend([False] * (p - t))
+            t = p + 1
+    return PacketIndex(np.array(pts, dtype=np.int64), np.array(key))
+
+
+def open_gops(frames: int, gop: int) -> PacketIndex:
+    """Like closed_gops with 2 B-frames, but each I after the first is followed by 2 leading B-frames."""
+    pts, key = [0], [True]
+    t = 1
+    while t < frames:
+        if t % gop == 0 and t + 2 < frames:  # open-GOP I shown after the 2 Bs that follow it
+            pts += [t + 2, t, t + 1]
+            key += [True, False, False]
+            t += 3
+        else:
+            pts.append(t)
+            key.append(False)
+            t += 1
+    return PacketIndex(np.array(pts, dtype=np.int64), np.array(key))
+
+
+def test_clean_cuts_closed_gop_with_bframes():
+    idx = closed_gops(90, 30, bframes=2)
+    cuts = idx.clean_cuts()
+    assert [int(idx.pts[c]) for c in cuts] == [0, 30, 60]
+
+
+def test_open_gop_keyframes_are_not_clean_cuts():
+    idx = open_gops(90, 30)
+    assert idx.key.sum() == 3
+    assert idx.clean_cuts().tolist() == [0]
+
+
+@pytest.mark.parametrize("frames,gop,seconds,expected", [
+    (300, 30, 2, [60, 60, 60, 60, 60]),          # GOPs grouped to the segment length
+    (300, 1, 2, [60, 60, 60, 60, 60]),           # all-intra: groups of many tiny GOPs, not 300 segments
+    (90, 30, 2, [90]),                           # shorter than two segments: one segment
+    (330, 30, 2, [60, 60, 60, 60, 90]),          # a 1 s tail joins the last segment
+    (300, 300, 2, [300]),                        # a single keyframe: one segment
+    (310, 50, 3, [100, 100, 110]),               # cut at the keyframe nearest each 3 s boundary
+])
+def test_segments(frames, gop, seconds, expected):
+    idx = closed_gops(frames, gop, bframes=2)
+    segs = plan_segments(idx, TB, seconds)
+    assert [s.frames for s in segs] == expected
+    # contiguous, exact, and every start is a keyframe
+    assert segs[0].first_packet == 0 and segs[-1].end_packet == len(idx)
+    for a, b in zip(segs, segs[1:]):
+        assert a.end_packet == b.first_packet and idx.key[b.first_packet]
+        assert a.start_ticks + a.duration_ticks == b.start_ticks
+    assert sum(s.duration_ticks for s in segs) == frames
+
+
+def test_durations_are_exact_in_ticks_for_odd_time_bases():
+    idx = closed_gops(300, 30)
+    tb = Fraction(1001, 30000)
+    segs = plan_segments(idx, tb, 2)
+    assert sum(s.duration_ticks for s in segs) == 300
+    assert segs[1].start == pytest.approx(float(segs[1].start_ticks * tb))
+
+
+def test_plan_rejects_non_positive_length():
+    with pytest.raises(ValueError):
+        plan_segments(closed_gops(30, 10), TB, 0)
+
+
+def test_real_clip_packet_table(make_clip):
+    info = inspect(make_clip("bframes"))
+    assert info.video.frames == 180 and info.video.codec == "h264"
+    assert info.video.frame_rate == 30
+    cuts = info.clean_cuts()
+    assert cuts[0] == 0 and len(cuts) >= 6
+    assert info.packets.key[cuts].all()
+    segs = plan_segments(info.packets, info.video.time_base, 2)
+    assert [s.frames for s in segs] == [60, 60, 60]
+
+
+def test_real_open_gop_clip_has_no_clean_cut_after_the_first(make_clip):
+    info = inspect(make_clip("opengop"))
+    assert info.packets.key.sum() > 1       # keyframes exist...
+    assert info.clean_cuts().tolist() == [0]  # ...but none is a clean cut
