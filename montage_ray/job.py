@@ -163,6 +163,7 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: s
             encoded = _encode_all(media, segments, paths, workdir, job, codec=codec, quality=quality,
                                   preset=preset, workers=workers, progress=progress)
             t = phase("encode", t)
+        t = phase("ray", t)  # start-up above, shut-down (of a Ray started here) now
         ext = os.path.splitext(target)[1]
         tmp_out = os.path.join(workdir, "joined" + ext)
         plan = join_segments(media, segments, encoded, tmp_out, workdir, container=container)

@@ -153,7 +153,8 @@ def verify_output(path: str, plan: JoinPlan, *, decode: bool = True, timeout: fl
     field_name = "nb_read_frames" if decode else "nb_read_packets"
     try:
         done = ffmpeg_cli.run(
-            [ffmpeg_cli.ffprobe(), "-v", "error", "-of", "json", "-select_streams", "v:0", count,
+            [ffmpeg_cli.ffprobe(), "-v", "error", "-threads", str(os.cpu_count() or 1), "-of", "json",
+             "-select_streams", "v:0", count,
              "-show_entries", f"stream={field_name},duration,start_time:format=nb_streams",
              ffmpeg_cli.file_url(path)], timeout=timeout)
         listing = ffmpeg_cli.probe_json(["-show_entries", "stream=codec_type:stream_side_data=rotation",
