@@ -1,194 +1,449 @@
-"""Who encodes what: encoder actors on Ray, and a pull-based pool that feeds them segments.
+"""Who encodes what: encoder actors pinned to the cluster's resources, and a pool that feeds them.
 
-Each :class:`EncoderActor` holds one :class:`~montage_ray.backends.EncoderSpec` and is pinned to the Ray
-resource that spec needs (plain CPUs, or a label such as ``vaapi``). :class:`EncoderPool` hands an actor
-its next segment when it has room (at most ``depth`` in flight each, so the object store never holds more
-than a few segments), retries a failed segment on another actor, and takes an actor out of rotation after
-repeated failures or when it dies. The driver owns every retry: Ray's own task retries are off, because
-they are spent in seconds when a node dies::
+:func:`plan_actors` reads the cluster's nodes and returns one :class:`Placement` per encode session a node
+offers: ``{"vaapi": 1}`` on a node means one VAAPI actor there, ``CPU: 4`` four CPU actors. Each
+:class:`EncoderActor` is pinned to its node and label, named for the dashboard
+(``encoder:vaapi:<node>:0``), and resolves *on that node* how to run its label (the node's probe, or the
+encoders config, which may name a CPU stand-in). Actors are reused across jobs of a session.
 
-    import ray
-    from montage_ray.backends import cpu_spec
-    from montage_ray.dispatch import EncoderPool, start_actors
+:class:`EncoderPool` is pull-based: an actor gets its next segment when it has room (``depth`` in flight,
+so the object store holds a few segments, never the whole file). It keeps each actor's measured speed, gives
+the largest remaining segment to the fastest free actor, re-issues the slowest in-flight segment to an idle
+faster actor at the tail (first result wins, the loser is cancelled), retries failures on other actors and
+takes an actor out of rotation after repeated failures or when it dies. The driver owns every retry: Ray's
+own task retries are off, because they are spent in seconds when a node dies::
 
-    workers = start_actors(cpu_spec("h264"), count=2)
+    from montage_ray.dispatch import EncoderPool, plan_actors, start_workers
+
+    workers = start_workers(plan_actors(ray.nodes(), labels={"cpu", "vaapi"}), config={})
     pool = EncoderPool(workers)
-    for segment, result, data in pool.run(segments, load=lambda s: open(paths[s.index], "rb").read(),
-                                          call_options=lambda s: {"timeout": 600}):
-        open(f"enc-{segment.index}.nut", "wb").write(data)
+    for segment, result, data in pool.run(segments, load=read_segment, settings=settings):
+        save(segment, data)
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import socket
-from collections import deque
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError, TaskCancelledError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from montage_ray.backends import EncoderSpec
-from montage_ray.encode import EncodeResult, SegmentEncodeError, encode_segment
+from montage_ray.config import HARDWARE_LABELS, LabelConfig, resolve_spec
+from montage_ray.encode import (EncodeResult, JobSettings, SegmentEncodeError, encode_segment, segment_timeout,
+                                video_output_args)
 from montage_ray.errors import ClusterError, EncoderError
 from montage_ray.plan import Segment
 from montage_ray.report import Attempt
 
 log = logging.getLogger(__name__)
 
-try:  # present in recent Ray; an actor that is restarting or unreachable
+try:  # an actor that is restarting or whose node is unreachable
     from ray.exceptions import ActorUnavailableError
 except ImportError:  # pragma: no cover
     ActorUnavailableError = RayActorError  # type: ignore[misc,assignment]
 
+#: Errors that mean "this actor (or its node) is gone": resubmit elsewhere.
+ACTOR_GONE = (RayActorError, ActorUnavailableError, ObjectLostError, GetTimeoutError)
+
 
 @ray.remote(max_restarts=0, max_task_retries=0)
 class EncoderActor:
-    """A Ray actor that encodes segments with one spec. Its name says what it is on the dashboard."""
+    """A Ray actor that encodes segments for one resource label on one node."""
 
-    def __init__(self, spec: EncoderSpec, name: str) -> None:
-        self._spec = spec
+    def __init__(self, label: str, config: LabelConfig | None, name: str) -> None:
+        self._label = label
+        self._config = config
         self._name = name
+        self._specs: dict[tuple, Any] = {}
 
-    def describe(self) -> dict[str, Any]:
-        """Where this actor runs and what it encodes with."""
-        import os
+    def _spec(self, settings: JobSettings, threads: int):
+        key = (settings.codec, settings.quality, settings.preset, threads)
+        if key not in self._specs:
+            self._specs[key] = resolve_spec(self._label, self._config, codec=settings.codec,
+                                            quality=settings.quality, preset=settings.preset, threads=threads)
+        return self._specs[key]
 
+    def describe(self, settings: JobSettings | None = None) -> dict[str, Any]:
+        """Where this actor runs and, for ``settings``, what it would encode with (raises if it cannot)."""
+        info = {"name": self._name, "label": self._label, "node_id": ray.get_runtime_context().get_node_id(),
+                "hostname": socket.gethostname(), "pid": os.getpid()}
+        if settings is not None:
+            spec = self._spec(settings, 1)
+            info.update(encoder=spec.label, standin=spec.is_standin)
+        return info
+
+    def encode(self, segment: Segment, data: bytes, settings: JobSettings, *, threads: int = 1,
+               timeout: float = 600.0, attempt: int = 1) -> tuple[EncodeResult, bytes]:
+        """Encode one segment with this label's spec for the job's settings."""
+        spec = self._spec(settings, threads)
         ctx = ray.get_runtime_context()
-        return {"name": self._name, "label": self._spec.label, "node_id": ctx.get_node_id(),
-                "hostname": socket.gethostname(), "pid": os.getpid(), "standin": self._spec.is_standin}
+        return encode_segment(spec, segment, data, video_args=video_output_args(settings.video, spec),
+                              sar=settings.sar, timeout=timeout, actor=self._name, attempt=attempt,
+                              should_stop=ctx.is_canceled)
 
-    def encode(self, segment: Segment, data: bytes, **options: Any) -> tuple[EncodeResult, bytes]:
-        """Encode one segment; ``options`` are :func:`~montage_ray.encode.encode_segment` keywords."""
-        threads = options.pop("threads", 0)
-        spec = self._spec.with_threads(threads) if threads else self._spec
-        return encode_segment(spec, segment, data, actor=self._name, **options)
+
+@dataclass(frozen=True)
+class Placement:
+    """One encoder session to start: a label on a node."""
+
+    label: str                 # "cpu" or a resource label
+    node_id: str
+    node_name: str
+    index: int                 # n-th session of this label on this node
+    node_cpus: int = 1         # CPUs of that node (CPU actors share them when a job has few segments)
+
+    @property
+    def name(self) -> str:
+        return f"encoder:{self.label}:{self.node_name}:{self.index}"
+
+
+def plan_actors(nodes: Iterable[Mapping[str, Any]], labels: Iterable[str] | None = None,
+                extra_labels: Iterable[str] = ()) -> list[Placement]:
+    """One placement per session each alive node offers (pure: reads ``ray.nodes()`` output).
+
+    Hardware labels come first (they are usually fastest), then CPU slots. ``labels`` limits the labels.
+    """
+    wanted = set(labels) if labels is not None else None
+    known = list(HARDWARE_LABELS) + [x for x in extra_labels if x not in HARDWARE_LABELS and x != "cpu"]
+    hardware: list[Placement] = []
+    cpus: list[Placement] = []
+    for node in nodes:
+        if not node.get("Alive", node.get("alive", True)):
+            continue
+        resources = node.get("Resources", {})
+        node_id = node.get("NodeID", "")
+        node_name = f"{node.get('NodeManagerAddress', 'node')}-{node_id[:6]}"
+        node_cpus = int(resources.get("CPU", 0))
+        for label in known:
+            if wanted is None or label in wanted:
+                for i in range(int(resources.get(label, 0))):
+                    hardware.append(Placement(label, node_id, node_name, i, node_cpus))
+        if wanted is None or "cpu" in wanted:
+            for i in range(node_cpus):
+                cpus.append(Placement("cpu", node_id, node_name, i, node_cpus))
+    return hardware + cpus
+
+
+def offered_labels(nodes: Iterable[Mapping[str, Any]], extra_labels: Iterable[str] = ()) -> dict[str, int]:
+    """{label: sessions} over the alive nodes (CPU slots under "cpu")."""
+    counts: dict[str, int] = {}
+    for p in plan_actors(nodes, None, extra_labels):
+        counts[p.label] = counts.get(p.label, 0) + 1
+    return counts
 
 
 @dataclass
 class Worker:
-    """One encoder actor as the pool sees it."""
+    """One encoder actor as the pool sees it; ``fps`` is its measured speed (smoothed)."""
 
     actor: Any
     name: str
-    spec: EncoderSpec
+    label: str
+    placement: Placement | None = None
+    fps: float = 0.0
     in_flight: int = 0
     failures: int = 0
     alive: bool = True
     done: int = 0
+    encoder: str = ""
+    hostname: str = ""
 
 
-def start_actors(spec: EncoderSpec, count: int, *, prefix: str = "encoder") -> list[Worker]:
-    """Start ``count`` encoder actors for ``spec``, each asking for one unit of the spec's resource.
+#: Actors of this driver, reused across jobs while the same Ray session lasts.
+_REGISTRY: dict[tuple, Worker] = {}
+_REGISTRY_SESSION: list[str] = [""]
+_GENERATION = itertools.count(1)
+_USED_NAMES: set[str] = set()
 
-    CPU specs take ``num_cpus=1`` each; labelled specs take ``resources={label: 1}`` (and no CPU), so that
-    a node offering ``{"vaapi": 1}`` runs exactly one VAAPI actor.
-    """
+
+def _session_id() -> str:
+    return ray.get_runtime_context().get_job_id()
+
+
+def start_workers(placements: Sequence[Placement], config: Mapping[str, LabelConfig], *,
+                  reuse: bool = True) -> list[Worker]:
+    """An actor per placement, pinned to its node; reuses this session's live actors of the same setup."""
+    global _GENERATION
+    if _REGISTRY_SESSION[0] != _session_id():
+        _REGISTRY.clear()
+        _REGISTRY_SESSION[0] = _session_id()
+        _GENERATION = itertools.count(1)
+        _USED_NAMES.clear()
     workers = []
-    for i in range(count):
-        name = f"{prefix}:{spec.resource or 'cpu'}:{i}"
-        if spec.resource:
-            options: dict[str, Any] = {"num_cpus": 0, "resources": {spec.resource: 1}}
+    for p in placements:
+        cfg = config.get(p.label)
+        key = (p, cfg)
+        if reuse and key in _REGISTRY and _REGISTRY[key].alive:
+            w = _REGISTRY[key]
+            w.in_flight, w.failures = 0, 0
+            workers.append(w)
+            continue
+        if p.label == "cpu":
+            options: dict[str, Any] = {"num_cpus": 1}
         else:
-            options = {"num_cpus": 1}
-        actor = EncoderActor.options(name=name, **options).remote(spec, name)
-        workers.append(Worker(actor=actor, name=name, spec=spec))
+            options = {"num_cpus": 0, "resources": {p.label: 1}}
+        strategy = NodeAffinitySchedulingStrategy(node_id=p.node_id, soft=False) if p.node_id else None
+        name = p.name + (":stand-in" if cfg and p.label != "cpu" and (cfg.standin or cfg.backend == "cpu") else "")
+        if name in _USED_NAMES:  # names are unique in a namespace; an older setup may still hold it
+            name += f"~{next(_GENERATION)}"
+        _USED_NAMES.add(name)
+        actor = EncoderActor.options(name=name, scheduling_strategy=strategy, **options).remote(p.label, cfg, name)
+        fps = cfg.expected_fps if cfg and cfg.expected_fps else 0.0
+        w = Worker(actor=actor, name=name, label=p.label, placement=p, fps=fps)
+        _REGISTRY[key] = w
+        workers.append(w)
     return workers
 
 
-def stop_actors(workers: Iterable[Worker]) -> None:
-    """Kill the actors (their ffmpeg children die with them)."""
-    for w in workers:
+def wait_ready(workers: Sequence[Worker], settings: JobSettings, timeout: float = 60.0
+               ) -> tuple[list[Worker], list[Attempt]]:
+    """The workers that start and can serve ``settings`` within ``timeout``; the others with why not."""
+    pending = {w.actor.describe.remote(settings): w for w in workers}
+    ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
+    ok, bad = [], []
+    for ref, w in pending.items():
+        if ref not in ready:
+            bad.append(Attempt(-1, 0, w.label, w.name, "not-scheduled",
+                               f"{w.name} did not start within {timeout:.0f} s (no node offers it any more?)"))
+            w.alive = False
+            _forget(w)
+            continue
+        try:
+            info = ray.get(ref)
+        except RayTaskError as err:
+            cause = err.cause if isinstance(err.cause, BaseException) else err
+            bad.append(Attempt(-1, 0, w.label, w.name, "unavailable", str(cause).splitlines()[0]))
+            w.alive = False
+            _forget(w)
+            continue
+        except ACTOR_GONE as err:
+            bad.append(Attempt(-1, 0, w.label, w.name, "actor-died", str(err).splitlines()[0]))
+            w.alive = False
+            _forget(w)
+            continue
+        w.encoder, w.hostname = info.get("encoder", ""), info.get("hostname", "")
+        ok.append(w)
+    return ok, bad
+
+
+def _forget(worker: Worker) -> None:
+    for key, w in list(_REGISTRY.items()):
+        if w is worker:
+            del _REGISTRY[key]
+            try:
+                ray.kill(w.actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+
+def stop_workers(workers: Iterable[Worker] | None = None) -> None:
+    """Kill actors (all of this session's when ``workers`` is None); their ffmpeg children die with them."""
+    for w in list(workers) if workers is not None else list(_REGISTRY.values()):
+        w.alive = False
+        _forget(w)
         try:
             ray.kill(w.actor, no_restart=True)
-        except Exception:  # noqa: BLE001 - already gone is fine
+        except Exception:  # noqa: BLE001
             pass
 
 
+@dataclass
+class _Task:
+    worker: Worker
+    segment: Segment
+    attempt: int
+    started: float
+    duplicate: bool = False
+
+
+@dataclass
+class PoolOptions:
+    """Knobs of :class:`EncoderPool` (defaults suit a cluster of a few nodes)."""
+
+    depth: int = 2                    # segments in flight per actor
+    max_attempts: int = 4             # tries of one segment before the job fails
+    max_worker_failures: int = 2      # failures before an actor leaves this job's rotation
+    timeout_factor: float = 8.0       # per-segment timeout: this x the expected time ...
+    min_timeout: float = 60.0         # ... but never less than this
+    duplicate_tail: bool = True       # re-issue stragglers to idle faster actors
+    stall_timeout: float = 3600.0     # no result at all for this long: fail the job
+    ewma: float = 0.5                 # weight of the newest speed measurement
+
+
 class EncoderPool:
-    """Feed segments to workers, pull-based, with driver-owned retries.
+    """Feed segments to workers: pull-based, speed-aware, with tail duplication and driver-owned retries."""
 
-    ``depth`` bounds the segments in flight per actor (one encoding, one waiting in its object store);
-    a segment that fails is retried on another worker up to ``max_attempts`` times; a worker that fails
-    ``max_worker_failures`` segments, or dies, leaves the rotation for this job.
-    """
-
-    def __init__(self, workers: Sequence[Worker], *, depth: int = 2, max_attempts: int = 3,
-                 max_worker_failures: int = 2) -> None:
+    def __init__(self, workers: Sequence[Worker], options: PoolOptions | None = None) -> None:
         if not workers:
             raise ClusterError("no encoder actors to run the job on")
         self.workers = list(workers)
-        self.depth = depth
-        self.max_attempts = max_attempts
-        self.max_worker_failures = max_worker_failures
+        self.options = options or PoolOptions()
         self.failures: list[Attempt] = []
+        self.duplicates = 0
 
-    def _pick(self, queue: deque, worker: Worker, failed_on: dict[int, set[str]]) -> tuple[Segment, int] | None:
-        """The first queued segment this worker has not already failed, if another worker could take it."""
-        others_alive = sum(1 for w in self.workers if w.alive and w is not worker)
-        for i, (seg, attempt) in enumerate(queue):
-            if worker.name not in failed_on.get(seg.index, set()) or not others_alive:
-                del queue[i]
-                return seg, attempt
-        return None
+    # -- decisions -------------------------------------------------------------------------------
+    def _expected_fps(self, worker: Worker) -> float:
+        if worker.fps > 0:
+            return worker.fps
+        known = [w.fps for w in self.workers if w.fps > 0]
+        return min(known) if known else 0.0
 
-    def run(self, segments: Iterable[Segment], *, load: Callable[[Segment], bytes],
-            call_options: Callable[[Segment], dict[str, Any]],
-            stall_timeout: float = 3600.0) -> Iterator[tuple[Segment, EncodeResult, bytes]]:
+    def timeout_for(self, seg: Segment, worker: Worker, settings: JobSettings) -> float:
+        """Generous per-segment limit from the worker's expected speed (or a resolution-based guess)."""
+        fps = self._expected_fps(worker)
+        if fps <= 0:
+            return segment_timeout(seg.frames, settings.video.width, settings.video.height)
+        return max(self.options.min_timeout, self.options.timeout_factor * seg.frames / fps)
+
+    def _threads(self, worker: Worker, active: int) -> int:
+        """CPU workers share their node's CPUs when a job has fewer segments than CPU slots."""
+        if worker.label != "cpu" or worker.placement is None:
+            return 1
+        same_node = [w for w in self.workers if w.alive and w.label == "cpu" and w.placement
+                     and w.placement.node_id == worker.placement.node_id]
+        return max(1, worker.placement.node_cpus // max(1, min(active, len(same_node))))
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self, segments: Sequence[Segment], *, load: Callable[[Segment], bytes], settings: JobSettings
+            ) -> Iterator[tuple[Segment, EncodeResult, bytes]]:
         """Encode every segment; yield ``(segment, result, encoded bytes)`` in completion order."""
-        queue: deque[tuple[Segment, int]] = deque((s, 1) for s in segments)
-        in_flight: dict[Any, tuple[Worker, Segment, int]] = {}
+        opts = self.options
+        pending: list[tuple[Segment, int]] = sorted(((s, 1) for s in segments), key=lambda x: -x[0].frames)
+        in_flight: dict[Any, _Task] = {}
+        copies: dict[int, set[Any]] = {}
         failed_on: dict[int, set[str]] = {}
-        while queue or in_flight:
-            for worker in sorted(self.workers, key=lambda w: w.in_flight):
-                while worker.alive and worker.in_flight < self.depth and queue:
-                    picked = self._pick(queue, worker, failed_on)
-                    if picked is None:
+        finished: set[int] = set()
+        total = len(segments)
+        threads = {w.name: self._threads(w, total) for w in self.workers}
+
+        def submit(worker: Worker, seg: Segment, attempt: int, duplicate: bool = False) -> None:
+            ref = worker.actor.encode.remote(seg, ray.put(load(seg)), settings, threads=threads[worker.name],
+                                             timeout=self.timeout_for(seg, worker, settings), attempt=attempt)
+            in_flight[ref] = _Task(worker, seg, attempt, time.monotonic(), duplicate)
+            copies.setdefault(seg.index, set()).add(ref)
+            worker.in_flight += 1
+
+        last_progress = time.monotonic()
+        while len(finished) < total:
+            # Fill: fastest free worker first, largest pending segment first.
+            for worker in sorted((w for w in self.workers if w.alive), key=lambda w: -self._expected_fps(w)):
+                while worker.alive and worker.in_flight < opts.depth and pending:
+                    pick = self._pick(pending, worker, failed_on)
+                    if pick is None:
                         break
-                    seg, attempt = picked
-                    ref = worker.actor.encode.remote(seg, ray.put(load(seg)), attempt=attempt,
-                                                     **call_options(seg))
-                    in_flight[ref] = (worker, seg, attempt)
-                    worker.in_flight += 1
-            if not in_flight:
+                    submit(worker, *pick)
+            if opts.duplicate_tail and not pending:
+                self._duplicate_tail(in_flight, copies, finished, submit)
+            live = list(in_flight)
+            if not live:
                 reasons = "; ".join(f"{f.encoder}: {f.message}" for f in self.failures[-3:])
                 raise EncoderError(f"no encoder is left to finish the job ({reasons or 'all actors died'})")
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=stall_timeout)
+            ready, _ = ray.wait(live, num_returns=1, timeout=min(5.0, opts.stall_timeout))
             if not ready:
-                raise ClusterError(f"no segment finished in {stall_timeout:.0f} s; is an encoder stuck or "
-                                   "waiting for a resource no node offers?")
+                if time.monotonic() - last_progress > opts.stall_timeout:
+                    raise ClusterError(f"no segment finished in {opts.stall_timeout:.0f} s; is an encoder stuck "
+                                       "or waiting for a resource no node offers?")
+                continue
+            last_progress = time.monotonic()
             ref = ready[0]
-            worker, seg, attempt = in_flight.pop(ref)
-            worker.in_flight -= 1
+            task = in_flight.pop(ref)
+            task.worker.in_flight -= 1
+            copies.get(task.segment.index, set()).discard(ref)
+            seg = task.segment
             try:
-                result, data = ray.get(ref, timeout=stall_timeout)
-            except (RayActorError, ActorUnavailableError, GetTimeoutError) as err:
-                worker.alive = False
-                self._failed(queue, failed_on, worker, seg, attempt, "actor-died", str(err).splitlines()[0])
+                result, data = ray.get(ref, timeout=60)
+            except TaskCancelledError:
+                continue
+            except ACTOR_GONE as err:
+                task.worker.alive = False
+                self._failed(pending, failed_on, copies, finished, task, "actor-died", _first_line(err))
                 continue
             except RayTaskError as err:
                 cause = err.cause if isinstance(err.cause, BaseException) else err
                 reason = getattr(cause, "reason", "error")
-                stderr = getattr(cause, "stderr", "")
-                self._failed(queue, failed_on, worker, seg, attempt, reason, str(cause).splitlines()[0],
-                             stderr)
+                if reason == "cancelled":
+                    continue
+                self._failed(pending, failed_on, copies, finished, task, reason, _first_line(cause),
+                             getattr(cause, "stderr", ""))
                 continue
-            worker.done += 1
+            # A measured speed, even from a duplicate that lost the race, is information.
+            fps = result.frames / result.seconds if result.seconds > 0 else 0.0
+            w = task.worker
+            w.fps = fps if w.fps <= 0 else (1 - opts.ewma) * w.fps + opts.ewma * fps
+            if seg.index in finished:
+                continue
+            finished.add(seg.index)
+            w.done += 1
+            for other in copies.pop(seg.index, set()):
+                ray.cancel(other)  # the loser of a duplicated segment
             yield seg, result, data
 
-    def _failed(self, queue: deque, failed_on: dict[int, set[str]], worker: Worker, seg: Segment,
-                attempt: int, reason: str, message: str, stderr: str = "") -> None:
-        log.warning("segment %d attempt %d failed on %s: %s", seg.index, attempt, worker.name, message)
-        self.failures.append(Attempt(segment=seg.index, attempt=attempt, encoder=worker.spec.label,
-                                     actor=worker.name, reason=reason, message=message,
-                                     stderr=stderr[-2000:]))
+    def _pick(self, pending: list[tuple[Segment, int]], worker: Worker, failed_on: dict[int, set[str]]
+              ) -> tuple[Segment, int] | None:
+        """The largest pending segment this worker has not failed, unless only it could take it."""
+        others_alive = any(w.alive and w is not worker for w in self.workers)
+        for i, (seg, attempt) in enumerate(pending):
+            if worker.name not in failed_on.get(seg.index, set()) or not others_alive:
+                del pending[i]
+                return seg, attempt
+        return None
+
+    def _duplicate_tail(self, in_flight: dict[Any, _Task], copies: dict[int, set[Any]], finished: set[int],
+                        submit: Callable[..., None]) -> None:
+        """Give an idle worker a copy of the in-flight segment expected to finish last, if it would win."""
+        idle = [w for w in self.workers if w.alive and w.in_flight == 0]
+        if not idle:
+            return
+        now = time.monotonic()
+
+        def eta(t: _Task) -> float:
+            fps = self._expected_fps(t.worker)
+            # queued behind another segment on its actor: add that one's time too
+            queued = sum(o.segment.frames for o in in_flight.values()
+                         if o.worker is t.worker and o.started < t.started)
+            return t.started + (t.segment.frames + queued) / fps - now if fps > 0 else float("inf")
+
+        single = [t for t in in_flight.values() if len(copies.get(t.segment.index, ())) == 1
+                  and t.segment.index not in finished]
+        for worker in sorted(idle, key=lambda w: -self._expected_fps(w)):
+            if not single:
+                return
+            slowest = max(single, key=eta)
+            fps = self._expected_fps(worker)
+            if fps <= 0 or slowest.worker is worker:
+                continue
+            if slowest.segment.frames / fps < eta(slowest):
+                single.remove(slowest)
+                self.duplicates += 1
+                log.info("segment %d: duplicated on %s (straggling on %s)", slowest.segment.index, worker.name,
+                         slowest.worker.name)
+                submit(worker, slowest.segment, slowest.attempt, duplicate=True)
+
+    def _failed(self, pending: list[tuple[Segment, int]], failed_on: dict[int, set[str]],
+                copies: dict[int, set[Any]], finished: set[int], task: _Task, reason: str, message: str,
+                stderr: str = "") -> None:
+        seg, worker = task.segment, task.worker
+        log.warning("segment %d attempt %d failed on %s: %s", seg.index, task.attempt, worker.name, message)
+        self.failures.append(Attempt(segment=seg.index, attempt=task.attempt, encoder=worker.encoder or worker.label,
+                                     actor=worker.name, reason=reason, message=message, stderr=stderr[-2000:]))
         failed_on.setdefault(seg.index, set()).add(worker.name)
         worker.failures += 1
-        if worker.failures >= self.max_worker_failures:
+        if worker.failures >= self.options.max_worker_failures:
             worker.alive = False
-        if attempt >= self.max_attempts:
-            raise EncoderError(f"segment {seg.index} failed {attempt} times; last on {worker.spec.label}: "
-                               f"{message}")
-        queue.appendleft((seg, attempt + 1))
+        if seg.index in finished or copies.get(seg.index):
+            return  # another copy finished or is still running
+        if task.attempt >= self.options.max_attempts:
+            raise EncoderError(f"segment {seg.index} failed {task.attempt} times; last on {worker.name}: {message}")
+        pending.insert(0, (seg, task.attempt + 1))
 
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

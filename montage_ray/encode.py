@@ -21,7 +21,7 @@ import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from montage_ray import ffmpeg_cli
 from montage_ray.backends import EncoderSpec
@@ -106,9 +106,25 @@ def count_packets(path: str, *, timeout: float = 60.0) -> int:
         return 0
 
 
+@dataclass(frozen=True)
+class JobSettings:
+    """What every segment of one job shares: the codec and quality asked for, and the source's look."""
+
+    codec: str
+    quality: int
+    preset: str
+    video: VideoInfo
+
+    @property
+    def sar(self) -> str | None:
+        sar = self.video.sar
+        return f"{sar.numerator}/{sar.denominator}" if sar else None
+
+
 def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_args: Sequence[str] = (),
                    sar: str | None = None, timeout: float = 600.0, workdir: str | None = None,
-                   actor: str = "", attempt: int = 1) -> tuple[EncodeResult, bytes]:
+                   actor: str = "", attempt: int = 1,
+                   should_stop: Callable[[], bool] | None = None) -> tuple[EncodeResult, bytes]:
     """Encode one segment's packets (a NUT file's bytes) and return the result and the encoded NUT bytes.
 
     Raises :class:`EncoderError` when ffmpeg fails, crashes, hangs past ``timeout`` or writes a wrong
@@ -122,7 +138,10 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
             fh.write(data)
         cmd = build_command(spec, src, dst, video_args, sar)
         try:
-            done = ffmpeg_cli.run(cmd, timeout=timeout, env=spec.env or None)
+            done = ffmpeg_cli.run(cmd, timeout=timeout, env=spec.env or None, should_stop=should_stop)
+        except ffmpeg_cli.Cancelled as err:
+            raise SegmentEncodeError(f"segment {segment.index} on {spec.label}: {err}", reason="cancelled",
+                                     stderr=err.stderr) from None
         except FFmpegError as err:
             raise SegmentEncodeError(
                 f"segment {segment.index} on {spec.label}: {err}", stderr=err.stderr,
@@ -144,7 +163,7 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
 
 
 class SegmentEncodeError(EncoderError):
-    """One segment failed on one encoder; ``reason`` is failed, crash, timeout or frame-count."""
+    """One segment failed on one encoder; ``reason`` is failed, crash, timeout, frame-count or cancelled."""
 
     def __init__(self, message: str, *, stderr: str = "", reason: str = "failed") -> None:
         super().__init__(message)

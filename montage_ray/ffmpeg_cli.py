@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from montage_ray.errors import FFmpegError, FFmpegNotFound
 
@@ -104,13 +104,20 @@ def _tail(text: str, limit: int = STDERR_TAIL_CHARS) -> str:
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
+class Cancelled(FFmpegError):
+    """The process was stopped because its caller asked (``should_stop`` returned true)."""
+
+
 def run(args: Sequence[str], *, timeout: float, check: bool = True, input_bytes: bytes | None = None,
-        env: Mapping[str, str] | None = None, cwd: str | None = None) -> Completed:
+        env: Mapping[str, str] | None = None, cwd: str | None = None,
+        should_stop: Callable[[], bool] | None = None) -> Completed:
     """Run ``args`` (a list, never a shell string) with a hard ``timeout`` in seconds.
 
     On timeout the whole process group is killed and :class:`FFmpegError` (``timed_out=True``) raised.
     With ``check`` a non-zero exit or a signal also raises :class:`FFmpegError`, carrying the stderr tail.
     ``env`` *adds to* this process's environment for the child only (never mutates ``os.environ``).
+    ``should_stop`` is polled twice a second; when it returns true the process is killed and
+    :class:`Cancelled` raised (a cancelled Ray task, a duplicate that lost the race).
     """
     args = [os.fspath(a) for a in args]
     child_env = None
@@ -127,14 +134,27 @@ def run(args: Sequence[str], *, timeout: float, check: bool = True, input_bytes:
         raise FFmpegNotFound(f"cannot run {args[0]!r}: {err.strerror}") from err
     except PermissionError as err:
         raise FFmpegNotFound(f"cannot run {args[0]!r}: permission denied") from err
+    deadline = started + timeout
     try:
-        out, err = proc.communicate(input=input_bytes, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        out, err = proc.communicate()
-        raise FFmpegError(f"{Path(args[0]).name} did not finish within {timeout:g} s and was killed",
-                          returncode=None, stderr=_tail(err.decode(errors="replace")),
-                          timed_out=True) from None
+        while True:
+            step = deadline - time.monotonic()
+            if should_stop is not None:
+                step = min(step, 0.5)
+            try:
+                out, err = proc.communicate(input=input_bytes, timeout=max(step, 0.01))
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    _kill_group(proc)
+                    out, err = proc.communicate()
+                    raise FFmpegError(f"{Path(args[0]).name} did not finish within {timeout:g} s and was killed",
+                                      returncode=None, stderr=_tail(err.decode(errors="replace")),
+                                      timed_out=True) from None
+                if should_stop is not None and should_stop():
+                    _kill_group(proc)
+                    out, err = proc.communicate()
+                    raise Cancelled(f"{Path(args[0]).name} was stopped on request",
+                                    stderr=_tail(err.decode(errors="replace"))) from None
     except BaseException:
         _kill_group(proc)
         proc.wait()

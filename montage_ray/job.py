@@ -20,15 +20,18 @@ import tempfile
 import time
 from typing import Any, Callable, Iterator
 
-from montage_ray import backends
 from montage_ray.backends import CODECS, PRESETS
-from montage_ray.dispatch import EncoderPool, start_actors, stop_actors
-from montage_ray.encode import EncodeResult, segment_timeout, video_output_args
+from montage_ray.config import LabelConfig, load_encoders_config
+from montage_ray.dispatch import (EncoderPool, PoolOptions, Worker, offered_labels, plan_actors, start_workers,
+                                  wait_ready)
+from montage_ray.encode import EncodeResult, JobSettings
 from montage_ray.errors import ClusterError, InputError
+from montage_ray.media import MediaInfo
 from montage_ray.join import container_for, join_segments, verify_output
 from montage_ray.media import check_source, inspect
 from montage_ray.plan import Segment, plan_segments
 from montage_ray.report import JobReport
+from montage_ray.routing import PROFILES, JobFacts, Offer, route
 from montage_ray.split import split_source
 
 log = logging.getLogger(__name__)
@@ -56,14 +59,14 @@ def check_destination(dst: str | os.PathLike[str], *, overwrite: bool, source: s
     return absolute
 
 
-def _check_options(codec: str, quality: int, preset: str, segment_seconds: float) -> None:
+def _check_options(codec: str, quality: int, preset: str, segment_seconds: float | None) -> None:
     if codec not in CODECS:
         raise InputError(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
     if not isinstance(quality, int) or not 0 <= quality <= 51:
         raise InputError(f"quality must be a whole number from 0 (best) to 51, not {quality!r}")
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
-    if not segment_seconds > 0:
+    if segment_seconds is not None and not segment_seconds > 0:
         raise InputError(f"segment length must be more than 0 seconds, not {segment_seconds!r}")
 
 
@@ -117,23 +120,44 @@ def _publish(tmp: str, dst: str, overwrite: bool) -> None:
     os.unlink(tmp)
 
 
+#: First guesses of one session's speed (frames/s at 1080p) before anything was measured.
+DEFAULT_FPS = {"cpu": 25.0, "vaapi": 200.0, "qsv": 200.0, "nvenc": 300.0, "nvmpi": 120.0, "v4l2m2m": 60.0}
+
+#: Per-session preset for the quality profiles (``--profile``); "standard" keeps the job's own preset.
+PROFILE_PRESETS = {"fast": "veryfast", "master": "slow"}
+
+
+def auto_segment_seconds(duration: float, sessions: int) -> float:
+    """About three segments per encoder session, between 2 and 10 seconds each."""
+    return max(2.0, min(10.0, duration / max(1, 3 * sessions)))
+
+
 def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: str = "h264",
-           quality: int = 23, preset: str = "medium", segment_seconds: float = 10.0,
-           address: str | None = None, overwrite: bool = False, report: str | None = None,
-           workers: int | None = None, verify: str = "decode",
-           progress: ProgressCallback | None = None) -> JobReport:
+           quality: int = 23, preset: str = "medium", segment_seconds: float | None = None,
+           address: str | None = None, overwrite: bool = False, report: str | os.PathLike[str] | None = None,
+           workers: int | None = None, verify: str = "decode", profile: str = "standard",
+           encoders_config: str | os.PathLike[str] | None = None, labels: list[str] | None = None,
+           pool_options: PoolOptions | None = None, progress: ProgressCallback | None = None) -> JobReport:
     """Encode ``src`` into ``dst`` on Ray and return the :class:`~montage_ray.report.JobReport`.
 
     ``quality`` is CRF-like (0 best .. 51 worst, 23 default); ``preset`` an x264-style speed name;
-    ``workers`` caps the encoder actors (default: one per CPU of the cluster); ``verify`` is ``"decode"``
-    (decode every output frame) or ``"packets"`` (count packets only). ``report`` writes the JSON report.
-    Raises :class:`~montage_ray.errors.MontageError` subclasses; the destination is only written once the
-    joined file has been verified.
+    ``segment_seconds`` the segment length (default: about three segments per encoder session, 2-10 s);
+    ``workers`` caps the encoder actors; ``verify`` is ``"decode"`` (decode every output frame) or
+    ``"packets"``; ``profile`` is fast, standard or master (master prefers the labels configured as best
+    quality); ``encoders_config`` is an encoders YAML (see :mod:`montage_ray.config`); ``labels`` limits
+    the resource labels used. ``report`` writes the JSON report. Raises
+    :class:`~montage_ray.errors.MontageError` subclasses; the destination is only written once the joined
+    file has been verified.
     """
     started = time.monotonic()
     _check_options(codec, quality, preset, segment_seconds)
     if verify not in ("decode", "packets"):
         raise InputError(f"verify must be 'decode' or 'packets', not {verify!r}")
+    if profile not in PROFILES:
+        raise InputError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
+    if workers is not None and workers < 1:
+        raise InputError(f"workers must be at least 1, not {workers!r}")
+    config = load_encoders_config(encoders_config)
     source = check_source(src)
     target = check_destination(dst, overwrite=overwrite, source=source)
     container = container_for(target)
@@ -149,19 +173,22 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: s
     t = time.monotonic()
     media = inspect(source)
     t = phase("probe", t)
-    segments = plan_segments(media.packets, media.video.time_base, segment_seconds)
-    t = phase("plan", t)
     job = JobReport(source=os.fspath(src), output=os.fspath(dst), codec=codec, frames=media.video.frames,
-                    duration=sum(s.duration for s in segments))
+                    duration=0.0, profile=profile)
+    preset = PROFILE_PRESETS.get(profile, preset)
+    settings = JobSettings(codec=codec, quality=quality, preset=preset, video=media.video)
     workdir = tempfile.mkdtemp(prefix=".montage-ray-", dir=os.path.dirname(target))
     try:
         with ray_session(address) as where:
             job.ray_address = where
             t = phase("ray", t)
+            pool_workers, segments = _prepare(media, settings, config, job, segment_seconds=segment_seconds,
+                                              workers=workers, labels=labels, profile=profile)
+            job.duration = sum(s.duration for s in segments)
+            t = phase("plan", t)
             paths = split_source(media, segments, workdir)
             t = phase("split", t)
-            encoded = _encode_all(media, segments, paths, workdir, job, codec=codec, quality=quality,
-                                  preset=preset, workers=workers, progress=progress)
+            encoded = _encode_all(segments, paths, workdir, job, pool_workers, settings, pool_options, progress)
             t = phase("encode", t)
         t = phase("ray", t)  # start-up above, shut-down (of a Ray started here) now
         ext = os.path.splitext(target)[1]
@@ -182,34 +209,67 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: s
     return job
 
 
-def _encode_all(media, segments: list[Segment], paths: list[str], workdir: str, job: JobReport, *,
-                codec: str, quality: int, preset: str, workers: int | None,
-                progress: ProgressCallback | None) -> list[str]:
-    """Run every segment through a pool of CPU encoder actors; return the encoded files in order."""
+def _prepare(media: MediaInfo, settings: JobSettings, config: dict[str, LabelConfig], job: JobReport, *,
+             segment_seconds: float | None, workers: int | None, labels: list[str] | None, profile: str
+             ) -> tuple[list[Worker], list[Segment]]:
+    """Route the job to labels, start (or reuse) their actors, and plan segments for them."""
     import ray
 
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    count = max(1, min(workers or cpus, cpus, len(segments)))
-    threads = max(1, cpus // count)
-    spec = backends.cpu_spec(codec, quality=quality, preset=preset, threads=threads)
-    job.encoders = [spec.label]
-    video_args = video_output_args(media.video, spec)
-    sar = f"{media.video.sar.numerator}/{media.video.sar.denominator}" if media.video.sar else None
-    actors = start_actors(spec, count)
+    nodes = ray.nodes()
+    offered = offered_labels(nodes, config)
+    if labels is not None:
+        unknown = set(labels) - set(offered)
+        if unknown:
+            raise ClusterError(f"the cluster offers no {', '.join(sorted(unknown))} "
+                               f"(it offers: {', '.join(sorted(offered)) or 'nothing'})")
+        offered = {k: v for k, v in offered.items() if k in labels}
+    duration = float(media.video.frames / media.video.frame_rate) if media.video.frame_rate else media.duration
+    scale = media.video.width * media.video.height / (1920 * 1080)
+    offers = []
+    for label, sessions in offered.items():
+        cfg = config.get(label)
+        fps = (cfg.expected_fps if cfg and cfg.expected_fps else DEFAULT_FPS.get(label, 60.0)) / max(scale, 0.05)
+        offers.append(Offer(label, sessions, fps, remote=bool(cfg and cfg.remote),
+                            bandwidth_mbps=cfg.bandwidth_mbps if cfg else None,
+                            quality_rank=cfg.quality_rank if cfg else 0, hardware=label != "cpu"))
+    seconds_for_facts = segment_seconds or 10.0
+    decision = route(JobFacts(frames=media.video.frames, duration=duration, input_bytes=media.size,
+                              profile=profile, small_job_seconds=2 * seconds_for_facts), offers)
+    job.route = list(decision.reasons)
+    if not decision.labels:
+        raise ClusterError("no encoder in the cluster can serve this job: " + "; ".join(decision.reasons))
+    placements = plan_actors(nodes, decision.labels, config)
+    small = segment_seconds is None and duration < 2 * 10.0
+    if small:
+        placements = placements[:1]
+    if workers is not None:
+        placements = placements[:workers]
+    started = start_workers(placements, config)
+    ready, unavailable = wait_ready(started, settings)
+    job.failures.extend(unavailable)
+    if not ready:
+        raise ClusterError("no encoder could start: " + "; ".join(f"{u.actor}: {u.message}" for u in unavailable))
+    seconds = 2 * duration + 1 if small else (segment_seconds or auto_segment_seconds(duration, len(ready)))
+    segments = plan_segments(media.packets, media.video.time_base, seconds)
+    ready = ready[:max(1, len(segments))] if len(segments) < len(ready) else ready
+    job.encoders = sorted({w.encoder for w in ready})
+    job.workers = [{"name": w.name, "label": w.label, "encoder": w.encoder, "host": w.hostname} for w in ready]
+    return ready, segments
+
+
+def _encode_all(segments: list[Segment], paths: list[str], workdir: str, job: JobReport, workers: list[Worker],
+                settings: JobSettings, pool_options: PoolOptions | None,
+                progress: ProgressCallback | None) -> list[str]:
+    """Run every segment through the pool; return the encoded files in order."""
     encoded = [os.path.join(workdir, f"enc-{i:06d}.nut") for i in range(len(segments))]
-    pool = EncoderPool(actors)
+    pool = EncoderPool(workers, pool_options)
 
     def load(seg: Segment) -> bytes:
         with open(paths[seg.index], "rb") as fh:
             return fh.read()
 
-    def options(seg: Segment) -> dict[str, Any]:
-        return {"video_args": video_args, "sar": sar, "threads": threads,
-                "timeout": segment_timeout(seg.frames, media.video.width, media.video.height)}
-
-    longest = max(options(s)["timeout"] for s in segments) + 60
     try:
-        for seg, result, data in pool.run(segments, load=load, call_options=options, stall_timeout=longest):
+        for seg, result, data in pool.run(segments, load=load, settings=settings):
             with open(encoded[seg.index], "wb") as fh:
                 fh.write(data)
             job.segments.append(result)
@@ -217,6 +277,6 @@ def _encode_all(media, segments: list[Segment], paths: list[str], workdir: str, 
                 progress(len(job.segments), len(segments), result)
     finally:
         job.failures.extend(pool.failures)
-        stop_actors(actors)
+        job.duplicates = pool.duplicates
     job.segments.sort(key=lambda r: r.segment)
     return encoded

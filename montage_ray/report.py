@@ -46,6 +46,10 @@ class JobReport:
     encoders: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     ray_address: str = ""
+    profile: str = "standard"
+    route: list[str] = field(default_factory=list)         # why each label was used or left out
+    workers: list[dict] = field(default_factory=list)      # the encoder actors that took part
+    duplicates: int = 0                                    # straggling segments re-issued at the tail
 
     @property
     def speed(self) -> float:

@@ -1,24 +1,42 @@
-"""The pool on a real local Ray: retries on another actor, failing actors leave, dead actors are replaced."""
+"""The pool on a real local Ray: placement, retries elsewhere, failing and dead actors, timeouts, tails."""
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import pytest
 import ray
 
-from montage_ray.backends import BACKENDS, cpu_spec
-from montage_ray.dispatch import EncoderPool, start_actors, stop_actors
+from montage_ray.config import LabelConfig
+from montage_ray.dispatch import EncoderPool, Placement, PoolOptions, plan_actors, start_workers, stop_workers
+from montage_ray.encode import JobSettings
 from montage_ray.errors import EncoderError
 from montage_ray.media import inspect
 from montage_ray.plan import plan_segments
 from montage_ray.split import split_source
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+NODES = [
+    {"NodeID": "aaaaaa11", "Alive": True, "NodeManagerAddress": "10.0.0.1",
+     "Resources": {"CPU": 4.0, "vaapi": 1.0, "qsv": 1.0, "memory": 1e9}},
+    {"NodeID": "bbbbbb22", "Alive": True, "NodeManagerAddress": "10.0.0.2", "Resources": {"CPU": 2.0, "nvenc": 3.0}},
+    {"NodeID": "cccccc33", "Alive": False, "NodeManagerAddress": "10.0.0.3", "Resources": {"CPU": 8.0}},
+    {"NodeID": "dddddd44", "Alive": True, "NodeManagerAddress": "10.0.0.4", "Resources": {"CPU": 4.0, "nvmpi": 1.0}},
+]
+
+
+def test_plan_actors_one_per_session_hardware_first():
+    placements = plan_actors(NODES)
+    labels = [p.label for p in placements]
+    assert labels[:6] == ["vaapi", "qsv", "nvenc", "nvenc", "nvenc", "nvmpi"]
+    assert labels.count("cpu") == 4 + 2 + 4  # the dead node offers nothing
+    assert placements[0].name == "encoder:vaapi:10.0.0.1-aaaaaa:0"
+    assert {p.node_cpus for p in placements if p.node_id == "bbbbbb22"} == {2}
+
+
+def test_plan_actors_limited_to_labels():
+    assert [p.label for p in plan_actors(NODES, labels={"nvenc"})] == ["nvenc"] * 3
 
 
 @pytest.fixture(scope="module")
-def job(make_clip, tmp_path_factory):
+def job(make_clip, tmp_path_factory, ray_cluster):
     info = inspect(make_clip("long"))
     segments = plan_segments(info.packets, info.video.time_base, 2)
     paths = split_source(info, segments, str(tmp_path_factory.mktemp("split")))
@@ -27,60 +45,86 @@ def job(make_clip, tmp_path_factory):
         with open(paths[seg.index], "rb") as fh:
             return fh.read()
 
-    return segments, load
+    settings = JobSettings(codec="h264", quality=23, preset="ultrafast", video=info.video)
+    node = ray.get_runtime_context().get_node_id()
+    return segments, load, settings, node
 
 
-def nvenc_on_cpu_slot():
-    """The real h264_nvenc spec, scheduled on a CPU slot (this cluster offers no "nvenc" resource)."""
-    return replace(BACKENDS["nvenc"].spec("h264"), resource=None)
+def workers(node: str, index: int, **config):
+    cfg = {"cpu": LabelConfig("cpu", **config)} if config else {}
+    return start_workers([Placement("cpu", node, "local", index, node_cpus=2)], cfg)
 
 
-def options(_seg):
-    return {"timeout": 120, "video_args": ["-pix_fmt", "yuv420p"]}
-
-
-def test_a_failing_hardware_actor_falls_back_to_cpu(job):
-    """h264_nvenc fails for real here (no driver): its segments move to the CPU actor, with reasons."""
-    segments, load = job
-    broken = start_actors(nvenc_on_cpu_slot(), 1, prefix="test-broken")
-    good = start_actors(cpu_spec("h264", preset="ultrafast"), 1, prefix="test-good")
-    pool = EncoderPool(broken + good, max_worker_failures=2)
+def test_a_failing_encoder_is_taken_out_and_others_finish(job):
+    segments, load, settings, node = job
+    broken = workers(node, 0, extra_args=("-profile:v", "no-such-profile"))
+    good = workers(node, 1)
+    pool = EncoderPool(broken + good, PoolOptions(max_worker_failures=2))
     try:
-        done = {seg.index: result for seg, result, _ in pool.run(segments, load=load, call_options=options)}
+        done = {seg.index: result for seg, result, _ in pool.run(segments, load=load, settings=settings)}
     finally:
-        stop_actors(broken + good)
+        stop_workers(broken + good)
     assert sorted(done) == [s.index for s in segments]
-    assert {r.actor for r in done.values()} == {"test-good:cpu:0"}
+    assert {r.actor for r in done.values()} == {good[0].name}
     # out of rotation after 2 failures; one more may already have been in flight (depth 2)
-    assert len(pool.failures) in (2, 3) and all(f.actor == "test-broken:cpu:0" for f in pool.failures)
-    assert all(f.reason == "failed" and f.stderr for f in pool.failures)
-    assert not pool.workers[0].alive
+    assert len(pool.failures) in (2, 3) and {f.actor for f in pool.failures} == {broken[0].name}
+    assert all(f.reason == "failed" and "no-such-profile" in f.stderr for f in pool.failures)
+    assert not broken[0].alive
 
 
 def test_a_killed_actor_loses_no_segment(job):
-    segments, load = job
-    workers = start_actors(cpu_spec("h264", preset="veryfast", threads=1), 2, prefix="test-kill")
-    pool = EncoderPool(workers)
+    segments, load, settings, node = job
+    pair = workers(node, 0) + workers(node, 1)
+    pool = EncoderPool(pair)
     done = {}
     try:
-        for seg, result, data in pool.run(segments, load=load, call_options=options):
+        for seg, result, data in pool.run(segments, load=load, settings=settings):
             if not done:
-                ray.kill(workers[0].actor, no_restart=True)
+                ray.kill(pair[0].actor, no_restart=True)
             done[seg.index] = result
     finally:
-        stop_actors(workers)
+        stop_workers(pair)
     assert sorted(done) == [s.index for s in segments]
     assert sum(r.frames for r in done.values()) == sum(s.frames for s in segments)
     assert any(f.reason == "actor-died" for f in pool.failures)
-    assert not workers[0].alive
+    assert not pair[0].alive
 
 
 def test_when_every_encoder_fails_the_error_says_why(job):
-    segments, load = job
-    broken = start_actors(nvenc_on_cpu_slot(), 1, prefix="test-allbroken")
-    pool = EncoderPool(broken, max_worker_failures=5)
+    segments, load, settings, node = job
+    broken = workers(node, 0, extra_args=("-profile:v", "no-such-profile"))
+    pool = EncoderPool(broken)
     try:
-        with pytest.raises(EncoderError, match="failed 3 times"):
-            list(pool.run(segments[:1], load=load, call_options=options))
+        with pytest.raises(EncoderError, match="no encoder is left.*no-such-profile|failed 4 times"):
+            list(pool.run(segments[:2], load=load, settings=settings))
     finally:
-        stop_actors(broken)
+        stop_workers(broken)
+
+
+def test_a_hang_times_out_and_moves_to_another_actor(job):
+    """A stand-in throttled to a quarter of realtime, whose expected speed says it should be quick."""
+    segments, load, settings, node = job
+    stuck = workers(node, 0, readrate=0.25, expected_fps=2000)
+    good = workers(node, 1, expected_fps=100)
+    pool = EncoderPool(stuck + good, PoolOptions(min_timeout=1.0, duplicate_tail=False))
+    try:
+        done = {seg.index: r for seg, r, _ in pool.run(segments[:2], load=load, settings=settings)}
+    finally:
+        stop_workers(stuck + good)
+    assert sorted(done) == [0, 1]
+    assert any(f.reason == "timeout" and f.actor == stuck[0].name for f in pool.failures)
+
+
+def test_tail_straggler_is_duplicated_to_an_idle_faster_actor(job):
+    segments, load, settings, node = job
+    slow = workers(node, 0, readrate=1, expected_fps=30)     # realtime: 2 s a segment
+    fast = workers(node, 1, readrate=8, expected_fps=240)    # 8x realtime
+    pool = EncoderPool(slow + fast, PoolOptions(depth=1))
+    try:
+        done = {seg.index: r for seg, r, _ in pool.run(segments, load=load, settings=settings)}
+    finally:
+        stop_workers(slow + fast)
+    assert sorted(done) == [s.index for s in segments]
+    assert pool.duplicates >= 1
+    by_actor = [r.actor for r in done.values()]
+    assert by_actor.count(fast[0].name) > by_actor.count(slow[0].name)  # faster took more segments

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from montage_ray.backends import CODECS, PRESETS
+from montage_ray.routing import PROFILES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,8 +19,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quality", type=int, default=23, metavar="Q",
                    help="CRF-like quality, 0 best .. 51 worst (default 23)")
     p.add_argument("--preset", choices=PRESETS, default="medium", help="speed preset (default medium)")
-    p.add_argument("--segment-seconds", type=float, default=10.0, metavar="S",
-                   help="about how long each segment is (default 10)")
+    p.add_argument("--segment-seconds", type=float, default=None, metavar="S",
+                   help="about how long each segment is (default: about three per encoder, 2-10 s; "
+                        "a clip under 20 s is one segment)")
+    p.add_argument("--profile", choices=PROFILES, default="standard",
+                   help="fast, standard or master (master prefers the best-quality encoders)")
+    p.add_argument("--encoders-config", metavar="YAML", default=None,
+                   help="which encoder serves each resource label (overrides the nodes' probes)")
+    p.add_argument("--labels", metavar="L1,L2", default=None,
+                   help="use only these resource labels (e.g. vaapi,cpu)")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="Ray cluster to use: auto, HOST:PORT or ray://HOST:10001 "
                         "(default: $RAY_ADDRESS, else a local Ray started for this job)")
@@ -42,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
 
     report = encode(args.src, args.dst, codec=args.codec, quality=args.quality, preset=args.preset,
                     segment_seconds=args.segment_seconds, address=args.address, overwrite=args.overwrite,
-                    report=args.report, workers=args.workers, verify=args.verify,
+                    report=args.report, workers=args.workers, verify=args.verify, profile=args.profile,
+                    encoders_config=args.encoders_config,
+                    labels=[x for x in args.labels.split(",") if x] if args.labels else None,
                     progress=None if args.quiet else progress)
     if not args.quiet:
         print(report.summary())

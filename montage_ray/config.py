@@ -1,0 +1,121 @@
+"""Which encoder serves each Ray resource label: the node's probe, or an encoders YAML file.
+
+By default an actor pinned to the ``vaapi`` label asks its own node's probe how to run VAAPI there (device,
+driver). An encoders file (``--encoders-config``) overrides that per label, and is how tests, benchmarks and
+users without the hardware run a CPU **stand-in** under a hardware label; a stand-in says so in its label
+wherever it appears (logs, reports, the dashboard)::
+
+    # encoders.yaml
+    labels:
+      vaapi:  {backend: cpu, standin: true, readrate: 4}          # CPU stand-in, at most 4x realtime
+      nvenc:  {backend: nvenc, remote: true, bandwidth_mbps: 200, quality_rank: 1}
+      cpu:    {preset: veryfast}
+
+    from montage_ray.config import load_encoders_config, resolve_spec
+    config = load_encoders_config("encoders.yaml")
+    spec = resolve_spec("vaapi", config.get("vaapi"), codec="h264", quality=23, preset="medium", threads=1)
+    spec.label   # 'vaapi (stand-in: libx264 on CPU, at most 4x realtime)'
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+import yaml
+
+from montage_ray.backends import BACKENDS, PRESETS, EncoderSpec
+from montage_ray.errors import EncoderError, InputError
+
+#: Resource labels a node can offer for hardware encoders (every backend but the CPU one).
+HARDWARE_LABELS = tuple(name for name, b in BACKENDS.items() if b.hardware)
+
+_FIELDS = {"backend", "standin", "preset", "threads", "readrate", "extra_args", "remote", "bandwidth_mbps",
+           "expected_fps", "quality_rank"}
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """How one resource label is served, as configured (every field optional)."""
+
+    label: str
+    backend: str | None = None          # a BACKENDS name; "cpu" with standin=True for a stand-in
+    standin: bool = False
+    preset: str | None = None           # overrides the job's preset for this label
+    threads: int | None = None          # ffmpeg threads (CPU backends)
+    readrate: float | None = None       # throttle input to N x realtime (simulates a slower device)
+    extra_args: tuple[str, ...] = ()    # appended after the encoder's own options
+    remote: bool = False                # reached over a slow link (the cloud GPU): see routing
+    bandwidth_mbps: float | None = None  # link speed to that node, when remote
+    expected_fps: float | None = None   # a first guess of its speed before anything was measured
+    quality_rank: int = 0               # higher is better; ``--profile master`` prefers the top rank
+
+
+def load_encoders_config(path: str | os.PathLike[str] | None) -> dict[str, LabelConfig]:
+    """Read an encoders YAML file into {label: LabelConfig}; InputError on anything malformed."""
+    if path is None:
+        return {}
+    shown = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise InputError(f"encoders config {shown!r} does not exist") from None
+    except (OSError, yaml.YAMLError) as err:
+        raise InputError(f"encoders config {shown!r} cannot be read: {str(err).splitlines()[0]}") from None
+    labels = data.get("labels") if isinstance(data, dict) else None
+    if not isinstance(labels, dict):
+        raise InputError(f"encoders config {shown!r} needs a 'labels:' mapping of label -> settings")
+    out: dict[str, LabelConfig] = {}
+    for label, settings in labels.items():
+        settings = settings or {}
+        if not isinstance(settings, dict):
+            raise InputError(f"encoders config {shown!r}: settings of {label!r} must be a mapping")
+        unknown = set(settings) - _FIELDS
+        if unknown:
+            raise InputError(f"encoders config {shown!r}: unknown setting(s) {sorted(unknown)} for {label!r}")
+        backend = settings.get("backend")
+        if backend is not None and backend not in BACKENDS:
+            raise InputError(f"encoders config {shown!r}: {label!r} names unknown backend {backend!r} "
+                             f"(known: {', '.join(BACKENDS)})")
+        if settings.get("preset") is not None and settings["preset"] not in PRESETS:
+            raise InputError(f"encoders config {shown!r}: {label!r} has unknown preset {settings['preset']!r}")
+        out[str(label)] = LabelConfig(
+            label=str(label), backend=backend, standin=bool(settings.get("standin", False)),
+            preset=settings.get("preset"), threads=settings.get("threads"), readrate=settings.get("readrate"),
+            extra_args=tuple(str(a) for a in settings.get("extra_args", ())),
+            remote=bool(settings.get("remote", False)), bandwidth_mbps=settings.get("bandwidth_mbps"),
+            expected_fps=settings.get("expected_fps"), quality_rank=int(settings.get("quality_rank", 0)))
+    return out
+
+
+def resolve_spec(label: str, config: LabelConfig | None, *, codec: str, quality: int, preset: str,
+                 threads: int) -> EncoderSpec:
+    """The spec that serves ``label`` on *this* node (call it where the encoder runs)."""
+    backend = (config.backend if config and config.backend else None) or (label if label in BACKENDS else "cpu")
+    preset = (config.preset if config and config.preset else None) or preset
+    threads = (config.threads if config and config.threads else None) or threads
+    standin = backend == "cpu" and label != "cpu"
+    if config and config.standin and backend != "cpu":
+        raise EncoderError(f"label {label!r}: a stand-in must use the cpu backend, not {backend!r}")
+    if backend == "cpu":
+        spec = BACKENDS["cpu"].spec(codec, quality=quality, preset=preset, threads=threads,
+                                    standin_for=label if standin else None)
+    else:
+        from montage_ray.probe import probe_node  # the node's own, cached probe
+
+        spec = probe_node().spec(backend, codec, quality=quality, preset=preset, threads=threads)
+        if label != backend:
+            spec = replace(spec, resource=label)
+    if config is None:
+        return spec
+    extra_input: tuple[str, ...] = ()
+    label_text = spec.label
+    if config.readrate:
+        extra_input = ("-readrate", f"{config.readrate:g}")
+        label_text = label_text[:-1] + f", at most {config.readrate:g}x realtime)" if label_text.endswith(")") \
+            else f"{label_text} (at most {config.readrate:g}x realtime)"
+    if config.preset and spec.is_standin:
+        label_text = label_text[:-1] + f", {config.preset})" if label_text.endswith(")") else label_text
+    return replace(spec, input_args=extra_input + spec.input_args, codec_args=spec.codec_args + config.extra_args,
+                   label=label_text)
