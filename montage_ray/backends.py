@@ -13,10 +13,17 @@ the encoder's own knob, and how to probe it. Nothing else in montage-ray branche
 An :class:`EncoderSpec` is what an encoder actor receives: everything it needs to run one ffmpeg encode,
 already resolved for its node (device path, VA driver). A *stand-in* spec serves a hardware label with a
 CPU encoder, for tests and simulations; it says so in its ``label`` wherever it is shown.
+
+How many encodes one device takes at once is :attr:`Backend.sessions`; a node can change it without
+editing this table through ``MONTAGE_<NAME>_SESSIONS`` (``MONTAGE_NVENC_SESSIONS=8`` on a driver that
+allows eight NVENC sessions, ``MONTAGE_VAAPI_SESSIONS=2`` on a GPU with two encode engines)::
+
+    BACKENDS["nvenc"].session_count()            # 3, or $MONTAGE_NVENC_SESSIONS
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
@@ -71,11 +78,15 @@ _VAAPI_LEVELS = dict(zip(PRESETS, ("7", "7", "6", "5", "4", "4", "2", "1", "1"))
 class ProbeRecipe:
     """How to find out whether a backend works on a node (used by :mod:`montage_ray.probe`)."""
 
-    devices: tuple[str, ...] = ()           # globs of device nodes that must exist, e.g. /dev/dri/renderD*
+    devices: tuple[str, ...] = ()           # globs of device nodes, e.g. /dev/dri/renderD*
+    devices_required: bool = True           # False: a missing node is reported, the encode still tried
+    device_arg: bool = False                # the production command names the device ("{device}")
+    vendors: tuple[str, ...] = ()           # PCI vendor ids a render node must have (QSV: Intel only)
     driver_env: str | None = None           # environment variable naming the user-space driver
     drivers: tuple[str, ...] = ()           # values to try for it, in order
     marker_files: tuple[str, ...] = ()      # files whose presence identifies the platform (Jetson)
     libraries: tuple[str, ...] = ()         # shared libraries the encoder loads at run time
+    no_device_fix: str = ""                 # what to tell a user whose node has none of ``devices``
 
 
 @dataclass(frozen=True)
@@ -94,14 +105,44 @@ class Backend:
     sessions: int = 1                       # concurrent encodes one device should take
     probe: ProbeRecipe = ProbeRecipe()
     notes: str = ""
+    alternatives: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # codec -> other encoders
+    #                                         taking the same options, used where the build lacks the first
+
+    def encoder_names(self, codec: str) -> tuple[str, ...]:
+        """Every ffmpeg encoder that can serve ``codec`` on this backend, preferred first."""
+        if codec not in self.encoders:
+            return ()
+        return (self.encoders[codec], *self.alternatives.get(codec, ()))
+
+    def session_count(self, environ: Mapping[str, str] | None = None) -> int:
+        """Concurrent encodes one device takes: ``$MONTAGE_<NAME>_SESSIONS``, else :attr:`sessions`."""
+        environ = os.environ if environ is None else environ
+        key = f"MONTAGE_{self.name.upper()}_SESSIONS"
+        raw = environ.get(key, "").strip()
+        if not raw:
+            return self.sessions
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"{key}={raw!r} is not a whole number of sessions") from None
+        if value < 1:
+            raise ValueError(f"{key}={raw!r}: a backend needs at least one session")
+        return value
 
     def spec(self, codec: str, *, quality: int = 23, preset: str = "medium", threads: int = 0,
              device: str | None = None, env: Mapping[str, str] | None = None,
-             label: str | None = None, standin_for: str | None = None) -> "EncoderSpec":
-        """Resolve this backend for one job and node into an :class:`EncoderSpec`."""
+             label: str | None = None, standin_for: str | None = None,
+             encoder: str | None = None) -> "EncoderSpec":
+        """Resolve this backend for one job and node into an :class:`EncoderSpec`.
+
+        ``encoder`` picks one of :meth:`encoder_names` (the probe passes the one this node's build has).
+        """
         if codec not in self.encoders:
             raise KeyError(f"backend {self.name!r} has no encoder for codec {codec!r}")
-        args: list[str] = ["-c:v", self.encoders[codec]]
+        encoder = encoder or self.encoders[codec]
+        if encoder not in self.encoder_names(codec):
+            raise KeyError(f"backend {self.name!r} does not use encoder {encoder!r} for {codec!r}")
+        args: list[str] = ["-c:v", encoder]
         if codec in self.presets:
             option, table = self.presets[codec]
             args += [option, table.get(preset, table["medium"])]
@@ -114,11 +155,11 @@ class Backend:
         if standin_for is not None:
             resource = standin_for
         return EncoderSpec(
-            backend=self.name, codec=codec, encoder=self.encoders[codec], resource=resource,
+            backend=self.name, codec=codec, encoder=encoder, resource=resource,
             input_args=input_args, video_filter=self.video_filter, codec_args=tuple(args),
             env=dict(env or {}), threads=threads, device=device, standin_for=standin_for,
-            label=label or (f"{standin_for} (stand-in: {self.encoders[codec]} on CPU)" if standin_for
-                            else f"{self.name}:{self.encoders[codec]}"))
+            label=label or (f"{standin_for} (stand-in: {encoder} on CPU)" if standin_for
+                            else f"{self.name}:{encoder}"))
 
 
 @dataclass(frozen=True)
@@ -166,8 +207,11 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         quality={"h264": _qp, "hevc": _qp, "av1": _qp},
         presets={c: ("-compression_level", _VAAPI_LEVELS) for c in ("h264", "hevc", "av1")},
         input_args=("-vaapi_device", "{device}"), video_filter="format=nv12,hwupload",
-        probe=ProbeRecipe(devices=("/dev/dri/renderD*",), driver_env="LIBVA_DRIVER_NAME",
-                          drivers=("radeonsi", "iHD", "i965"), libraries=("libva.so.2",)),
+        probe=ProbeRecipe(devices=("/dev/dri/renderD*",), device_arg=True, driver_env="LIBVA_DRIVER_NAME",
+                          drivers=("radeonsi", "iHD", "i965"), libraries=("libva.so.2", "libva-drm.so.2"),
+                          no_device_fix="No render node (/dev/dri/renderD*): this machine has no GPU with a "
+                                        "DRM driver (amdgpu, i915, xe), or the container was not given "
+                                        "--device /dev/dri."),
         notes="AMD (radeonsi) and Intel (iHD/i965) GPUs through libva."),
     Backend(
         name="qsv", resource="qsv",
@@ -177,8 +221,12 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         input_args=("-init_hw_device", "vaapi=va:{device}", "-init_hw_device", "qsv=qs@va",
                     "-filter_hw_device", "qs"),
         video_filter="format=nv12,hwupload=extra_hw_frames=64",
-        probe=ProbeRecipe(devices=("/dev/dri/renderD*",), driver_env="LIBVA_DRIVER_NAME",
-                          drivers=("iHD", "i965"), libraries=("libvpl.so.2", "libmfx.so.1")),
+        probe=ProbeRecipe(devices=("/dev/dri/renderD*",), device_arg=True, vendors=("0x8086",),
+                          driver_env="LIBVA_DRIVER_NAME", drivers=("iHD", "i965"),
+                          libraries=("libvpl.so.2", "libmfx.so.1", "libmfx-gen.so.1.2", "libmfxhw64.so.1"),
+                          no_device_fix="No Intel render node: QSV needs an Intel GPU with the i915 or xe "
+                                        "kernel driver (AMD and NVIDIA nodes serve VAAPI or NVENC); in Docker "
+                                        "pass the Intel node with --device /dev/dri/renderDN."),
         notes="Intel Quick Sync, derived from the Intel render node's VAAPI device."),
     Backend(
         name="nvenc", resource="nvenc",
@@ -186,20 +234,37 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         quality={"h264": _nvenc_cq, "hevc": _nvenc_cq, "av1": _nvenc_cq},
         presets={c: ("-preset", _NVENC_PRESETS) for c in ("h264", "hevc", "av1")},
         sessions=3,
-        probe=ProbeRecipe(devices=("/dev/nvidia0",), libraries=("libcuda.so.1", "libnvidia-encode.so.1")),
-        notes="NVIDIA NVENC; consumer cards allow a few sessions at once, Tesla/datacenter cards more."),
+        # WSL2 reaches the GPU through /dev/dxg with no /dev/nvidia*: a missing node is not decisive.
+        probe=ProbeRecipe(devices=("/dev/nvidia[0-9]*", "/dev/dxg"), devices_required=False,
+                          libraries=("libcuda.so.1", "libnvidia-encode.so.1"),
+                          no_device_fix="No NVIDIA GPU is visible (no /dev/nvidia*, no /dev/dxg) and its "
+                                        "driver is not loaded: run on a machine with an NVENC-capable GPU; in "
+                                        "Docker use --gpus all with NVIDIA_DRIVER_CAPABILITIES=video,compute,"
+                                        "utility."),
+        notes="NVIDIA NVENC; GeForce drivers cap concurrent sessions (3, 5 or 8 by driver version), "
+              "Tesla/datacenter cards take more: set MONTAGE_NVENC_SESSIONS."),
     Backend(
         name="nvmpi", resource="nvmpi",
         encoders={"h264": "h264_nvmpi", "hevc": "hevc_nvmpi"},
+        alternatives={"h264": ("h264_nvv4l2",), "hevc": ("hevc_nvv4l2",)},
         quality={"h264": _nvmpi_q, "hevc": _nvmpi_q},
-        probe=ProbeRecipe(devices=("/dev/nvhost-msenc",), marker_files=("/etc/nv_tegra_release",)),
-        notes="Jetson multimedia encoder through the ffmpeg-nvmpi patches."),
+        video_filter="format=yuv420p",      # both encoders take 8-bit yuv420p only
+        probe=ProbeRecipe(devices=("/dev/nvhost-msenc", "/dev/v4l2-nvenc"),
+                          marker_files=("/etc/nv_tegra_release",), libraries=("libnvmpi.so.1.0.0",),
+                          no_device_fix="No Jetson encoder node (/dev/nvhost-msenc): nvmpi runs only on a "
+                                        "Jetson with an encoder (the Orin Nano has none); in Docker use "
+                                        "--runtime nvidia."),
+        notes="Jetson multimedia encoder through the ffmpeg-nvmpi patches (or the nvv4l2 encoders of "
+              "builds configured with --enable-nvv4l2)."),
     Backend(
         name="v4l2m2m", resource="v4l2m2m",
         encoders={"h264": "h264_v4l2m2m"},
         quality={"h264": _v4l2_q},
         video_filter="format=yuv420p",
-        probe=ProbeRecipe(devices=("/dev/video1[0-9]", "/dev/video*")),
+        probe=ProbeRecipe(devices=("/dev/video*",),
+                          no_device_fix="No V4L2 device (/dev/video*): on a Raspberry Pi 4 load bcm2835-codec "
+                                        "(/dev/video11); the Raspberry Pi 5 has no hardware encoder: use the "
+                                        "CPU backend."),
         notes="V4L2 mem2mem encoders (Raspberry Pi 4; the Pi 5 has no hardware encoder)."),
 )}
 
