@@ -14,7 +14,7 @@ wherever it appears (logs, reports, the dashboard)::
     from montage_ray.config import load_encoders_config, resolve_spec
     config = load_encoders_config("encoders.yaml")
     spec = resolve_spec("vaapi", config.get("vaapi"), codec="h264", quality=23, preset="medium", threads=1)
-    spec.label   # 'vaapi (stand-in: libx264 on CPU, at most 4x realtime)'
+    spec.label   # 'vaapi (stand-in: libx264 on CPU) [at most 4x realtime]'
 """
 
 from __future__ import annotations
@@ -110,12 +110,14 @@ def resolve_spec(label: str, config: LabelConfig | None, *, codec: str, quality:
     if config is None:
         return spec
     extra_input: tuple[str, ...] = ()
-    label_text = spec.label
+    details = []
+    if config.preset:
+        details.append(config.preset)
+    if config.extra_args:
+        details.append(" ".join(config.extra_args))
     if config.readrate:
         extra_input = ("-readrate", f"{config.readrate:g}")
-        label_text = label_text[:-1] + f", at most {config.readrate:g}x realtime)" if label_text.endswith(")") \
-            else f"{label_text} (at most {config.readrate:g}x realtime)"
-    if config.preset and spec.is_standin:
-        label_text = label_text[:-1] + f", {config.preset})" if label_text.endswith(")") else label_text
+        details.append(f"at most {config.readrate:g}x realtime")
+    label_text = spec.label + (f" [{', '.join(details)}]" if details else "")
     return replace(spec, input_args=extra_input + spec.input_args, codec_args=spec.codec_args + config.extra_args,
                    label=label_text)

@@ -57,9 +57,28 @@ class EncodeResult:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
+#: H.264 levels: (name, max macroblocks per frame, max macroblocks per second).
+H264_LEVELS = (("3.0", 1620, 40500), ("3.1", 3600, 108000), ("3.2", 5120, 216000), ("4.0", 8192, 245760),
+               ("4.2", 8704, 522240), ("5.0", 22080, 589824), ("5.1", 36864, 983040), ("5.2", 36864, 2073600),
+               ("6.0", 139264, 4177920), ("6.1", 139264, 8355840), ("6.2", 139264, 16711680))
+
+
+def h264_level(width: int, height: int, fps: float) -> str:
+    """The lowest H.264 level whose frame size and macroblock rate fit the video."""
+    mbs = -(-width // 16) * -(-height // 16)
+    for name, max_fs, max_mbps in H264_LEVELS:
+        if mbs <= max_fs and mbs * fps <= max_mbps:
+            return name
+    return H264_LEVELS[-1][0]
+
+
 def video_output_args(video: VideoInfo, spec: EncoderSpec) -> list[str]:
-    """Output options that keep the source's look: pixel format (CPU), SAR, colour description."""
+    """Output options that keep the source's look (pixel format, colour description) and make segments
+    from different encoders joinable: H.264 is always High profile at one level computed from the video."""
     args: list[str] = []
+    if spec.codec == "h264":
+        fps = float(video.frame_rate) if video.frame_rate else 30.0
+        args += ["-profile:v", "high", "-level:v", h264_level(video.width, video.height, fps)]
     if spec.video_filter is None:  # hardware backends choose their surface format in their filter
         ten_bit = bool(video.pix_fmt) and ("10" in video.pix_fmt or "12" in video.pix_fmt)
         args += ["-pix_fmt", _PIX_FMT_10BIT if ten_bit and spec.codec != "h264" else _PIX_FMT_8BIT]
@@ -78,7 +97,7 @@ def segment_timeout(frames: int, width: int, height: int, *, min_fps_1080p: floa
 
 def build_command(spec: EncoderSpec, src: str, dst: str, video_args: Sequence[str],
                   sar: str | None = None) -> list[str]:
-    """The ffmpeg argument list that encodes file ``src`` (NUT) into ``dst`` (NUT) with ``spec``."""
+    """The ffmpeg argument list that encodes file ``src`` (NUT) into ``dst`` (MP4) with ``spec``."""
     filters = []
     if sar:
         filters.append(f"setsar={sar}")
@@ -88,9 +107,12 @@ def build_command(spec: EncoderSpec, src: str, dst: str, video_args: Sequence[st
             *spec.input_args, "-noautorotate", "-i", ffmpeg_cli.file_url(src), "-map", "0:v:0"]
     if filters:
         args += ["-vf", ",".join(filters)]
+    # MP4 keeps every packet's DTS and the source time base exactly (NUT re-derives DTS, which breaks joins
+    # of encoders with different reorder depths); dump_extra repeats the parameter sets at every keyframe
+    # so that segments from differently configured encoders decode after one another.
     args += [*spec.codec_args, *video_args,
-             "-fps_mode", "passthrough", "-enc_time_base", "-1",
-             "-an", "-sn", "-dn", "-map_metadata", "-1", "-f", "nut", ffmpeg_cli.file_url(dst)]
+             "-fps_mode", "passthrough", "-enc_time_base", "-1", "-bsf:v", "dump_extra",
+             "-an", "-sn", "-dn", "-map_metadata", "-1", "-f", "mp4", ffmpeg_cli.file_url(dst)]
     return args
 
 
@@ -125,7 +147,7 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
                    sar: str | None = None, timeout: float = 600.0, workdir: str | None = None,
                    actor: str = "", attempt: int = 1,
                    should_stop: Callable[[], bool] | None = None) -> tuple[EncodeResult, bytes]:
-    """Encode one segment's packets (a NUT file's bytes) and return the result and the encoded NUT bytes.
+    """Encode one segment's packets (a NUT file's bytes) and return the result and the encoded MP4 bytes.
 
     Raises :class:`EncoderError` when ffmpeg fails, crashes, hangs past ``timeout`` or writes a wrong
     number of frames; the error's message carries ffmpeg's last line and ``stderr`` its tail.
@@ -133,7 +155,7 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="montage-seg-", dir=workdir) as tmp:
         src = os.path.join(tmp, "in.nut")
-        dst = os.path.join(tmp, "out.nut")
+        dst = os.path.join(tmp, "out.mp4")
         with open(src, "wb") as fh:
             fh.write(data)
         cmd = build_command(spec, src, dst, video_args, sar)

@@ -193,7 +193,8 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: s
         t = phase("ray", t)  # start-up above, shut-down (of a Ray started here) now
         ext = os.path.splitext(target)[1]
         tmp_out = os.path.join(workdir, "joined" + ext)
-        plan = join_segments(media, segments, encoded, tmp_out, workdir, container=container)
+        plan = join_segments(media, segments, encoded, tmp_out, workdir, container=container,
+                             mixed=len({r.encoder for r in job.segments}) > 1, codec=codec)
         job.notes.extend(plan.notes)
         t = phase("join", t)
         checked = verify_output(tmp_out, plan, decode=(verify == "decode"))
@@ -261,7 +262,7 @@ def _encode_all(segments: list[Segment], paths: list[str], workdir: str, job: Jo
                 settings: JobSettings, pool_options: PoolOptions | None,
                 progress: ProgressCallback | None) -> list[str]:
     """Run every segment through the pool; return the encoded files in order."""
-    encoded = [os.path.join(workdir, f"enc-{i:06d}.nut") for i in range(len(segments))]
+    encoded = [os.path.join(workdir, f"enc-{i:06d}.mp4") for i in range(len(segments))]
     pool = EncoderPool(workers, pool_options)
 
     def load(seg: Segment) -> bytes:

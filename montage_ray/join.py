@@ -1,6 +1,6 @@
 """Join encoded segments into one file, mux everything else from the source once, and verify it.
 
-The encoded segments are concatenated by stream copy with ffmpeg's concat demuxer, each given its exact
+The encoded segments (MP4, parameter sets in-band) are concatenated by stream copy with ffmpeg's concat demuxer, each given its exact
 source duration so that presentation times come out as they were in the source (variable frame rate
 included). Audio, subtitles, chapters and metadata come straight from the source in the same pass, so
 audio is copied or encoded **once for the whole file**: nothing is cut at segment joins. The result is
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Sequence
 
 from montage_ray import ffmpeg_cli
@@ -93,10 +94,57 @@ def mux_args(media: MediaInfo, family: str) -> tuple[list[str], list[str], list[
     return maps, codecs, notes
 
 
+def _first_packet(path: str) -> tuple[float, float, Fraction]:
+    """(pts, dts) in seconds of a file's first video packet, and the stream's time base."""
+    data = ffmpeg_cli.probe_json(["-select_streams", "v:0", "-show_entries", "packet=pts_time,dts_time:stream=time_base",
+                                  "-read_intervals", "%+#1", ffmpeg_cli.file_url(path)], timeout=60)
+    packet = (data.get("packets") or [{}])[0]
+    tb = Fraction((data.get("streams") or [{}])[0].get("time_base", "1/90000"))
+    pts = float(packet.get("pts_time", 0) or 0)
+    return pts, float(packet.get("dts_time", pts) or pts), tb
+
+
+def align_decode_delays(encoded: Sequence[str], workdir: str) -> list[str]:
+    """Give every segment the same DTS-before-PTS delay, so DTS rise across joins of mixed encoders.
+
+    An encoder with B-frames starts its DTS a few frames before its first PTS; one without starts them
+    equal. Joined as they are, DTS would go backwards at the seam. Segments with less delay than the
+    deepest are remuxed (stream copy) with their DTS moved earlier by the difference; PTS never change.
+    """
+    delays = []
+    for path in encoded:
+        pts, dts, tb = _first_packet(path)
+        delays.append((pts - dts, tb))
+    deepest = max(d for d, _ in delays)
+    out = []
+    for i, (path, (delay, tb)) in enumerate(zip(encoded, delays)):
+        shift = round((deepest - delay) / tb)
+        if shift <= 0:
+            out.append(path)
+            continue
+        moved = os.path.join(workdir, f"aligned-{i:06d}.mp4")
+        ffmpeg_cli.run([ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-y",
+                        "-i", ffmpeg_cli.file_url(path), "-map", "0:v:0", "-c", "copy",
+                        "-bsf:v", f"setts=dts=DTS-{shift}", "-f", "mp4", ffmpeg_cli.file_url(moved)], timeout=120)
+        out.append(moved)
+    return out
+
+
+#: MP4 sample entries that allow parameter sets to change in-band (segments from different encoders).
+IN_BAND_TAGS = {"h264": "avc3", "hevc": "hev1"}
+
+
 def join_segments(media: MediaInfo, segments: Sequence[Segment], encoded: Sequence[str], dst_tmp: str,
-                  workdir: str, *, container: tuple[str, str], timeout: float | None = None) -> JoinPlan:
-    """Concatenate ``encoded`` (NUT files, one per segment) with the source's other streams into ``dst_tmp``."""
+                  workdir: str, *, container: tuple[str, str], mixed: bool = False,
+                  codec: str | None = None, timeout: float | None = None) -> JoinPlan:
+    """Concatenate ``encoded`` (MP4 files, one per segment) with the source's other streams into ``dst_tmp``.
+
+    ``mixed`` says the segments come from differently configured encoders: their decode delays are
+    aligned and an MP4 output uses the in-band sample entry (avc3/hev1) for ``codec``.
+    """
     muxer, family = container
+    if mixed:
+        encoded = align_decode_delays(encoded, workdir)
     list_path = os.path.join(workdir, "segments.ffconcat")
     _concat_list(segments, encoded, list_path)
     # The concat demuxer starts the video at 0; the source starts every stream at its own time. Shift the
@@ -119,6 +167,8 @@ def join_segments(media: MediaInfo, segments: Sequence[Segment], encoded: Sequen
     args += rotation_out
     if family == "mp4":
         args += ["-movflags", "+faststart"]
+        if mixed and codec in IN_BAND_TAGS:
+            args += ["-tag:v", IN_BAND_TAGS[codec]]
     args += ["-f", muxer, ffmpeg_cli.file_url(dst_tmp)]
     ffmpeg_cli.run(args, timeout=timeout or 120.0 + media.size / 20e6)
     rate = media.video.frame_rate

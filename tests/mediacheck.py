@@ -66,3 +66,7 @@ def assert_same_frames_in_order(src, out) -> None:
             if 0 <= j < len(a) and float(np.mean((a[j] - a[i]) ** 2)) > 4.0:
                 err_other = float(np.mean((a[j] - b[i]) ** 2))
                 assert err_same < err_other, f"output frame {i} looks like source frame {j}, not {i}"
+
+
+def run_ffmpeg(args: list[str]) -> None:
+    subprocess.run([FFMPEG, "-hide_banner", "-v", "error", "-y", *map(str, args)], check=True, timeout=300)

@@ -1,0 +1,84 @@
+"""Joining: segments from differently configured encoders make one clean stream; verification catches lies."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import ray
+
+from montage_ray.config import LabelConfig
+from montage_ray.dispatch import EncoderPool, Placement, start_workers, stop_workers
+from montage_ray.encode import JobSettings
+from montage_ray.errors import VerificationError
+from montage_ray.join import container_for, join_segments, verify_output
+from montage_ray.media import inspect
+from montage_ray.plan import plan_segments
+from montage_ray.split import split_source
+from tests import mediacheck as mc
+
+MIXED = [
+    {"preset": "ultrafast"},                                              # no B-frames, CAVLC
+    {"preset": "medium", "extra_args": ("-bf", "3")},                     # B-frames, pyramid
+    {"preset": "veryfast", "extra_args": ("-bf", "0", "-refs", "1")},     # no B-frames, other SPS
+]
+
+
+@pytest.fixture(scope="module")
+def mixed_output(make_clip, tmp_path_factory, ray_cluster):
+    """The 'long' clip cut into 2 s segments, round-robin over three differently configured encoders."""
+    work = tmp_path_factory.mktemp("mixed")
+    info = inspect(make_clip("long"))
+    segments = plan_segments(info.packets, info.video.time_base, 2)
+    paths = split_source(info, segments, str(work))
+    node = ray.get_runtime_context().get_node_id()
+    settings = JobSettings(codec="h264", quality=23, preset="medium", video=info.video)
+    encoded = [str(work / f"enc-{s.index}.mp4") for s in segments]
+    results = []
+    for n, config in enumerate(MIXED):
+        mine = segments[n::3]
+        w = start_workers([Placement("cpu", node, "mix", n, 2)], {"cpu": LabelConfig("cpu", **config)})
+        try:
+            for seg, result, data in EncoderPool(w).run(mine, load=lambda s: open(paths[s.index], "rb").read(),
+                                                        settings=settings):
+                open(encoded[seg.index], "wb").write(data)
+                results.append(result)
+        finally:
+            stop_workers(w)
+    out = str(work / "mixed.mp4")
+    plan = join_segments(info, segments, encoded, out, str(work), container=container_for(out), mixed=True,
+                         codec="h264")
+    return info, out, plan, results
+
+
+def test_three_encoders_join_into_one_clean_stream(mixed_output, make_clip):
+    info, out, plan, results = mixed_output
+    assert len({r.encoder for r in results}) == 3
+    verify_output(out, plan)
+    assert mc.decode_errors(out) == ""
+    assert mc.decoded_frames(out) == info.video.frames
+    times = mc.video_times(out)
+    src = mc.video_times(make_clip("long"))
+    assert (abs((times - times[0]) - (src - src[0])) < 1e-3).all()
+    mc.assert_same_frames_in_order(make_clip("long"), out)
+    v = [s for s in mc.streams(out) if s["codec_type"] == "video"][0]
+    assert v["codec_tag_string"] == "avc3"  # parameter sets may change in-band
+
+
+def test_verification_refuses_a_truncated_join(mixed_output, tmp_path):
+    info, out, plan, _ = mixed_output
+    cut = tmp_path / "cut.mp4"
+    data = open(out, "rb").read()
+    cut.write_bytes(data[: int(len(data) * 0.7)])
+    with pytest.raises(VerificationError):
+        verify_output(str(cut), plan)
+
+
+def test_verification_refuses_a_missing_frame(mixed_output, tmp_path):
+    info, out, plan, _ = mixed_output
+    fewer = tmp_path / "fewer.mp4"
+    mc.run_ffmpeg(["-i", out, "-map", "0", "-c", "copy", "-frames:v", str(info.video.frames - 1), str(fewer)])
+    with pytest.raises(VerificationError, match="video frames"):
+        verify_output(str(fewer), plan, decode=False)
+    shutil.copy(out, tmp_path / "same.mp4")
+    assert verify_output(str(tmp_path / "same.mp4"), plan, decode=False).frames == info.video.frames
