@@ -125,6 +125,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _submit_when_ready(client, request: dict, patience: float = 60.0) -> str:
+    """Submit; a head that has just started answers "No available agent" until its job agent is up."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return client.submit_job(**request)
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 async def _follow(client, job_id: str) -> None:
     async for lines in client.tail_job_logs(job_id):
         sys.stdout.write(lines)
@@ -154,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
         client = JobSubmissionClient(args.address, headers=headers)
-        job_id = client.submit_job(**request)
+        job_id = _submit_when_ready(client, request)
     except (AuthenticationError, ConnectionError, RuntimeError) as err:
         hint = "" if token else (" (no auth token was found: if the cluster has token authentication on, "
                                  "pass --token-file or set RAY_AUTH_TOKEN)")
