@@ -89,6 +89,8 @@ def route(job: JobFacts, offers: list[Offer], *, min_gain: float = 0.10) -> Rout
                                                       f"{best.label}",))
     chosen = list(local)
     rate = sum(o.throughput for o in chosen)
+    if local:
+        reasons.append(f"local: {', '.join(o.label for o in local)} ({rate:.0f} frames/s expected)")
     # Latency of the first round trip: one segment's worth (about 10 s of video) each way before output.
     for o in sorted(remote, key=lambda o: -remote_rate(o, job)):
         added = remote_rate(o, job)

@@ -6,8 +6,12 @@ cd "$(dirname "$0")/.."
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+# --test: also what the test suite needs beyond Python (Chromium plays joined files to the end).
+with_tests=0
+[ "${1:-}" = "--test" ] && with_tests=1
 need=()
 command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
+if [ "$with_tests" = 1 ]; then command -v chromium >/dev/null 2>&1 || need+=(chromium); fi
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing ${need[*]} with apt-get" >&2

@@ -15,6 +15,7 @@ from montage_ray.join import container_for, join_segments, verify_output
 from montage_ray.media import inspect
 from montage_ray.plan import plan_segments
 from montage_ray.split import split_source
+from tests import browser
 from tests import mediacheck as mc
 
 MIXED = [
@@ -82,3 +83,14 @@ def test_verification_refuses_a_missing_frame(mixed_output, tmp_path):
         verify_output(str(fewer), plan, decode=False)
     shutil.copy(out, tmp_path / "same.mp4")
     assert verify_output(str(tmp_path / "same.mp4"), plan, decode=False).frames == info.video.frames
+
+
+@pytest.mark.skipif(browser.CHROMIUM is None, reason="chromium is not installed (scripts/test.sh installs it)")
+def test_chromium_plays_the_mixed_join_to_the_end(mixed_output):
+    info, out, plan, _ = mixed_output
+    outcome = browser.play_to_end(out)
+    assert outcome.startswith("ended "), outcome
+    _, duration, frames, _dropped, size = outcome.split()
+    assert abs(float(duration) - plan.duration) < 0.1
+    assert int(frames) == info.video.frames
+    assert size == f"{info.video.width}x{info.video.height}"

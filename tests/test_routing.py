@@ -1,0 +1,93 @@
+"""Offload routing and the encoders config: pure decisions, table-tested."""
+
+from __future__ import annotations
+
+import pytest
+
+from montage_ray.config import LabelConfig, load_encoders_config, resolve_spec
+from montage_ray.errors import InputError
+from montage_ray.routing import JobFacts, Offer, remote_rate, route
+
+MB = 1e6
+VAAPI = Offer("vaapi", sessions=1, fps=240)
+QSV = Offer("qsv", sessions=1, fps=200, quality_rank=1)
+CPU = Offer("cpu", sessions=4, fps=20, hardware=False)
+CLOUD_FAST_LINK = Offer("nvenc", sessions=3, fps=400, remote=True, bandwidth_mbps=500, quality_rank=2)
+CLOUD_SLOW_LINK = Offer("nvenc", sessions=3, fps=400, remote=True, bandwidth_mbps=20, quality_rank=2)
+CLOUD_NO_LINK = Offer("nvenc", sessions=3, fps=400, remote=True)
+
+# The original design's cases: file size, duration, local GPU or not, quality profile.
+CASES = [
+    # name, job, offers, labels used
+    ("100MB/60s, local GPU, fast link: the cloud adds enough",
+     JobFacts(frames=1800, duration=60, input_bytes=100 * MB), [VAAPI, CPU, CLOUD_FAST_LINK],
+     ("vaapi", "cpu", "nvenc")),
+    ("100MB/60s, local GPU, slow link: transfer costs more than it saves",
+     JobFacts(frames=1800, duration=60, input_bytes=100 * MB), [VAAPI, CPU, CLOUD_SLOW_LINK], ("vaapi", "cpu")),
+    ("100MB/60s, no local GPU, slow link: the first round trip alone eats the gain",
+     JobFacts(frames=1800, duration=60, input_bytes=100 * MB), [CPU, CLOUD_SLOW_LINK], ("cpu",)),
+    ("1GB/600s, no local GPU, slow link: a long job pays for the trip",
+     JobFacts(frames=18000, duration=600, input_bytes=1000 * MB), [CPU, CLOUD_SLOW_LINK], ("cpu", "nvenc")),
+    ("10 s clip: small job, one local encoder, hardware first",
+     JobFacts(frames=300, duration=10, input_bytes=15 * MB), [CPU, VAAPI, CLOUD_FAST_LINK], ("vaapi",)),
+    ("10 s clip without local hardware: one CPU encoder",
+     JobFacts(frames=300, duration=10, input_bytes=15 * MB), [CPU, CLOUD_FAST_LINK], ("cpu",)),
+    ("remote label with unknown bandwidth is never used",
+     JobFacts(frames=1800, duration=60, input_bytes=100 * MB), [CPU, CLOUD_NO_LINK], ("cpu",)),
+    ("master prefers the best-quality label, even remote",
+     JobFacts(frames=1800, duration=60, input_bytes=100 * MB, profile="master"),
+     [VAAPI, QSV, CPU, CLOUD_SLOW_LINK], ("nvenc",)),
+    ("master without ranks configured uses everything local",
+     JobFacts(frames=1800, duration=60, input_bytes=100 * MB, profile="master"),
+     [Offer("vaapi", 1, 240), Offer("cpu", 4, 20, hardware=False)], ("vaapi", "cpu")),
+    ("master with local best quality: the remote is not considered",
+     JobFacts(frames=1800, duration=60, input_bytes=100 * MB, profile="master"),
+     [Offer("qsv", 1, 200, quality_rank=3), CPU, CLOUD_FAST_LINK], ("qsv",)),
+    ("nothing offered", JobFacts(frames=1800, duration=60, input_bytes=100 * MB), [], ()),
+]
+
+
+@pytest.mark.parametrize("name,job,offers,expected", CASES, ids=[c[0] for c in CASES])
+def test_route(name, job, offers, expected):
+    decision = route(job, offers)
+    assert decision.labels == expected
+    assert decision.reasons  # every decision says why
+
+
+def test_link_caps_remote_throughput():
+    job = JobFacts(frames=1800, duration=60, input_bytes=100 * MB)
+    # 20 Mbit/s moves 2.5 MB/s; each frame is 100 MB * 1.5 / 1800 ~ 83 kB: ~30 frames/s
+    assert remote_rate(CLOUD_SLOW_LINK, job) == pytest.approx(30.0, rel=0.01)
+    assert remote_rate(CLOUD_FAST_LINK, job) == pytest.approx(750.0, rel=0.01)
+    assert remote_rate(VAAPI, job) == 240
+
+
+def test_encoders_config_round_trip(tmp_path):
+    path = tmp_path / "enc.yaml"
+    path.write_text("labels:\n  vaapi: {backend: cpu, standin: true, readrate: 4, preset: veryfast}\n"
+                    "  nvenc: {backend: nvenc, remote: true, bandwidth_mbps: 200, quality_rank: 2}\n"
+                    "  cpu: {extra_args: ['-bf', '0']}\n")
+    config = load_encoders_config(path)
+    assert config["vaapi"] == LabelConfig("vaapi", backend="cpu", standin=True, readrate=4, preset="veryfast")
+    assert config["nvenc"].remote and config["nvenc"].bandwidth_mbps == 200
+    spec = resolve_spec("vaapi", config["vaapi"], codec="h264", quality=23, preset="medium", threads=1)
+    assert spec.is_standin and spec.resource == "vaapi" and spec.encoder == "libx264"
+    assert spec.label == "vaapi (stand-in: libx264 on CPU) [veryfast, at most 4x realtime]"
+    assert spec.input_args[:2] == ("-readrate", "4")
+    assert spec.codec_args[spec.codec_args.index("-preset") + 1] == "veryfast"
+    cpu = resolve_spec("cpu", config["cpu"], codec="h264", quality=23, preset="medium", threads=2)
+    assert cpu.codec_args[-2:] == ("-bf", "0") and not cpu.is_standin
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("labels: [1, 2]", "labels:"),
+    ("labels:\n  vaapi: {backend: quantum}", "unknown backend"),
+    ("labels:\n  vaapi: {speed: 3}", "unknown setting"),
+    ("labels:\n  vaapi: {preset: ludicrous}", "unknown preset"),
+    ("labels: {vaapi: [", "cannot be read"),
+])
+def test_bad_encoders_config_is_an_input_error(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=needle):
+        load_encoders_config(path)
