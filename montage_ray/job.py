@@ -89,7 +89,10 @@ def ray_session(address: str | None = None) -> Iterator[str]:
         target = address or os.environ["RAY_ADDRESS"]
         import montage_ray
 
-        if target not in ("auto", "local"):  # a remote cluster gets this package shipped to it
+        # A remote cluster gets this package shipped to it, unless this driver already runs as a Ray job
+        # (whose runtime_env brought the package, and which Ray would refuse to merge with another).
+        inside_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+        if target not in ("auto", "local") and not inside_job:
             kwargs["runtime_env"] = {"py_modules": [os.path.dirname(montage_ray.__file__)]}
         kwargs["address"] = target
     try:
