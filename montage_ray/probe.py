@@ -116,7 +116,7 @@ _GROUP_FIX = ("add this user to the device's group (usually 'render', or 'video'
 DIAGNOSES: tuple[Pattern, ...] = (
     # --- anything: permissions and missing encoders ---------------------------------------------------
     Pattern(r"/dev/\S+.*permission denied|permission denied.*/dev/\S+|"
-            r"Could not open device '?/dev/\S+'? for reading and writing",
+            r"Could not open device '?/dev/\S+'? for reading and writing.*\n.*Permission denied",
             "permission-denied", "This user may not open the device node: " + _GROUP_FIX + "."),
     Pattern(r"Unknown encoder '([^']+)'|Encoder ([\w-]+) not found",
             "not-in-build", "This ffmpeg was built without the encoder: install a build that has it "
