@@ -107,6 +107,8 @@ class Backend:
     notes: str = ""
     alternatives: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # codec -> other encoders
     #                                         taking the same options, used where the build lacks the first
+    h264_high: str = "high"                 # how this encoder's -profile:v spells H.264 High (segments of
+    #                                         different encoders must share profile and level to join)
 
     def encoder_names(self, codec: str) -> tuple[str, ...]:
         """Every ffmpeg encoder that can serve ``codec`` on this backend, preferred first."""
@@ -158,7 +160,7 @@ class Backend:
             backend=self.name, codec=codec, encoder=encoder, resource=resource,
             input_args=input_args, video_filter=self.video_filter, codec_args=tuple(args),
             env=dict(env or {}), threads=threads, device=device, standin_for=standin_for,
-            label=label or (f"{standin_for} (stand-in: {encoder} on CPU)" if standin_for
+            h264_high=self.h264_high, label=label or (f"{standin_for} (stand-in: {encoder} on CPU)" if standin_for
                             else f"{self.name}:{encoder}"))
 
 
@@ -178,6 +180,7 @@ class EncoderSpec:
     device: str | None
     standin_for: str | None
     label: str
+    h264_high: str = "high"
 
     @property
     def is_standin(self) -> bool:
@@ -260,6 +263,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         name="v4l2m2m", resource="v4l2m2m",
         encoders={"h264": "h264_v4l2m2m"},
         quality={"h264": _v4l2_q},
+        h264_high="100",                     # no named profiles: the generic option takes the number
         video_filter="format=yuv420p",
         probe=ProbeRecipe(devices=("/dev/video*",),
                           no_device_fix="No V4L2 device (/dev/video*): on a Raspberry Pi 4 load bcm2835-codec "

@@ -23,6 +23,7 @@ own task retries are off, because they are spent in seconds when a node dies::
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -38,6 +39,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from montage_ray.config import HARDWARE_LABELS, LabelConfig, resolve_spec
 from montage_ray.encode import (EncodeResult, JobSettings, SegmentEncodeError, encode_segment, segment_timeout,
                                 video_output_args)
+from montage_ray import metrics
 from montage_ray.errors import ClusterError, EncoderError
 from montage_ray.plan import Segment
 from montage_ray.report import Attempt
@@ -49,19 +51,28 @@ try:  # an actor that is restarting or whose node is unreachable
 except ImportError:  # pragma: no cover
     ActorUnavailableError = RayActorError  # type: ignore[misc,assignment]
 
+#: Called by :meth:`EncoderPool.run` about once a second: ({segment index: frames done}, busy actors).
+TickCallback = Callable[[dict[int, int], int], None]
+
 #: Errors that mean "this actor (or its node) is gone": resubmit elsewhere.
 ACTOR_GONE = (RayActorError, ActorUnavailableError, ObjectLostError, GetTimeoutError)
 
 
-@ray.remote(max_restarts=0, max_task_retries=0)
+@ray.remote(max_restarts=0, max_task_retries=0, concurrency_groups={"status": 1})
 class EncoderActor:
-    """A Ray actor that encodes segments for one resource label on one node."""
+    """A Ray actor that encodes segments for one resource label on one node.
+
+    Encodes run one at a time (the default concurrency group); :meth:`progress` answers from its own
+    thread while an encode runs, so the driver can show frames done inside a segment.
+    """
 
     def __init__(self, label: str, config: LabelConfig | None, name: str) -> None:
         self._label = label
         self._config = config
         self._name = name
         self._specs: dict[tuple, Any] = {}
+        self._progress: dict[int, int] = {}   # segment index -> frames encoded so far (the running one)
+        self._node = ""
 
     def _spec(self, settings: JobSettings, threads: int):
         key = (settings.codec, settings.quality, settings.preset, threads)
@@ -70,23 +81,53 @@ class EncoderActor:
                                             quality=settings.quality, preset=settings.preset, threads=threads)
         return self._specs[key]
 
+    def _node_name(self) -> str:
+        if not self._node:
+            self._node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
+        return self._node
+
     def describe(self, settings: JobSettings | None = None) -> dict[str, Any]:
         """Where this actor runs and, for ``settings``, what it would encode with (raises if it cannot)."""
         info = {"name": self._name, "label": self._label, "node_id": ray.get_runtime_context().get_node_id(),
-                "hostname": socket.gethostname(), "pid": os.getpid()}
+                "hostname": socket.gethostname(), "node": self._node_name(), "pid": os.getpid()}
         if settings is not None:
             spec = self._spec(settings, 1)
             info.update(encoder=spec.label, standin=spec.is_standin)
         return info
+
+    @ray.method(concurrency_group="status")
+    def progress(self) -> dict[int, int]:
+        """Frames encoded so far of the segment running now ({} when idle)."""
+        return dict(self._progress)
 
     def encode(self, segment: Segment, data: bytes, settings: JobSettings, *, threads: int = 1,
                timeout: float = 600.0, attempt: int = 1) -> tuple[EncodeResult, bytes]:
         """Encode one segment with this label's spec for the job's settings."""
         spec = self._spec(settings, threads)
         ctx = ray.get_runtime_context()
-        return encode_segment(spec, segment, data, video_args=video_output_args(settings.video, spec),
-                              sar=settings.sar, timeout=timeout, actor=self._name, attempt=attempt,
-                              should_stop=ctx.is_canceled)
+        node = self._node_name()
+        log.info("job %s segment %d attempt %d: %d frames on %s (%s)", settings.job_id, segment.index, attempt,
+                 segment.frames, self._name, spec.label)
+        self._progress = {segment.index: 0}
+
+        def on_progress(frames: int) -> None:
+            self._progress = {segment.index: frames}
+
+        try:
+            result, encoded = encode_segment(spec, segment, data, video_args=video_output_args(settings.video, spec),
+                                             sar=settings.sar, timeout=timeout, actor=self._name, attempt=attempt,
+                                             should_stop=ctx.is_canceled, on_progress=on_progress)
+        except SegmentEncodeError as err:
+            log.warning("job %s segment %d attempt %d failed on %s: %s", settings.job_id, segment.index, attempt,
+                        self._name, err)
+            raise
+        finally:
+            self._progress = {}
+        result = dataclasses.replace(result, node=node, resource=self._label)
+        metrics.segment_encoded(label=self._label, node=node, encoder=spec.label, frames=result.frames,
+                                seconds=result.seconds, bytes_in=result.bytes_in, bytes_out=result.bytes_out)
+        log.info("job %s segment %d done on %s: %.1f fps", settings.job_id, segment.index, self._name, result.fps)
+        return result, encoded
 
 
 @dataclass(frozen=True)
@@ -154,6 +195,7 @@ class Worker:
     done: int = 0
     encoder: str = ""
     hostname: str = ""
+    node: str = ""             # "hostname/node-id prefix", as in the report and the metrics
 
 
 #: Actors of this driver, reused across jobs while the same Ray session lasts.
@@ -228,7 +270,7 @@ def wait_ready(workers: Sequence[Worker], settings: JobSettings, timeout: float 
             w.alive = False
             _forget(w)
             continue
-        w.encoder, w.hostname = info.get("encoder", ""), info.get("hostname", "")
+        w.encoder, w.hostname, w.node = info.get("encoder", ""), info.get("hostname", ""), info.get("node", "")
         ok.append(w)
     return ok, bad
 
@@ -259,8 +301,9 @@ class _Task:
     worker: Worker
     segment: Segment
     attempt: int
-    started: float
+    started: float             # monotonic, on the driver
     duplicate: bool = False
+    submitted_at: float = 0.0  # wall clock, for failures that never reported their own start
 
 
 @dataclass
@@ -311,9 +354,15 @@ class EncoderPool:
         return max(1, worker.placement.node_cpus // max(1, min(active, len(same_node))))
 
     # -- the loop --------------------------------------------------------------------------------
-    def run(self, segments: Sequence[Segment], *, load: Callable[[Segment], bytes], settings: JobSettings
+    def run(self, segments: Sequence[Segment], *, load: Callable[[Segment], bytes], settings: JobSettings,
+            on_tick: TickCallback | None = None, tick: float = 1.0
             ) -> Iterator[tuple[Segment, EncodeResult, bytes]]:
-        """Encode every segment; yield ``(segment, result, encoded bytes)`` in completion order."""
+        """Encode every segment; yield ``(segment, result, encoded bytes)`` in completion order.
+
+        ``on_tick(partial, busy)`` is called about every ``tick`` seconds with the frames done so far of
+        the segments being encoded (``{index: frames}``, from the actors' ``-progress``) and the number
+        of busy actors.
+        """
         opts = self.options
         pending: list[tuple[Segment, int]] = sorted(((s, 1) for s in segments), key=lambda x: -x[0].frames)
         in_flight: dict[Any, _Task] = {}
@@ -326,11 +375,13 @@ class EncoderPool:
         def submit(worker: Worker, seg: Segment, attempt: int, duplicate: bool = False) -> None:
             ref = worker.actor.encode.remote(seg, ray.put(load(seg)), settings, threads=threads[worker.name],
                                              timeout=self.timeout_for(seg, worker, settings), attempt=attempt)
-            in_flight[ref] = _Task(worker, seg, attempt, time.monotonic(), duplicate)
+            in_flight[ref] = _Task(worker, seg, attempt, time.monotonic(), duplicate, time.time())
             copies.setdefault(seg.index, set()).add(ref)
             worker.in_flight += 1
 
         last_progress = time.monotonic()
+        polls: list[Any] = []
+        next_tick = time.monotonic() + tick
         while len(finished) < total:
             # Fill: fastest free worker first, largest pending segment first.
             for worker in sorted((w for w in self.workers if w.alive), key=lambda w: -self._expected_fps(w)):
@@ -345,7 +396,11 @@ class EncoderPool:
             if not live:
                 reasons = "; ".join(f"{f.encoder}: {f.message}" for f in self.failures[-3:])
                 raise EncoderError(f"no encoder is left to finish the job ({reasons or 'all actors died'})")
-            ready, _ = ray.wait(live, num_returns=1, timeout=min(5.0, opts.stall_timeout))
+            wait = min(5.0, opts.stall_timeout) if on_tick is None else max(0.05, next_tick - time.monotonic())
+            ready, _ = ray.wait(live, num_returns=1, timeout=wait)
+            if on_tick is not None and time.monotonic() >= next_tick:
+                polls = self._tick(polls, on_tick)
+                next_tick = time.monotonic() + tick
             if not ready:
                 if time.monotonic() - last_progress > opts.stall_timeout:
                     raise ClusterError(f"no segment finished in {opts.stall_timeout:.0f} s; is an encoder stuck "
@@ -371,7 +426,8 @@ class EncoderPool:
                 if reason == "cancelled":
                     continue
                 self._failed(pending, failed_on, copies, finished, task, reason, _first_line(cause),
-                             getattr(cause, "stderr", ""))
+                             getattr(cause, "stderr", ""), started=getattr(cause, "started", 0.0),
+                             seconds=getattr(cause, "seconds", 0.0))
                 continue
             # A measured speed, even from a duplicate that lost the race, is information.
             fps = result.frames / result.seconds if result.seconds > 0 else 0.0
@@ -426,13 +482,32 @@ class EncoderPool:
                          slowest.worker.name)
                 submit(worker, slowest.segment, slowest.attempt, duplicate=True)
 
+    def _tick(self, polls: list[Any], on_tick: TickCallback) -> list[Any]:
+        """Report the answers to the last progress polls and ask the busy actors again (never blocks)."""
+        partial: dict[int, int] = {}
+        if polls:
+            answered, _ = ray.wait(polls, num_returns=len(polls), timeout=0)
+            for ref in answered:
+                try:
+                    for index, frames in ray.get(ref, timeout=0).items():
+                        partial[index] = max(frames, partial.get(index, 0))
+                except Exception:  # noqa: BLE001 - a dead or busy actor just has no news
+                    pass
+        busy = [w for w in self.workers if w.alive and w.in_flight > 0]
+        on_tick(partial, len(busy))
+        return [w.actor.progress.remote() for w in busy]
+
     def _failed(self, pending: list[tuple[Segment, int]], failed_on: dict[int, set[str]],
                 copies: dict[int, set[Any]], finished: set[int], task: _Task, reason: str, message: str,
-                stderr: str = "") -> None:
+                stderr: str = "", *, started: float = 0.0, seconds: float = 0.0) -> None:
         seg, worker = task.segment, task.worker
         log.warning("segment %d attempt %d failed on %s: %s", seg.index, task.attempt, worker.name, message)
+        if not started:  # it never said when it started (its actor died): the driver's view
+            started, seconds = task.submitted_at, time.time() - task.submitted_at
         self.failures.append(Attempt(segment=seg.index, attempt=task.attempt, encoder=worker.encoder or worker.label,
-                                     actor=worker.name, reason=reason, message=message, stderr=stderr[-2000:]))
+                                     actor=worker.name, reason=reason, message=message, stderr=stderr[-2000:],
+                                     started=started, seconds=seconds, node=worker.node, label=worker.label))
+        metrics.segment_failed(label=worker.label, node=worker.node, reason=reason)
         failed_on.setdefault(seg.index, set()).add(worker.name)
         worker.failures += 1
         if worker.failures >= self.options.max_worker_failures:
@@ -441,6 +516,7 @@ class EncoderPool:
             return  # another copy finished or is still running
         if task.attempt >= self.options.max_attempts:
             raise EncoderError(f"segment {seg.index} failed {task.attempt} times; last on {worker.name}: {message}")
+        metrics.segment_retried(label=worker.label, node=worker.node)
         pending.insert(0, (seg, task.attempt + 1))
 
 

@@ -51,6 +51,7 @@ class EncodeResult:
     actor: str = ""
     attempt: int = 1
     stderr: str = field(default="", repr=False)
+    started: float = 0.0    # wall-clock time (epoch seconds) the encode began on its node
 
     @property
     def fps(self) -> float:
@@ -72,13 +73,20 @@ def h264_level(width: int, height: int, fps: float) -> str:
     return H264_LEVELS[-1][0]
 
 
+def level_idc(level: str) -> str:
+    """``"4.0"`` -> ``"40"``: the one spelling every encoder's ``-level`` takes (x264 parses it, the
+    hardware encoders' integer options take it as is, where ``"4.0"`` would mean level_idc 4)."""
+    return str(round(float(level) * 10))
+
+
 def video_output_args(video: VideoInfo, spec: EncoderSpec) -> list[str]:
     """Output options that keep the source's look (pixel format, colour description) and make segments
     from different encoders joinable: H.264 is always High profile at one level computed from the video."""
     args: list[str] = []
     if spec.codec == "h264":
         fps = float(video.frame_rate) if video.frame_rate else 30.0
-        args += ["-profile:v", "high", "-level:v", h264_level(video.width, video.height, fps)]
+        args += ["-profile:v", spec.h264_high,
+                 "-level:v", level_idc(h264_level(video.width, video.height, fps))]
     if spec.video_filter is None:  # hardware backends choose their surface format in their filter
         ten_bit = bool(video.pix_fmt) and ("10" in video.pix_fmt or "12" in video.pix_fmt)
         args += ["-pix_fmt", _PIX_FMT_10BIT if ten_bit and spec.codec != "h264" else _PIX_FMT_8BIT]
@@ -96,15 +104,20 @@ def segment_timeout(frames: int, width: int, height: int, *, min_fps_1080p: floa
 
 
 def build_command(spec: EncoderSpec, src: str, dst: str, video_args: Sequence[str],
-                  sar: str | None = None) -> list[str]:
-    """The ffmpeg argument list that encodes file ``src`` (NUT) into ``dst`` (MP4) with ``spec``."""
+                  sar: str | None = None, progress: str | None = None) -> list[str]:
+    """The ffmpeg argument list that encodes file ``src`` (NUT) into ``dst`` (MP4) with ``spec``.
+
+    ``progress`` names a file that ffmpeg rewrites twice a second with ``frame=N`` lines (``-progress``).
+    """
     filters = []
     if sar:
         filters.append(f"setsar={sar}")
     if spec.video_filter:
         filters.append(spec.video_filter)
-    args = [ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-y",
-            *spec.input_args, "-noautorotate", "-i", ffmpeg_cli.file_url(src), "-map", "0:v:0"]
+    args = [ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-y"]
+    if progress:
+        args += ["-progress", ffmpeg_cli.file_url(progress)]
+    args += [*spec.input_args, "-noautorotate", "-i", ffmpeg_cli.file_url(src), "-map", "0:v:0"]
     if filters:
         args += ["-vf", ",".join(filters)]
     # MP4 keeps every packet's DTS and the source time base exactly (NUT re-derives DTS, which breaks joins
@@ -136,6 +149,7 @@ class JobSettings:
     quality: int
     preset: str
     video: VideoInfo
+    job_id: str = ""        # carried into the actors' log lines
 
     @property
     def sar(self) -> str | None:
@@ -143,58 +157,100 @@ class JobSettings:
         return f"{sar.numerator}/{sar.denominator}" if sar else None
 
 
+class _ProgressFile:
+    """Reads the frame count ffmpeg's ``-progress`` writes, from where the last read stopped."""
+
+    def __init__(self, path: str, report: Callable[[int], None]) -> None:
+        self.path, self.report, self.offset, self.frame = path, report, 0, -1
+
+    def poll(self) -> None:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read()
+        except OSError:
+            return
+        end = chunk.rfind(b"\n") + 1  # only whole lines; the rest is read next time
+        self.offset += end
+        for line in reversed(chunk[:end].splitlines()):
+            if line.startswith(b"frame="):
+                frame = int(line[6:] or 0)
+                if frame != self.frame:
+                    self.frame = frame
+                    self.report(frame)
+                return
+
+
 def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_args: Sequence[str] = (),
                    sar: str | None = None, timeout: float = 600.0, workdir: str | None = None,
-                   actor: str = "", attempt: int = 1,
-                   should_stop: Callable[[], bool] | None = None) -> tuple[EncodeResult, bytes]:
+                   actor: str = "", attempt: int = 1, should_stop: Callable[[], bool] | None = None,
+                   on_progress: Callable[[int], None] | None = None) -> tuple[EncodeResult, bytes]:
     """Encode one segment's packets (a NUT file's bytes) and return the result and the encoded MP4 bytes.
 
+    ``on_progress(frames)`` is called about twice a second with the frames encoded so far.
     Raises :class:`EncoderError` when ffmpeg fails, crashes, hangs past ``timeout`` or writes a wrong
     number of frames; the error's message carries ffmpeg's last line and ``stderr`` its tail.
     """
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
+
+    def failed(message: str, reason: str, stderr: str) -> SegmentEncodeError:
+        return SegmentEncodeError(f"segment {segment.index} on {spec.label}: {message}", reason=reason,
+                                  stderr=stderr, started=started_at, seconds=time.monotonic() - started)
+
     with tempfile.TemporaryDirectory(prefix="montage-seg-", dir=workdir) as tmp:
         src = os.path.join(tmp, "in.nut")
         dst = os.path.join(tmp, "out.mp4")
         with open(src, "wb") as fh:
             fh.write(data)
-        cmd = build_command(spec, src, dst, video_args, sar)
+        poll = should_stop
+        progress_path = None
+        if on_progress is not None:
+            progress_path = os.path.join(tmp, "progress.txt")
+            reader = _ProgressFile(progress_path, on_progress)
+
+            def poll() -> bool:
+                reader.poll()
+                return bool(should_stop and should_stop())
+
+        cmd = build_command(spec, src, dst, video_args, sar, progress=progress_path)
         try:
-            done = ffmpeg_cli.run(cmd, timeout=timeout, env=spec.env or None, should_stop=should_stop)
+            done = ffmpeg_cli.run(cmd, timeout=timeout, env=spec.env or None, should_stop=poll)
         except ffmpeg_cli.Cancelled as err:
-            raise SegmentEncodeError(f"segment {segment.index} on {spec.label}: {err}", reason="cancelled",
-                                     stderr=err.stderr) from None
+            raise failed(str(err), "cancelled", err.stderr) from None
         except FFmpegError as err:
-            raise SegmentEncodeError(
-                f"segment {segment.index} on {spec.label}: {err}", stderr=err.stderr,
-                reason="timeout" if err.timed_out else ("crash" if (err.returncode or 0) < 0 else "failed"),
-            ) from None
+            reason = "timeout" if err.timed_out else ("crash" if (err.returncode or 0) < 0 else "failed")
+            raise failed(str(err), reason, err.stderr) from None
         frames = count_packets(dst) if os.path.exists(dst) else 0
         if frames != segment.frames:
-            raise SegmentEncodeError(
-                f"segment {segment.index} on {spec.label}: wrote {frames} frames, expected {segment.frames}",
-                stderr=done.stderr, reason="frame-count")
+            raise failed(f"wrote {frames} frames, expected {segment.frames}", "frame-count", done.stderr)
         with open(dst, "rb") as fh:
             encoded = fh.read()
     result = EncodeResult(
         segment=segment.index, frames=frames, bytes_in=len(data), bytes_out=len(encoded),
         seconds=time.monotonic() - started, encoder=spec.label, backend=spec.backend,
         resource=spec.resource, standin=spec.is_standin, node=socket.gethostname(), actor=actor,
-        attempt=attempt, stderr=done.stderr[-2000:])
+        attempt=attempt, stderr=done.stderr[-2000:], started=started_at)
     return result, encoded
 
 
 class SegmentEncodeError(EncoderError):
-    """One segment failed on one encoder; ``reason`` is failed, crash, timeout, frame-count or cancelled."""
+    """One segment failed on one encoder; ``reason`` is failed, crash, timeout, frame-count or cancelled.
 
-    def __init__(self, message: str, *, stderr: str = "", reason: str = "failed") -> None:
+    ``started`` (epoch seconds) and ``seconds`` say when the failed attempt ran, for the job's timeline.
+    """
+
+    def __init__(self, message: str, *, stderr: str = "", reason: str = "failed", started: float = 0.0,
+                 seconds: float = 0.0) -> None:
         super().__init__(message)
         self.stderr = stderr
         self.reason = reason
+        self.started = started
+        self.seconds = seconds
 
-    def __reduce__(self):  # keep reason and stderr when Ray ships the error back to the driver
-        return (_rebuild_segment_error, (str(self), self.stderr, self.reason))
+    def __reduce__(self):  # keep every field when Ray ships the error back to the driver
+        return (_rebuild_segment_error, (str(self), self.stderr, self.reason, self.started, self.seconds))
 
 
-def _rebuild_segment_error(message: str, stderr: str, reason: str) -> "SegmentEncodeError":
-    return SegmentEncodeError(message, stderr=stderr, reason=reason)
+def _rebuild_segment_error(message: str, stderr: str, reason: str, started: float = 0.0,
+                           seconds: float = 0.0) -> "SegmentEncodeError":
+    return SegmentEncodeError(message, stderr=stderr, reason=reason, started=started, seconds=seconds)

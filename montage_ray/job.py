@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from typing import Any, Callable, Iterator
 
 from montage_ray.backends import CODECS, PRESETS
@@ -30,6 +31,7 @@ from montage_ray.media import MediaInfo
 from montage_ray.join import container_for, join_segments, verify_output
 from montage_ray.media import check_source, inspect
 from montage_ray.plan import Segment, plan_segments
+from montage_ray.progress import CallbackListener, ProgressListener
 from montage_ray.report import JobReport
 from montage_ray.routing import PROFILES, JobFacts, Offer, route
 from montage_ray.split import split_source
@@ -38,6 +40,12 @@ log = logging.getLogger(__name__)
 
 #: Called after each finished segment with (segments done, segments total, the result).
 ProgressCallback = Callable[[int, int, EncodeResult], None]
+
+
+def _listener(progress: ProgressListener | ProgressCallback | None) -> ProgressListener | None:
+    if progress is None or isinstance(progress, ProgressListener):
+        return progress
+    return CallbackListener(progress)
 
 
 def check_destination(dst: str | os.PathLike[str], *, overwrite: bool, source: str | None = None) -> str:
@@ -140,7 +148,8 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: s
            address: str | None = None, overwrite: bool = False, report: str | os.PathLike[str] | None = None,
            workers: int | None = None, verify: str = "decode", profile: str = "standard",
            encoders_config: str | os.PathLike[str] | None = None, labels: list[str] | None = None,
-           pool_options: PoolOptions | None = None, progress: ProgressCallback | None = None) -> JobReport:
+           pool_options: PoolOptions | None = None, progress: ProgressListener | ProgressCallback | None = None,
+           timeline: str | os.PathLike[str] | None = None) -> JobReport:
     """Encode ``src`` into ``dst`` on Ray and return the :class:`~montage_ray.report.JobReport`.
 
     ``quality`` is CRF-like (0 best .. 51 worst, 23 default); ``preset`` an x264-style speed name;
@@ -148,11 +157,13 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: s
     ``workers`` caps the encoder actors; ``verify`` is ``"decode"`` (decode every output frame) or
     ``"packets"``; ``profile`` is fast, standard or master (master prefers the labels configured as best
     quality); ``encoders_config`` is an encoders YAML (see :mod:`montage_ray.config`); ``labels`` limits
-    the resource labels used. ``report`` writes the JSON report. Raises
+    the resource labels used. ``report`` writes the JSON report, ``timeline`` a PNG of who encoded what
+    and when. ``progress`` follows the job: a :class:`~montage_ray.progress.ProgressListener` (such as
+    :class:`~montage_ray.progress.ProgressPrinter`) or ``callback(done, total, result)``. Raises
     :class:`~montage_ray.errors.MontageError` subclasses; the destination is only written once the joined
     file has been verified.
     """
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     _check_options(codec, quality, preset, segment_seconds)
     if verify not in ("decode", "packets"):
         raise InputError(f"verify must be 'decode' or 'packets', not {verify!r}")
@@ -164,22 +175,30 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: s
     source = check_source(src)
     target = check_destination(dst, overwrite=overwrite, source=source)
     container = container_for(target)
-    if report is not None and not os.path.isdir(os.path.dirname(os.path.abspath(report))):
-        raise InputError(f"report folder {os.path.dirname(os.fspath(report))!r} does not exist")
+    for what, path in (("report", report), ("timeline", timeline)):
+        if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise InputError(f"{what} folder {os.path.dirname(os.fspath(path))!r} does not exist")
+    if timeline is not None and not os.fspath(timeline).lower().endswith(".png"):
+        raise InputError(f"timeline {os.fspath(timeline)!r} must be a .png file")
+    listener = _listener(progress)
     timings: dict[str, float] = {}
+
+    spans: list[tuple[str, float, float]] = []
 
     def phase(name: str, since: float) -> float:
         now = time.monotonic()
         timings[name] = timings.get(name, 0.0) + now - since
+        spans.append((name, since - started, now - started))
         return now
 
     t = time.monotonic()
     media = inspect(source)
     t = phase("probe", t)
     job = JobReport(source=os.fspath(src), output=os.fspath(dst), codec=codec, frames=media.video.frames,
-                    duration=0.0, profile=profile)
+                    duration=0.0, profile=profile, job_id=uuid.uuid4().hex[:8], started=started_at)
     preset = PROFILE_PRESETS.get(profile, preset)
-    settings = JobSettings(codec=codec, quality=quality, preset=preset, video=media.video)
+    settings = JobSettings(codec=codec, quality=quality, preset=preset, video=media.video, job_id=job.job_id)
+    log.info("job %s: %s -> %s (%d frames)", job.job_id, job.source, job.output, media.video.frames)
     workdir = tempfile.mkdtemp(prefix=".montage-ray-", dir=os.path.dirname(target))
     try:
         with ray_session(address) as where:
@@ -191,7 +210,7 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: s
             t = phase("plan", t)
             paths = split_source(media, segments, workdir)
             t = phase("split", t)
-            encoded = _encode_all(segments, paths, workdir, job, pool_workers, settings, pool_options, progress)
+            encoded = _encode_all(segments, paths, workdir, job, pool_workers, settings, pool_options, listener)
             t = phase("encode", t)
         t = phase("ray", t)  # start-up above, shut-down (of a Ray started here) now
         ext = os.path.splitext(target)[1]
@@ -207,9 +226,14 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: s
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     job.timings = timings
+    job.phases = spans
     job.wall_seconds = time.monotonic() - started
     if report is not None:
         job.write_json(os.fspath(report))
+    if timeline is not None:
+        from montage_ray.timeline import draw_timeline
+
+        draw_timeline(job, os.fspath(timeline))
     return job
 
 
@@ -257,30 +281,48 @@ def _prepare(media: MediaInfo, settings: JobSettings, config: dict[str, LabelCon
     segments = plan_segments(media.packets, media.video.time_base, seconds)
     ready = ready[:max(1, len(segments))] if len(segments) < len(ready) else ready
     job.encoders = sorted({w.encoder for w in ready})
-    job.workers = [{"name": w.name, "label": w.label, "encoder": w.encoder, "host": w.hostname} for w in ready]
+    job.workers = [{"name": w.name, "label": w.label, "encoder": w.encoder, "host": w.hostname,
+                    "node": w.node} for w in ready]
     return ready, segments
 
 
 def _encode_all(segments: list[Segment], paths: list[str], workdir: str, job: JobReport, workers: list[Worker],
                 settings: JobSettings, pool_options: PoolOptions | None,
-                progress: ProgressCallback | None) -> list[str]:
+                listener: ProgressListener | None) -> list[str]:
     """Run every segment through the pool; return the encoded files in order."""
     encoded = [os.path.join(workdir, f"enc-{i:06d}.mp4") for i in range(len(segments))]
     pool = EncoderPool(workers, pool_options)
+    told = 0  # failures already passed on to the listener
 
     def load(seg: Segment) -> bytes:
         with open(paths[seg.index], "rb") as fh:
             return fh.read()
 
+    def tell_failures() -> None:
+        nonlocal told
+        for attempt in pool.failures[told:]:
+            listener.failure(attempt)  # type: ignore[union-attr]
+        told = len(pool.failures)
+
+    def on_tick(partial: dict[int, int], busy: int) -> None:
+        tell_failures()
+        listener.tick(partial, busy)  # type: ignore[union-attr]
+
+    if listener:
+        listener.start(frames=sum(s.frames for s in segments), segments=len(segments), encoders=len(workers))
     try:
-        for seg, result, data in pool.run(segments, load=load, settings=settings):
+        for seg, result, data in pool.run(segments, load=load, settings=settings,
+                                          on_tick=on_tick if listener else None):
             with open(encoded[seg.index], "wb") as fh:
                 fh.write(data)
             job.segments.append(result)
-            if progress:
-                progress(len(job.segments), len(segments), result)
+            if listener:
+                tell_failures()
+                listener.segment_done(result)
     finally:
         job.failures.extend(pool.failures)
         job.duplicates = pool.duplicates
+        if listener:
+            listener.close()
     job.segments.sort(key=lambda r: r.segment)
     return encoded

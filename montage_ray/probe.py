@@ -46,11 +46,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from typing import Any, Iterable, Mapping, Sequence
 
 from montage_ray import ffmpeg_cli
 from montage_ray.backends import BACKENDS, Backend, EncoderSpec
 from montage_ray.errors import EncoderError, FFmpegError, FFmpegNotFound
+from montage_ray.media import VideoInfo
 
 #: The fixed vocabulary of reasons a backend is unavailable.
 CAUSES = ("not-in-build", "no-device", "permission-denied", "driver-missing", "driver-too-old",
@@ -536,13 +538,20 @@ def _permission_fix(nodes: Sequence[DeviceNode]) -> str:
 # Stage 3: function (one real encode through the production command)
 # ---------------------------------------------------------------------------------------------------
 
-def production_command(spec: EncoderSpec, ffmpeg: str, src: str, dst: str) -> list[str]:
-    """The exact argument list production runs for ``spec`` (see :func:`montage_ray.encode.build_command`),
-    with this probe's ffmpeg; CPU backends get the ``-pix_fmt`` production adds for an 8-bit source."""
-    from montage_ray.encode import build_command  # the one definition of an encode command
+#: The probe clip as production would see it: an 8-bit BT.709 source of the test size.
+TEST_VIDEO = VideoInfo(index=0, codec="rawvideo", width=int(TEST_SIZE.split("x")[0]),
+                       height=int(TEST_SIZE.split("x")[1]), pix_fmt="yuv420p", time_base=Fraction(1, 25),
+                       frame_rate=Fraction(25), sar=None, rotation=0, color_range="tv", color_space="bt709",
+                       color_transfer="bt709", color_primaries="bt709", frames=TEST_FRAMES, start=0.0)
 
-    video_args = [] if spec.video_filter else ["-pix_fmt", "yuv420p"]
-    cmd = build_command(spec, src, dst, video_args)
+
+def production_command(spec: EncoderSpec, ffmpeg: str, src: str, dst: str) -> list[str]:
+    """The exact argument list production runs for ``spec`` (see :func:`montage_ray.encode.build_command`)
+    with the output options production adds (profile, level, pixel format, colours), on this probe's
+    ffmpeg."""
+    from montage_ray.encode import build_command, video_output_args  # the one definition of an encode
+
+    cmd = build_command(spec, src, dst, video_output_args(TEST_VIDEO, spec))
     cmd[0] = ffmpeg
     return cmd
 

@@ -25,9 +25,13 @@ class Attempt:
     attempt: int
     encoder: str
     actor: str
-    reason: str             # failed, crash, timeout, frame-count, actor-died
+    reason: str             # failed, crash, timeout, frame-count, actor-died, not-scheduled, unavailable
     message: str
-    stderr: str = ""
+    stderr: str = ""        # ffmpeg's stderr, trimmed to its tail
+    started: float = 0.0    # wall-clock time (epoch seconds) the attempt began; 0 when it never ran
+    seconds: float = 0.0    # how long it ran before it failed
+    node: str = ""
+    label: str = ""         # the resource label of the actor
 
 
 @dataclass
@@ -39,8 +43,11 @@ class JobReport:
     codec: str
     frames: int
     duration: float
+    job_id: str = ""
+    started: float = 0.0                                   # wall-clock start (epoch seconds)
     wall_seconds: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)   # seconds per phase (probe, plan, encode, ...)
+    phases: list[tuple[str, float, float]] = field(default_factory=list)  # (phase, start, end) since start
     segments: list[EncodeResult] = field(default_factory=list)
     failures: list[Attempt] = field(default_factory=list)
     encoders: list[str] = field(default_factory=list)
@@ -67,6 +74,9 @@ class JobReport:
         data["standins"] = self.standins
         for seg in data["segments"]:
             seg["fps"] = seg["frames"] / seg["seconds"] if seg["seconds"] else 0.0
+            failed = [f for f in self.failures if f.segment == seg["segment"]]
+            seg["attempts"] = len(failed) + 1  # the failed tries and the one that counted
+            seg["failure_causes"] = [f"{f.reason} on {f.actor}: {f.message}" for f in failed]
         return data
 
     def write_json(self, path: str) -> None:

@@ -57,7 +57,7 @@ def workers(node: str, index: int, **config):
 
 def test_a_failing_encoder_is_taken_out_and_others_finish(job):
     segments, load, settings, node = job
-    broken = workers(node, 0, extra_args=("-profile:v", "no-such-profile"))
+    broken = workers(node, 0, extra_args=("-tune", "no-such-tune"))
     good = workers(node, 1)
     pool = EncoderPool(broken + good, PoolOptions(max_worker_failures=2))
     try:
@@ -68,7 +68,7 @@ def test_a_failing_encoder_is_taken_out_and_others_finish(job):
     assert {r.actor for r in done.values()} == {good[0].name}
     # out of rotation after 2 failures; one more may already have been in flight (depth 2)
     assert len(pool.failures) in (2, 3) and {f.actor for f in pool.failures} == {broken[0].name}
-    assert all(f.reason == "failed" and "no-such-profile" in f.stderr for f in pool.failures)
+    assert all(f.reason == "failed" and "no-such-tune" in f.stderr for f in pool.failures)
     assert not broken[0].alive
 
 
@@ -92,10 +92,10 @@ def test_a_killed_actor_loses_no_segment(job):
 
 def test_when_every_encoder_fails_the_error_says_why(job):
     segments, load, settings, node = job
-    broken = workers(node, 0, extra_args=("-profile:v", "no-such-profile"))
+    broken = workers(node, 0, extra_args=("-tune", "no-such-tune"))
     pool = EncoderPool(broken)
     try:
-        with pytest.raises(EncoderError, match="no encoder is left.*no-such-profile|failed 4 times"):
+        with pytest.raises(EncoderError, match="no encoder is left.*no-such-tune|failed 4 times"):
             list(pool.run(segments[:2], load=load, settings=settings))
     finally:
         stop_workers(broken)

@@ -22,9 +22,10 @@ import pytest
 from montage_ray import ffmpeg_cli
 from montage_ray._cli import main as cli_main
 from montage_ray.backends import BACKENDS
-from montage_ray.encode import build_command
+from montage_ray.encode import video_output_args
 from montage_ray.errors import EncoderError
-from montage_ray.probe import (CAUSES, DIAGNOSES, explain, guess_backend, probe_node, run_probe, story)
+from montage_ray.probe import (CAUSES, DIAGNOSES, TEST_VIDEO, explain, guess_backend, probe_node, production_command,
+                               run_probe, story)
 
 ROOT = Path(__file__).resolve().parent.parent
 FFMPEG = os.environ.get("MONTAGE_FFMPEG") or shutil.which("ffmpeg")
@@ -201,10 +202,12 @@ def test_production_arguments_pass_the_real_option_parser(name, codec, tmp_path)
     ffmpeg_cli.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=256x144:rate=25", "-frames:v",
                     "3", "-c:v", "rawvideo", "-pix_fmt", "yuv420p", "-f", "nut", str(src)], timeout=30)
     spec = backend.spec(codec, device="/dev/dri/renderD128", env={"LIBVA_DRIVER_NAME": "iHD"}, encoder=encoder)
-    full = build_command(spec, str(src), str(tmp_path / "out"), [])
-    full[0] = FFMPEG
-    # The encoder's own options alone (no device): values of private options are checked at encoder open.
-    alone = [FFMPEG, "-hide_banner", "-v", "error", "-i", str(src), *spec.codec_args, "-f", "null", "-"]
+    full = production_command(spec, FFMPEG, str(src), str(tmp_path / "out"))
+    # The encoder's options alone (no device), with the profile, level and colour options production adds:
+    # values of private options are checked at encoder open.
+    alone = [FFMPEG, "-hide_banner", "-v", "error", "-i", str(src), *spec.codec_args,
+             *video_output_args(TEST_VIDEO, spec), "-f", "null", "-"]
+    assert "-level:v" not in alone or alone[alone.index("-level:v") + 1].isdigit()  # level_idc, never "4.0"
     for cmd in (full, alone):
         done = ffmpeg_cli.run(cmd, timeout=30, check=False, env=spec.env)
         assert done.returncode > 0, done.stderr
@@ -326,7 +329,7 @@ def test_vaapi_works_on_the_second_driver_without_touching_the_environment(tmp_p
     # The probe ran exactly the command production will run with the spec it hands out.
     spec = probe.spec("vaapi", "h264")
     assert spec.env == {"LIBVA_DRIVER_NAME": "i965"} and str(node) in spec.input_args
-    production = build_command(spec, "/x/in.nut", "/x/out", [])[1:]
+    production = production_command(spec, "ffmpeg", "/x/in.nut", "/x/out")[1:]
     ran = calls(ffmpeg)[1].split(" ", 1)[1].split()  # the i965 h264 run
     strip = lambda args: [("FILE" if a.startswith("file:") else a) for a in args]  # noqa: E731
     assert strip(ran) == strip(production)

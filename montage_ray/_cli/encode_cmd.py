@@ -37,24 +37,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="how to verify the output before writing it (default: decode every frame)")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.add_argument("--report", metavar="R.json", default=None, help="write the job report as JSON")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--timeline", metavar="T.png", default=None,
+                   help="draw who encoded what and when (one row per encoder, a bar per attempt) as PNG")
+    p.add_argument("--quiet", action="store_true",
+                   help="print nothing but errors (no progress bar, no summary)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from montage_ray.job import encode
+    from montage_ray.progress import ProgressPrinter
 
-    def progress(done: int, total: int, result) -> None:
-        print(f"segment {result.segment + 1}/{total} done: {result.frames} frames in {result.seconds:.1f} s "
-              f"({result.fps:.1f} fps) on {result.actor} [{done}/{total}]", file=sys.stderr, flush=True)
-
+    # A bar redrawn in place on a terminal; one plain line per segment when stdout is a file or a pipe.
     report = encode(args.src, args.dst, codec=args.codec, quality=args.quality, preset=args.preset,
                     segment_seconds=args.segment_seconds, address=args.address, overwrite=args.overwrite,
                     report=args.report, workers=args.workers, verify=args.verify, profile=args.profile,
                     encoders_config=args.encoders_config,
                     labels=[x for x in args.labels.split(",") if x] if args.labels else None,
-                    progress=None if args.quiet else progress)
+                    progress=None if args.quiet else ProgressPrinter(sys.stdout), timeline=args.timeline)
     if not args.quiet:
         print(report.summary())
-        print(f"wrote {args.dst}")
+        print(f"wrote {args.dst}" + "".join(f" and {p}" for p in (args.report, args.timeline) if p))
     return 0

@@ -1,0 +1,76 @@
+"""Custom metrics for the Ray dashboard (and Prometheus/Grafana behind it), tagged by encoder label and node.
+
+Encoder actors record what they encode; the driver records failures and retries, which only it sees. Ray
+exports them from every node's metrics agent with a ``ray_`` prefix (``ray_montage_segments_encoded``, ...),
+so the dashboard's Metrics view and any Prometheus scraping the cluster can chart them::
+
+    from montage_ray import metrics
+
+    metrics.segment_encoded(label="vaapi", node="server-1/1a2b3c4d", encoder="vaapi:h264_vaapi",
+                            frames=300, seconds=1.5, bytes_in=4_000_000, bytes_out=1_000_000)
+    metrics.segment_failed(label="qsv", node="server-1/1a2b3c4d", reason="crash")
+
+Recording never raises: a metric that cannot be recorded (no Ray, no metrics agent) is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Segment speeds (frames/s) the fps histogram separates: a Pi's CPU to a datacenter GPU.
+FPS_BOUNDARIES = [1, 2, 5, 10, 20, 40, 80, 160, 320, 640, 1280]
+
+_TAGS = ("label", "node")
+
+
+@lru_cache(maxsize=None)
+def _metrics() -> dict[str, Any]:
+    """The metric objects of this process, made on first use (each process registers its own)."""
+    from ray.util.metrics import Counter, Histogram
+
+    return {
+        "segments": Counter("montage_segments_encoded", "Segments encoded successfully",
+                            tag_keys=_TAGS + ("encoder",)),
+        "frames": Counter("montage_frames_encoded", "Video frames encoded", tag_keys=_TAGS + ("encoder",)),
+        "fps": Histogram("montage_segment_fps", "Encode speed of one segment (frames/s)",
+                         boundaries=FPS_BOUNDARIES, tag_keys=_TAGS + ("encoder",)),
+        "bytes": Counter("montage_bytes_moved", "Segment bytes shipped to (in) and back from (out) encoders",
+                         tag_keys=_TAGS + ("direction",)),
+        "failures": Counter("montage_segment_failures", "Failed segment attempts, by cause",
+                            tag_keys=_TAGS + ("reason",)),
+        "retries": Counter("montage_segment_retries", "Segments submitted again after a failure",
+                           tag_keys=_TAGS),
+    }
+
+
+def _record(kind: str, method: str, value: float, tags: dict[str, str]) -> None:
+    try:
+        getattr(_metrics()[kind], method)(value, tags=tags)
+    except Exception as err:  # noqa: BLE001 - metrics must never break an encode
+        log.debug("metric %s not recorded: %s", kind, err)
+
+
+def segment_encoded(*, label: str, node: str, encoder: str, frames: int, seconds: float, bytes_in: int,
+                    bytes_out: int) -> None:
+    """One segment encoded by ``encoder`` (serving ``label``) on ``node``."""
+    tags = {"label": label, "node": node, "encoder": encoder}
+    _record("segments", "inc", 1, tags)
+    _record("frames", "inc", frames, tags)
+    if seconds > 0:
+        _record("fps", "observe", frames / seconds, tags)
+    _record("bytes", "inc", bytes_in, {"label": label, "node": node, "direction": "in"})
+    _record("bytes", "inc", bytes_out, {"label": label, "node": node, "direction": "out"})
+
+
+def segment_failed(*, label: str, node: str, reason: str) -> None:
+    """One failed attempt (reason: failed, crash, timeout, frame-count, actor-died, ...)."""
+    _record("failures", "inc", 1, {"label": label, "node": node, "reason": reason})
+
+
+def segment_retried(*, label: str, node: str) -> None:
+    """A segment that failed on ``label``/``node`` goes back into the queue."""
+    _record("retries", "inc", 1, {"label": label, "node": node})

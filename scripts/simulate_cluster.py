@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Encode on a simulated mixed cluster: several Ray nodes on this machine, hardware labels served by
+CPU stand-ins of different speeds (they say so in every report line).
+
+    .venv/bin/python scripts/simulate_cluster.py SRC DST [--report R.json] [--kill-node]
+
+Nodes (all bound to 127.0.0.1): a head with CPU slots, and one node each labelled ``vaapi``, ``nvenc`` and
+``nvmpi``. Each label is served by libx264 throttled to a fixed multiple of realtime (``-readrate``), so
+speeds differ as real devices would. ``--kill-node`` removes the ``vaapi`` node once the first segment is
+done: the job must still finish with every frame. The report lists every segment with its attempts,
+label, encoder and node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+
+#: label -> (node resources, stand-in settings). Speeds are in multiples of realtime.
+DEFAULT_LAYOUT = {
+    "vaapi": ({"vaapi": 1}, {"backend": "cpu", "standin": True, "readrate": 6, "preset": "ultrafast"}),
+    "nvenc": ({"nvenc": 2}, {"backend": "cpu", "standin": True, "readrate": 8, "preset": "ultrafast"}),
+    "nvmpi": ({"nvmpi": 1}, {"backend": "cpu", "standin": True, "readrate": 3, "preset": "ultrafast"}),
+}
+
+
+def start_cluster(layout: dict, head_cpus: int = 1):
+    """A head with ``head_cpus`` CPU slots and one node per label (no CPU slots), all on 127.0.0.1."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    common = {"node_ip_address": "127.0.0.1", "object_store_memory": 200 * 1024 * 1024}
+    cluster = Cluster(initialize_head=True, head_node_args={**common, "num_cpus": head_cpus,
+                                                            "include_dashboard": False})
+    nodes = {}
+    for label, (resources, _) in layout.items():
+        nodes[label] = cluster.add_node(**common, num_cpus=0, resources=resources)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
+    return cluster, nodes
+
+
+def write_config(layout: dict, cpu: dict | None, path: str) -> None:
+    labels = {label: settings for label, (_, settings) in layout.items()}
+    if cpu:
+        labels["cpu"] = cpu
+    import yaml
+
+    with open(path, "w", encoding="utf-8") as fh:
+        yaml.safe_dump({"labels": labels}, fh)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src")
+    ap.add_argument("dst")
+    ap.add_argument("--report", default=None)
+    ap.add_argument("--kill-node", action="store_true", help="remove the vaapi node after the first segment")
+    ap.add_argument("--segment-seconds", type=float, default=None)
+    ap.add_argument("--head-cpus", type=int, default=1, help="CPU encoder slots on the head (default 1)")
+    ap.add_argument("--cpu-readrate", type=float, default=2.0, help="speed cap of the CPU slots (x realtime)")
+    ap.add_argument("--overwrite", action="store_true")
+    args = ap.parse_args(argv)
+
+    import ray
+
+    from montage_ray import encode
+    from montage_ray.errors import MontageError
+
+    cluster, nodes = start_cluster(DEFAULT_LAYOUT, args.head_cpus)
+    tmp = tempfile.mkdtemp(prefix="montage-sim-")
+    config = os.path.join(tmp, "encoders.yaml")
+    write_config(DEFAULT_LAYOUT, {"readrate": args.cpu_readrate, "preset": "ultrafast"}, config)
+    killed: list[float] = []
+
+    def progress(done: int, total: int, result) -> None:
+        print(f"segment {result.segment} done by {result.actor} ({result.encoder}) "
+              f"in {result.seconds:.2f} s [{done}/{total}]", flush=True)
+        if args.kill_node and not killed:
+            killed.append(time.monotonic())
+            # remove from another thread so this callback (the driver loop) goes on at once
+            threading.Thread(target=cluster.remove_node, args=(nodes["vaapi"],), daemon=True).start()
+            print("removing the vaapi node now", flush=True)
+
+    try:
+        report = encode(args.src, args.dst, encoders_config=config, report=args.report, progress=progress,
+                        segment_seconds=args.segment_seconds, overwrite=args.overwrite)
+    except MontageError as err:
+        print(f"simulate_cluster: error: {err}", file=sys.stderr)
+        return err.exit_code
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    print(report.summary())
+    for line in report.route:
+        print("route:", line)
+    for f in report.failures:
+        print(f"failure: segment {f.segment} attempt {f.attempt} on {f.actor}: {f.reason}: {f.message}")
+    print(f"wrote {args.dst}" + (f" and {args.report}" if args.report else ""))
+    if args.report:
+        with open(args.report, encoding="utf-8") as fh:
+            data = json.load(fh)
+        data["simulation"] = {"layout": {k: v[1] for k, v in DEFAULT_LAYOUT.items()}, "killed_node": bool(killed)}
+        with open(args.report, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
