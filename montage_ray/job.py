@@ -267,7 +267,7 @@ def _prepare(media: MediaInfo, settings: JobSettings, config: dict[str, LabelCon
     if not decision.labels:
         raise ClusterError("no encoder in the cluster can serve this job: " + "; ".join(decision.reasons))
     placements = plan_actors(nodes, decision.labels, config)
-    small = segment_seconds is None and duration < 2 * 10.0
+    small = duration < 2 * (segment_seconds or 10.0)  # shorter than two segments: one segment, one actor
     if small:
         placements = placements[:1]
     if workers is not None:

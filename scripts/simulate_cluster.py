@@ -21,6 +21,11 @@ import tempfile
 import threading
 import time
 
+# Every node listens on 127.0.0.1 only. Ray turns "127.0.0.1" in an address into this machine's outward IP
+# (where nothing of this cluster listens) unless it is told this is a single-machine setup; so tell it,
+# before ray is imported.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 #: label -> (node resources, stand-in settings). Speeds are in multiples of realtime.
 DEFAULT_LAYOUT = {
     "vaapi": ({"vaapi": 1}, {"backend": "cpu", "standin": True, "readrate": 6, "preset": "ultrafast"}),
@@ -59,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src")
     ap.add_argument("dst")
-    ap.add_argument("--report", default=None)
+    ap.add_argument("--report", default=None, help="write the job report (JSON) here")
+    ap.add_argument("--timeline", default=None, help="draw the job's timeline (PNG) here")
     ap.add_argument("--kill-node", action="store_true", help="remove the vaapi node after the first segment")
     ap.add_argument("--segment-seconds", type=float, default=None)
     ap.add_argument("--head-cpus", type=int, default=1, help="CPU encoder slots on the head (default 1)")
@@ -89,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         report = encode(args.src, args.dst, encoders_config=config, report=args.report, progress=progress,
+                        timeline=args.timeline,
                         segment_seconds=args.segment_seconds, overwrite=args.overwrite)
     except MontageError as err:
         print(f"simulate_cluster: error: {err}", file=sys.stderr)

@@ -107,6 +107,8 @@ def ray_cluster():
     """One local Ray for the session (two CPUs); encode() uses it instead of starting its own."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    # metrics reach the node's exporter within a second (default 10 s), for the metrics test
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+             _system_config={"metrics_report_interval_ms": 1000})
     yield ray
     ray.shutdown()

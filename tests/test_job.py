@@ -123,9 +123,13 @@ def test_all_intra_groups_gops_near_segment_length(make_clip, tmp_path):
     assert [s.frames for s in report.segments] == [60, 60, 60]
 
 
-def test_short_job_is_one_segment_on_one_actor(make_clip, tmp_path):
-    report = encode(make_clip("bframes"), tmp_path / "short.mp4", preset="ultrafast", segment_seconds=10)
-    assert len(report.segments) == 1 and len({s.actor for s in report.segments}) == 1
+@pytest.mark.parametrize("seconds", [None, 4])
+def test_short_job_is_one_segment_on_one_actor(make_clip, tmp_path, seconds):
+    """A 6 s clip is shorter than two segments (10 s by default, or 4 s asked for): one actor starts."""
+    report = encode(make_clip("bframes"), tmp_path / "short.mp4", preset="ultrafast", segment_seconds=seconds)
+    assert len(report.segments) == 1 and len(report.workers) == 1
+    assert report.segments[0].actor == report.workers[0]["name"]
+    assert mc.decoded_frames(tmp_path / "short.mp4") == 180
 
 
 def test_hevc_and_report_file(make_clip, tmp_path):
