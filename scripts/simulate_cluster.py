@@ -2,7 +2,8 @@
 """Encode on a simulated mixed cluster: several Ray nodes on this machine, hardware labels served by
 CPU stand-ins of different speeds (they say so in every report line).
 
-    .venv/bin/python scripts/simulate_cluster.py SRC DST [--report R.json] [--kill-node]
+    .venv/bin/python scripts/simulate_cluster.py SRC DST [--report R.json] [--timeline T.png] [--kill-node]
+                                                 [--real LABEL] [--labels L1,L2] [--segment-seconds S]
 
 Nodes (all bound to 127.0.0.1): a head with CPU slots, and one node each labelled ``vaapi``, ``nvenc`` and
 ``nvmpi``. Each label is served by libx264 throttled to a fixed multiple of realtime (``-readrate``), so
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -70,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--segment-seconds", type=float, default=None)
     ap.add_argument("--head-cpus", type=int, default=1, help="CPU encoder slots on the head (default 1)")
     ap.add_argument("--cpu-readrate", type=float, default=2.0, help="speed cap of the CPU slots (x realtime)")
+    ap.add_argument("--real", action="append", default=[], choices=sorted(DEFAULT_LAYOUT), metavar="LABEL",
+                    help="serve LABEL with its real backend, as the node's probe finds it, not a stand-in "
+                         "(repeatable; on a machine without that hardware its actors cannot start)")
+    ap.add_argument("--labels", default=None, metavar="L1,L2", help="use only these labels (e.g. vaapi,cpu)")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
 
@@ -81,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     cluster, nodes = start_cluster(DEFAULT_LAYOUT, args.head_cpus)
     tmp = tempfile.mkdtemp(prefix="montage-sim-")
     config = os.path.join(tmp, "encoders.yaml")
-    write_config(DEFAULT_LAYOUT, {"readrate": args.cpu_readrate, "preset": "ultrafast"}, config)
+    standins = {label: spec for label, spec in DEFAULT_LAYOUT.items() if label not in args.real}
+    write_config(standins, {"readrate": args.cpu_readrate, "preset": "ultrafast"}, config)
     killed: list[float] = []
 
     def progress(done: int, total: int, result) -> None:
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         report = encode(args.src, args.dst, encoders_config=config, report=args.report, progress=progress,
-                        timeline=args.timeline,
+                        timeline=args.timeline, labels=args.labels.split(",") if args.labels else None,
                         segment_seconds=args.segment_seconds, overwrite=args.overwrite)
     except MontageError as err:
         print(f"simulate_cluster: error: {err}", file=sys.stderr)
@@ -103,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
     print(report.summary())
     for line in report.route:
         print("route:", line)
@@ -112,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         with open(args.report, encoding="utf-8") as fh:
             data = json.load(fh)
-        data["simulation"] = {"layout": {k: v[1] for k, v in DEFAULT_LAYOUT.items()}, "killed_node": bool(killed)}
+        data["simulation"] = {"layout": {k: v[1] for k, v in standins.items()}, "real": args.real,
+                              "killed_node": bool(killed)}
         with open(args.report, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2)
     return 0

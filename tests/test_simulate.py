@@ -1,0 +1,80 @@
+"""The simulated mixed cluster (scripts/simulate_cluster.py): several Ray nodes on this machine labelled
+vaapi, nvenc, nvmpi and CPU, the hardware labels served by CPU stand-ins of different speeds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import mediacheck as mc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "simulate_cluster.py")
+
+pytestmark = pytest.mark.slow
+
+
+def simulate(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def test_a_node_removed_mid_job_loses_no_frame(make_clip, tmp_path):
+    src, dst = make_clip("long"), tmp_path / "out.mp4"
+    done = simulate(src, dst, "--kill-node", "--segment-seconds", "2", "--report", tmp_path / "r.json",
+                    "--timeline", tmp_path / "t.png")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "removing the vaapi node now" in done.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["simulation"]["killed_node"] is True
+
+    # exact frames, in order, decodable: the removed node's segments were encoded elsewhere
+    assert mc.decoded_frames(dst) == mc.decoded_frames(src) == 600 and mc.decode_errors(dst) == ""
+    mc.assert_same_frames_in_order(src, dst)
+    segs = report["segments"]
+    assert [s["segment"] for s in segs] == list(range(10)) and sum(s["frames"] for s in segs) == 600
+
+    # every label took part or was tried, each actor on its own node, and stand-ins say what they are
+    used = {s["resource"] for s in segs}
+    assert {"nvenc", "nvmpi", "cpu"} <= used
+    for s in segs:
+        assert s["node"] and s["actor"].startswith(f"encoder:{s['resource']}:")
+        assert s["standin"] == (s["resource"] != "cpu")
+        if s["standin"]:
+            assert "(stand-in: libx264 on CPU)" in s["encoder"] and s["actor"].endswith(":stand-in")
+    assert len({s["node"] for s in segs}) >= 3
+    assert "vaapi" in report["standins"] or all(s["resource"] != "vaapi" for s in segs)
+
+    # what was lost on the removed node is in the report, with the cause, and was retried elsewhere
+    lost = [f for f in report["failures"] if f["actor"].startswith("encoder:vaapi:")]
+    for f in lost:
+        assert f["reason"] == "actor-died"
+        again = next(s for s in segs if s["segment"] == f["segment"])
+        assert again["resource"] != "vaapi" and again["attempts"] >= 2 and again["failure_causes"]
+    assert (tmp_path / "t.png").stat().st_size > 10_000
+
+
+def test_hardware_that_does_not_work_falls_back_and_alone_fails_clearly(make_clip, tmp_path):
+    """A vaapi node served by the real VAAPI backend (no GPU here): its actor cannot start; the job goes on
+    without it, and a job limited to vaapi fails with the probe's cause and writes nothing."""
+    src = make_clip("long")
+    done = simulate(src, tmp_path / "fallback.mp4", "--real", "vaapi", "--segment-seconds", "4",
+                    "--report", tmp_path / "r.json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert all(s["resource"] != "vaapi" for s in report["segments"])
+    unavailable = [f for f in report["failures"] if f["actor"].startswith("encoder:vaapi:")]
+    assert unavailable and unavailable[0]["reason"] == "unavailable"
+    assert "no-device" in unavailable[0]["message"] and ":stand-in" not in unavailable[0]["actor"]
+    assert mc.decoded_frames(tmp_path / "fallback.mp4") == 600
+
+    alone = simulate(src, tmp_path / "alone.mp4", "--real", "vaapi", "--labels", "vaapi")
+    assert alone.returncode == 6
+    error = alone.stderr.strip().splitlines()[-1]
+    assert error.startswith("simulate_cluster: error: no encoder could start: encoder:vaapi:")
+    assert "no-device" in error and "/dev/dri" in error
+    assert not (tmp_path / "alone.mp4").exists() and not list(tmp_path.glob(".montage-ray-*"))
