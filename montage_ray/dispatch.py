@@ -196,10 +196,12 @@ class Worker:
     encoder: str = ""
     hostname: str = ""
     node: str = ""             # "hostname/node-id prefix", as in the report and the metrics
+    pid: int = 0               # the actor's process
 
 
-#: Actors of this driver, reused across jobs while the same Ray session lasts.
-_REGISTRY: dict[tuple, Worker] = {}
+#: Actors of this driver by resource slot (node, label, index), with the config each was started with;
+#: reused across jobs while the same Ray session lasts.
+_REGISTRY: dict[tuple[str, str, int], tuple[LabelConfig | None, Worker]] = {}
 _REGISTRY_SESSION: list[str] = [""]
 _GENERATION = itertools.count(1)
 _USED_NAMES: set[str] = set()
@@ -221,12 +223,15 @@ def start_workers(placements: Sequence[Placement], config: Mapping[str, LabelCon
     workers = []
     for p in placements:
         cfg = config.get(p.label)
-        key = (p, cfg)
-        if reuse and key in _REGISTRY and _REGISTRY[key].alive:
-            w = _REGISTRY[key]
-            w.in_flight, w.failures = 0, 0
-            workers.append(w)
-            continue
+        key = (p.node_id, p.label, p.index)  # one slot of a node's resource: one actor at a time holds it
+        held = _REGISTRY.get(key)
+        if held is not None:
+            w = held[1]
+            if reuse and w.alive and held[0] == cfg and w.placement == p:
+                w.in_flight, w.failures = 0, 0
+                workers.append(w)
+                continue
+            _forget(w)  # another setup of the same slot: free the CPU or device for the new actor
         if p.label == "cpu":
             options: dict[str, Any] = {"num_cpus": 1}
         else:
@@ -239,7 +244,7 @@ def start_workers(placements: Sequence[Placement], config: Mapping[str, LabelCon
         actor = EncoderActor.options(name=name, scheduling_strategy=strategy, **options).remote(p.label, cfg, name)
         fps = cfg.expected_fps if cfg and cfg.expected_fps else 0.0
         w = Worker(actor=actor, name=name, label=p.label, placement=p, fps=fps)
-        _REGISTRY[key] = w
+        _REGISTRY[key] = (cfg, w)
         workers.append(w)
     return workers
 
@@ -271,12 +276,13 @@ def wait_ready(workers: Sequence[Worker], settings: JobSettings, timeout: float 
             _forget(w)
             continue
         w.encoder, w.hostname, w.node = info.get("encoder", ""), info.get("hostname", ""), info.get("node", "")
+        w.pid = info.get("pid", 0)
         ok.append(w)
     return ok, bad
 
 
 def _forget(worker: Worker) -> None:
-    for key, w in list(_REGISTRY.items()):
+    for key, (_, w) in list(_REGISTRY.items()):
         if w is worker:
             del _REGISTRY[key]
             try:
@@ -287,7 +293,7 @@ def _forget(worker: Worker) -> None:
 
 def stop_workers(workers: Iterable[Worker] | None = None) -> None:
     """Kill actors (all of this session's when ``workers`` is None); their ffmpeg children die with them."""
-    for w in list(workers) if workers is not None else list(_REGISTRY.values()):
+    for w in list(workers) if workers is not None else [w for _, w in _REGISTRY.values()]:
         w.alive = False
         _forget(w)
         try:

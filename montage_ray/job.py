@@ -282,7 +282,7 @@ def _prepare(media: MediaInfo, settings: JobSettings, config: dict[str, LabelCon
     ready = ready[:max(1, len(segments))] if len(segments) < len(ready) else ready
     job.encoders = sorted({w.encoder for w in ready})
     job.workers = [{"name": w.name, "label": w.label, "encoder": w.encoder, "host": w.hostname,
-                    "node": w.node} for w in ready]
+                    "node": w.node, "pid": w.pid} for w in ready]
     return ready, segments
 
 

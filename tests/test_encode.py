@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -77,3 +78,34 @@ def test_file_url_never_lets_a_name_become_a_protocol_or_option(tmp_path):
     for name in ("concat:a.mp4|b.mp4", "-x.mp4", "http:x"):
         url = ffmpeg_cli.file_url(tmp_path / name)
         assert url.startswith("file:/") and url.endswith(name)
+
+
+def _psnr(encoded: str, reference: str) -> float:
+    """Average PSNR of ``encoded`` against ``reference``, frames paired by number (not by timestamp)."""
+    done = ffmpeg_cli.run([ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-i", encoded, "-i", reference,
+                           "-lavfi", "[0:v]settb=1/30,setpts=N[a];[1:v]settb=1/30,setpts=N[b];[a][b]psnr",
+                           "-f", "null", "-"], timeout=120)
+    return float(re.search(r"PSNR y:\S+ u:\S+ v:\S+ average:([\d.]+)", done.stderr).group(1))
+
+
+def test_quality_means_the_same_on_every_cpu_encoder(tmp_path):
+    """The common --quality maps to each CPU encoder's knob so that PSNR agrees within 2 dB, and a lower
+    number is better on every encoder."""
+    src = str(tmp_path / "mandelbrot.nut")
+    ffmpeg_cli.run([ffmpeg_cli.ffmpeg(), "-v", "error", "-f", "lavfi", "-i",
+                    "mandelbrot=size=320x240:rate=30,trim=duration=3", "-pix_fmt", "yuv420p", "-c:v", "rawvideo",
+                    "-f", "nut", src], timeout=120)
+    psnr: dict[tuple[str, int], float] = {}
+    for codec in ("h264", "hevc", "av1"):
+        for quality in (18, 23, 28):
+            spec = BACKENDS["cpu"].spec(codec, quality=quality, preset="medium", threads=2)
+            out = str(tmp_path / f"{codec}-{quality}.mkv")
+            ffmpeg_cli.run([ffmpeg_cli.ffmpeg(), "-v", "error", "-i", src, *spec.codec_args, "-pix_fmt", "yuv420p",
+                            out], timeout=300)
+            psnr[codec, quality] = _psnr(out, src)
+    for quality in (18, 23, 28):
+        row = [psnr[c, quality] for c in ("h264", "hevc", "av1")]
+        assert max(row) - min(row) < 2.0, (quality, row)
+    for codec in ("h264", "hevc", "av1"):
+        assert psnr[codec, 18] > psnr[codec, 23] + 2 > psnr[codec, 28] + 4, psnr
+    assert psnr["h264", 23] > 33  # a sane picture, not a broken comparison

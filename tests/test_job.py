@@ -142,3 +142,17 @@ def test_hevc_and_report_file(make_clip, tmp_path):
     assert data["frames"] == 600 and len(data["segments"]) == len(report.segments) == 5
     assert {"probe", "plan", "split", "encode", "join", "verify"} <= set(data["timings"])
     assert len({s["actor"] for s in data["segments"]}) == 2  # both actors took work
+
+
+def test_actors_are_reused_across_jobs_and_replaced_when_the_setup_changes(make_clip, tmp_path):
+    first = encode(make_clip("long"), tmp_path / "1.mp4", preset="ultrafast", segment_seconds=4)
+    second = encode(make_clip("long"), tmp_path / "2.mp4", preset="ultrafast", segment_seconds=4)
+    same = lambda r: sorted((w["name"], w["pid"]) for w in r.workers)  # noqa: E731
+    assert len(first.workers) == 2 and all(w["pid"] > 0 for w in first.workers)
+    assert same(first) == same(second)                   # the same actor processes took the second job
+    config = tmp_path / "encoders.yaml"
+    config.write_text("labels:\n  cpu: {preset: superfast}\n")
+    third = encode(make_clip("long"), tmp_path / "3.mp4", segment_seconds=4, encoders_config=config)
+    assert {w["pid"] for w in third.workers}.isdisjoint({w["pid"] for w in first.workers})
+    assert {s.encoder for s in third.segments} == {"cpu:libx264 [superfast]"}
+    assert mc.decoded_frames(tmp_path / "3.mp4") == 600
