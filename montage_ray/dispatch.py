@@ -28,6 +28,7 @@ import itertools
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -197,6 +198,7 @@ class Worker:
     hostname: str = ""
     node: str = ""             # "hostname/node-id prefix", as in the report and the metrics
     pid: int = 0               # the actor's process
+    last_done: float = 0.0     # monotonic time of its last finished segment
 
 
 #: Actors of this driver by resource slot (node, label, index), with the config each was started with;
@@ -369,7 +371,6 @@ class EncoderPool:
         the segments being encoded (``{index: frames}``, from the actors' ``-progress``) and the number
         of busy actors.
         """
-        opts = self.options
         pending: list[tuple[Segment, int]] = sorted(((s, 1) for s in segments), key=lambda x: -x[0].frames)
         in_flight: dict[Any, _Task] = {}
         copies: dict[int, set[Any]] = {}
@@ -385,17 +386,48 @@ class EncoderPool:
             copies.setdefault(seg.index, set()).add(ref)
             worker.in_flight += 1
 
+        try:
+            yield from self._loop(segments, pending, in_flight, copies, failed_on, finished, submit, settings,
+                                  on_tick, tick)
+        finally:
+            self._drain(in_flight)
+
+    def _drain(self, in_flight: dict[Any, "_Task"]) -> None:
+        """Cancel what is still running (duplicates that lost, or everything when the job failed) and collect
+        the answers, so that Ray does not report them as unhandled errors later."""
+        refs = list(in_flight)
+        in_flight.clear()
+        for ref in refs:
+            ray.cancel(ref)
+        if refs:  # the job need not wait for them: collect them beside it
+            threading.Thread(target=_collect, args=(refs,), name="montage-drain", daemon=True).start()
+
+    def _loop(self, segments: Sequence[Segment], pending: list[tuple[Segment, int]], in_flight: dict[Any, _Task],
+              copies: dict[int, set[Any]], failed_on: dict[int, set[str]], finished: set[int],
+              submit: Callable[..., None], settings: JobSettings, on_tick: TickCallback | None, tick: float
+              ) -> Iterator[tuple[Segment, EncodeResult, bytes]]:
+        """The body of :meth:`run`: fill, duplicate at the tail, wait, then record, retry or yield."""
+        opts = self.options
+        total = len(segments)
         last_progress = time.monotonic()
         polls: list[Any] = []
         next_tick = time.monotonic() + tick
         while len(finished) < total:
-            # Fill: fastest free worker first, largest pending segment first.
+            # Fill: fastest free worker first, largest pending segment first, each worker only as many
+            # segments as it would finish soonest (a slow encoder gets no segment a faster one would finish
+            # earlier); a worker whose speed is not measured yet gets one segment at a time.
+            share = self._shares(pending, in_flight)
             for worker in sorted((w for w in self.workers if w.alive), key=lambda w: -self._expected_fps(w)):
-                while worker.alive and worker.in_flight < opts.depth and pending:
+                depth = opts.depth if worker.fps > 0 else 1
+                while worker.alive and worker.in_flight < depth and pending:
+                    if share is not None and share.get(worker.name, 0) <= 0:
+                        break
                     pick = self._pick(pending, worker, failed_on)
                     if pick is None:
                         break
                     submit(worker, *pick)
+                    if share is not None:
+                        share[worker.name] -= 1
             if opts.duplicate_tail and not pending:
                 self._duplicate_tail(in_flight, copies, finished, submit)
             live = list(in_flight)
@@ -439,6 +471,7 @@ class EncoderPool:
             fps = result.frames / result.seconds if result.seconds > 0 else 0.0
             w = task.worker
             w.fps = fps if w.fps <= 0 else (1 - opts.ewma) * w.fps + opts.ewma * fps
+            w.last_done = time.monotonic()
             if seg.index in finished:
                 continue
             finished.add(seg.index)
@@ -446,6 +479,38 @@ class EncoderPool:
             for other in copies.pop(seg.index, set()):
                 ray.cancel(other)  # the loser of a duplicated segment
             yield seg, result, data
+
+    def _free_in(self, worker: Worker, in_flight: dict[Any, _Task], now: float) -> float:
+        """Seconds until ``worker`` has finished what it holds (inf when it is overdue: maybe stuck)."""
+        fps = self._expected_fps(worker)
+        mine = sorted((t for t in in_flight.values() if t.worker is worker), key=lambda t: t.started)
+        if not mine:
+            return 0.0
+        running = mine[0]
+        since = max(running.started, worker.last_done)
+        expected = running.segment.frames / fps
+        elapsed = now - since
+        if elapsed > 2 * expected + 5:
+            return float("inf")
+        return max(0.0, expected - elapsed) + sum(t.segment.frames for t in mine[1:]) / fps
+
+    def _shares(self, pending: list[tuple[Segment, int]], in_flight: dict[Any, _Task]) -> dict[str, int] | None:
+        """How many of the pending segments each worker takes in an earliest-finish schedule (largest
+        segment first, each to the worker that would finish it soonest); None before any speed is known."""
+        alive = [w for w in self.workers if w.alive]
+        if not pending or not alive or all(w.fps <= 0 for w in self.workers):
+            return None
+        now = time.monotonic()
+        free = {w.name: self._free_in(w, in_flight, now) for w in alive}
+        fps = {w.name: self._expected_fps(w) for w in alive}
+        share = {w.name: 0 for w in alive}
+        for seg, _ in pending:
+            name = min(free, key=lambda n: (free[n] + seg.frames / fps[n], -fps[n]))
+            if free[name] == float("inf"):
+                return None  # every worker looks stuck: plain pull, the timeouts will sort it out
+            free[name] += seg.frames / fps[name]
+            share[name] += 1
+        return share
 
     def _pick(self, pending: list[tuple[Segment, int]], worker: Worker, failed_on: dict[int, set[str]]
               ) -> tuple[Segment, int] | None:
@@ -470,7 +535,11 @@ class EncoderPool:
             # queued behind another segment on its actor: add that one's time too
             queued = sum(o.segment.frames for o in in_flight.values()
                          if o.worker is t.worker and o.started < t.started)
-            return t.started + (t.segment.frames + queued) / fps - now if fps > 0 else float("inf")
+            if fps <= 0:
+                return float("inf")
+            left = t.started + (t.segment.frames + queued) / fps - now
+            # Later than expected: the speed guess was wrong, so assume it needs half as long again.
+            return max(left, 0.5 * (now - t.started))
 
         single = [t for t in in_flight.values() if len(copies.get(t.segment.index, ())) == 1
                   and t.segment.index not in finished]
@@ -524,6 +593,19 @@ class EncoderPool:
             raise EncoderError(f"segment {seg.index} failed {task.attempt} times; last on {worker.name}: {message}")
         metrics.segment_retried(label=worker.label, node=worker.node)
         pending.insert(0, (seg, task.attempt + 1))
+
+
+def _collect(refs: list[Any], timeout: float = 30.0) -> None:
+    """Fetch (and drop) the answers of cancelled tasks once they arrive."""
+    try:
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        for ref in done:
+            try:
+                ray.get(ref, timeout=0)
+            except Exception:  # noqa: BLE001 - cancelled or failed: nobody needs it any more
+                pass
+    except Exception:  # noqa: BLE001 - Ray shut down meanwhile
+        pass
 
 
 def _first_line(err: BaseException) -> str:

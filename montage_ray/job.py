@@ -134,13 +134,24 @@ def _publish(tmp: str, dst: str, overwrite: bool) -> None:
 #: First guesses of one session's speed (frames/s at 1080p) before anything was measured.
 DEFAULT_FPS = {"cpu": 25.0, "vaapi": 200.0, "qsv": 200.0, "nvenc": 300.0, "nvmpi": 120.0, "v4l2m2m": 60.0}
 
+#: Share of a multi-encoder job, at its end, cut into half-length segments (see plan_segments).
+TAPER = 0.2
+
 #: Per-session preset for the quality profiles (``--profile``); "standard" keeps the job's own preset.
 PROFILE_PRESETS = {"fast": "veryfast", "master": "slow"}
 
 
-def auto_segment_seconds(duration: float, sessions: int) -> float:
-    """About three segments per encoder session, between 2 and 10 seconds each."""
-    return max(2.0, min(10.0, duration / max(1, 3 * sessions)))
+def auto_segment_seconds(duration: float, sessions: int, speeds: list[float] | None = None) -> float:
+    """About six segments per encoder session, between 2 and 10 seconds each.
+
+    When every encoder's speed is known (actors reused from an earlier job), segments are also short
+    enough that the last one, on the fastest encoder, takes at most 10 % of the ideal job time: then the
+    tail cannot stretch the job much however mixed the speeds are.
+    """
+    seconds = duration / max(1, 6 * sessions)
+    if speeds and all(s > 0 for s in speeds):
+        seconds = min(seconds, 0.10 * duration * max(speeds) / sum(speeds))
+    return max(2.0, min(10.0, seconds))
 
 
 def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: str = "h264",
@@ -153,7 +164,7 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: s
     """Encode ``src`` into ``dst`` on Ray and return the :class:`~montage_ray.report.JobReport`.
 
     ``quality`` is CRF-like (0 best .. 51 worst, 23 default); ``preset`` an x264-style speed name;
-    ``segment_seconds`` the segment length (default: about three segments per encoder session, 2-10 s);
+    ``segment_seconds`` the segment length (default: about six segments per encoder session, 2-10 s);
     ``workers`` caps the encoder actors; ``verify`` is ``"decode"`` (decode every output frame) or
     ``"packets"``; ``profile`` is fast, standard or master (master prefers the labels configured as best
     quality); ``encoders_config`` is an encoders YAML (see :mod:`montage_ray.config`); ``labels`` limits
@@ -277,8 +288,11 @@ def _prepare(media: MediaInfo, settings: JobSettings, config: dict[str, LabelCon
     job.failures.extend(unavailable)
     if not ready:
         raise ClusterError("no encoder could start: " + "; ".join(f"{u.actor}: {u.message}" for u in unavailable))
-    seconds = 2 * duration + 1 if small else (segment_seconds or auto_segment_seconds(duration, len(ready)))
-    segments = plan_segments(media.packets, media.video.time_base, seconds)
+    seconds = 2 * duration + 1 if small else (segment_seconds or auto_segment_seconds(duration, len(ready),
+                                                                                  [w.fps for w in ready]))
+    # A job spread over several encoders ends with half-length segments: a finer tail to share out.
+    segments = plan_segments(media.packets, media.video.time_base, seconds,
+                             taper=TAPER if len(ready) > 1 and not small else 0.0)
     ready = ready[:max(1, len(segments))] if len(segments) < len(ready) else ready
     job.encoders = sorted({w.encoder for w in ready})
     job.workers = [{"name": w.name, "label": w.label, "encoder": w.encoder, "host": w.hostname,

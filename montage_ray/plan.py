@@ -48,13 +48,14 @@ def _frame_ticks(pts: np.ndarray) -> int:
 
 
 def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: float = 10.0,
-                  *, max_segments: int | None = None) -> list[Segment]:
+                  *, max_segments: int | None = None, taper: float = 0.0) -> list[Segment]:
     """Cut the stream into segments of about ``segment_seconds`` at clean keyframes.
 
     A stream shorter than two segments stays one segment (no pointless overhead). Each cut is placed at
     the clean keyframe nearest to where the running segment reaches ``segment_seconds``; the last segment
     takes whatever is left once less than one and a half segments remain, and no piece shorter than half
-    a segment is cut off at the end.
+    a segment is cut off at the end. With ``taper`` (0..1), the last ``taper`` share of the stream is cut
+    into half-length segments: encoders of mixed speeds then finish the job's tail together.
     """
     if segment_seconds <= 0:
         raise ValueError("segment_seconds must be positive")
@@ -71,14 +72,18 @@ def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: fl
     if total_ticks >= 2 * target and cuts.size > 1:
         cut_pts = pts[cuts]
         pos = 0  # index into cuts of the current segment's start
-        while last_end - int(cut_pts[pos]) > target + target // 2:  # else the rest is the last segment
-            want = int(cut_pts[pos]) + target
+        tail = int(total_ticks * min(max(taper, 0.0), 1.0))
+        while True:
+            step = target if last_end - int(cut_pts[pos]) > tail else max(1, target // 2)
+            if last_end - int(cut_pts[pos]) <= step + step // 2:
+                break  # the rest is the last segment
+            want = int(cut_pts[pos]) + step
             j = int(np.searchsorted(cut_pts, want))  # first cut at or after the target
             candidates = [c for c in (j - 1, j) if pos < c < cuts.size]
             if not candidates:
                 break
             best = min(candidates, key=lambda c: abs(int(cut_pts[c]) - want))
-            if last_end - int(cut_pts[best]) < target // 2:
+            if last_end - int(cut_pts[best]) < step // 2:
                 break  # the rest is too short to stand alone
             starts.append(int(cuts[best]))
             pos = best

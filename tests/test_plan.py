@@ -107,3 +107,13 @@ def test_real_open_gop_clip_has_no_clean_cut_after_the_first(make_clip):
     info = inspect(make_clip("opengop"))
     assert info.packets.key.sum() > 1       # keyframes exist...
     assert info.clean_cuts().tolist() == [0]  # ...but none is a clean cut
+
+
+def test_taper_cuts_the_tail_into_half_length_segments():
+    packets = closed_gops(3000, 30)                       # 100 s at 30 fps, a keyframe every second
+    plain = plan_segments(packets, Fraction(1, 30), 10)
+    tapered = plan_segments(packets, Fraction(1, 30), 10, taper=0.2)
+    assert [s.frames for s in plain] == [300] * 10
+    assert [s.frames for s in tapered] == [300] * 8 + [150] * 4
+    assert sum(s.frames for s in tapered) == 3000
+    assert all(a.end_packet == b.first_packet for a, b in zip(tapered, tapered[1:]))  # still exact

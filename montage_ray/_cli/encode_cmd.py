@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="CRF-like quality, 0 best .. 51 worst (default 23)")
     p.add_argument("--preset", choices=PRESETS, default="medium", help="speed preset (default medium)")
     p.add_argument("--segment-seconds", type=float, default=None, metavar="S",
-                   help="about how long each segment is (default: about three per encoder, 2-10 s; "
+                   help="about how long each segment is (default: about six per encoder, 2-10 s; "
                         "a clip under 20 s is one segment)")
     p.add_argument("--profile", choices=PROFILES, default="standard",
                    help="fast, standard or master (master prefers the best-quality encoders)")
