@@ -338,6 +338,7 @@ class EncoderPool:
         self.options = options or PoolOptions()
         self.failures: list[Attempt] = []
         self.duplicates = 0
+        self.job_id = ""  # of the job being run, for log lines
 
     # -- decisions -------------------------------------------------------------------------------
     def _expected_fps(self, worker: Worker) -> float:
@@ -371,6 +372,7 @@ class EncoderPool:
         the segments being encoded (``{index: frames}``, from the actors' ``-progress``) and the number
         of busy actors.
         """
+        self.job_id = settings.job_id
         pending: list[tuple[Segment, int]] = sorted(((s, 1) for s in segments), key=lambda x: -x[0].frames)
         in_flight: dict[Any, _Task] = {}
         copies: dict[int, set[Any]] = {}
@@ -553,8 +555,8 @@ class EncoderPool:
             if slowest.segment.frames / fps < eta(slowest):
                 single.remove(slowest)
                 self.duplicates += 1
-                log.info("segment %d: duplicated on %s (straggling on %s)", slowest.segment.index, worker.name,
-                         slowest.worker.name)
+                log.info("job %s segment %d: duplicated on %s (straggling on %s)", self.job_id,
+                         slowest.segment.index, worker.name, slowest.worker.name)
                 submit(worker, slowest.segment, slowest.attempt, duplicate=True)
 
     def _tick(self, polls: list[Any], on_tick: TickCallback) -> list[Any]:
@@ -576,7 +578,8 @@ class EncoderPool:
                 copies: dict[int, set[Any]], finished: set[int], task: _Task, reason: str, message: str,
                 stderr: str = "", *, started: float = 0.0, seconds: float = 0.0) -> None:
         seg, worker = task.segment, task.worker
-        log.warning("segment %d attempt %d failed on %s: %s", seg.index, task.attempt, worker.name, message)
+        log.warning("job %s segment %d attempt %d failed on %s: %s", self.job_id, seg.index, task.attempt,
+                    worker.name, message)
         if not started:  # it never said when it started (its actor died): the driver's view
             started, seconds = task.submitted_at, time.time() - task.submitted_at
         self.failures.append(Attempt(segment=seg.index, attempt=task.attempt, encoder=worker.encoder or worker.label,
