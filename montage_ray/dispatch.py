@@ -199,6 +199,8 @@ class Worker:
     node: str = ""             # "hostname/node-id prefix", as in the report and the metrics
     pid: int = 0               # the actor's process
     last_done: float = 0.0     # monotonic time of its last finished segment
+    base_fps: float = 0.0      # the configured first guess, for jobs whose speed it has not measured
+    fps_for: tuple = ()        # the job setup (codec, preset, quality, pixels) that ``fps`` was measured on
 
 
 #: Actors of this driver by resource slot (node, label, index), with the config each was started with;
@@ -245,7 +247,7 @@ def start_workers(placements: Sequence[Placement], config: Mapping[str, LabelCon
         _USED_NAMES.add(name)
         actor = EncoderActor.options(name=name, scheduling_strategy=strategy, **options).remote(p.label, cfg, name)
         fps = cfg.expected_fps if cfg and cfg.expected_fps else 0.0
-        w = Worker(actor=actor, name=name, label=p.label, placement=p, fps=fps)
+        w = Worker(actor=actor, name=name, label=p.label, placement=p, fps=fps, base_fps=fps)
         _REGISTRY[key] = (cfg, w)
         workers.append(w)
     return workers
@@ -373,6 +375,10 @@ class EncoderPool:
         of busy actors.
         """
         self.job_id = settings.job_id
+        setup = (settings.codec, settings.preset, settings.quality, settings.video.width * settings.video.height)
+        for w in self.workers:  # a speed measured on another kind of job says little about this one
+            if w.fps_for != setup:
+                w.fps, w.fps_for = w.base_fps, setup
         pending: list[tuple[Segment, int]] = sorted(((s, 1) for s in segments), key=lambda x: -x[0].frames)
         in_flight: dict[Any, _Task] = {}
         copies: dict[int, set[Any]] = {}
@@ -402,7 +408,9 @@ class EncoderPool:
         for ref in refs:
             ray.cancel(ref)
         if refs:  # the job need not wait for them: collect them beside it
-            threading.Thread(target=_collect, args=(refs,), name="montage-drain", daemon=True).start()
+            thread = threading.Thread(target=_collect, args=(refs,), name="montage-drain", daemon=True)
+            _DRAINS.append(thread)
+            thread.start()
 
     def _loop(self, segments: Sequence[Segment], pending: list[tuple[Segment, int]], in_flight: dict[Any, _Task],
               copies: dict[int, set[Any]], failed_on: dict[int, set[str]], finished: set[int],
@@ -418,20 +426,20 @@ class EncoderPool:
             # Fill: fastest free worker first, largest pending segment first, each worker only as many
             # segments as it would finish soonest (a slow encoder gets no segment a faster one would finish
             # earlier); a worker whose speed is not measured yet gets one segment at a time.
-            share = self._shares(pending, in_flight)
-            for worker in sorted((w for w in self.workers if w.alive), key=lambda w: -self._expected_fps(w)):
-                depth = opts.depth if worker.fps > 0 else 1
-                while worker.alive and worker.in_flight < depth and pending:
-                    if share is not None and share.get(worker.name, 0) <= 0:
-                        break
-                    pick = self._pick(pending, worker, failed_on)
-                    if pick is None:
-                        break
-                    submit(worker, *pick)
-                    if share is not None:
-                        share[worker.name] -= 1
+            plan = self._shares(pending, in_flight, failed_on)
+            for attempt_plan in (plan, None):  # without the plan too, should it leave every worker idle
+                for worker in sorted((w for w in self.workers if w.alive), key=lambda w: -self._expected_fps(w)):
+                    depth = opts.depth if worker.fps > 0 else 1
+                    mine = None if attempt_plan is None else attempt_plan.get(worker.name, [])
+                    while worker.alive and worker.in_flight < depth and pending:
+                        pick = self._pick(pending, worker, failed_on, mine)
+                        if pick is None:
+                            break
+                        submit(worker, *pick)
+                if in_flight or not pending:
+                    break
             if opts.duplicate_tail and not pending:
-                self._duplicate_tail(in_flight, copies, finished, submit)
+                self._duplicate_tail(in_flight, copies, finished, failed_on, submit)
             live = list(in_flight)
             if not live:
                 reasons = "; ".join(f"{f.encoder}: {f.message}" for f in self.failures[-3:])
@@ -496,36 +504,45 @@ class EncoderPool:
             return float("inf")
         return max(0.0, expected - elapsed) + sum(t.segment.frames for t in mine[1:]) / fps
 
-    def _shares(self, pending: list[tuple[Segment, int]], in_flight: dict[Any, _Task]) -> dict[str, int] | None:
-        """How many of the pending segments each worker takes in an earliest-finish schedule (largest
-        segment first, each to the worker that would finish it soonest); None before any speed is known."""
+    def _shares(self, pending: list[tuple[Segment, int]], in_flight: dict[Any, _Task],
+                failed_on: dict[int, set[str]]) -> dict[str, list[int]] | None:
+        """Which pending segments each worker takes in an earliest-finish schedule (largest segment first,
+        each to the worker that would finish it soonest, never to one that already failed it while another
+        can take it); None before any speed is known."""
         alive = [w for w in self.workers if w.alive]
         if not pending or not alive or all(w.fps <= 0 for w in self.workers):
             return None
         now = time.monotonic()
         free = {w.name: self._free_in(w, in_flight, now) for w in alive}
         fps = {w.name: self._expected_fps(w) for w in alive}
-        share = {w.name: 0 for w in alive}
+        plan: dict[str, list[int]] = {w.name: [] for w in alive}
         for seg, _ in pending:
-            name = min(free, key=lambda n: (free[n] + seg.frames / fps[n], -fps[n]))
+            failed = failed_on.get(seg.index, set())
+            names = [n for n in free if n not in failed] or list(free)
+            name = min(names, key=lambda n: (free[n] + seg.frames / fps[n], -fps[n]))
             if free[name] == float("inf"):
                 return None  # every worker looks stuck: plain pull, the timeouts will sort it out
             free[name] += seg.frames / fps[name]
-            share[name] += 1
-        return share
+            plan[name].append(seg.index)
+        return plan
 
-    def _pick(self, pending: list[tuple[Segment, int]], worker: Worker, failed_on: dict[int, set[str]]
-              ) -> tuple[Segment, int] | None:
-        """The largest pending segment this worker has not failed, unless only it could take it."""
+    def _pick(self, pending: list[tuple[Segment, int]], worker: Worker, failed_on: dict[int, set[str]],
+              planned: list[int] | None = None) -> tuple[Segment, int] | None:
+        """The largest pending segment this worker has not failed, unless only it could take it; with
+        ``planned``, only one of those segments (taken off the list)."""
         others_alive = any(w.alive and w is not worker for w in self.workers)
         for i, (seg, attempt) in enumerate(pending):
+            if planned is not None and seg.index not in planned:
+                continue
             if worker.name not in failed_on.get(seg.index, set()) or not others_alive:
                 del pending[i]
+                if planned is not None:
+                    planned.remove(seg.index)
                 return seg, attempt
         return None
 
     def _duplicate_tail(self, in_flight: dict[Any, _Task], copies: dict[int, set[Any]], finished: set[int],
-                        submit: Callable[..., None]) -> None:
+                        failed_on: dict[int, set[str]], submit: Callable[..., None]) -> None:
         """Give an idle worker a copy of the in-flight segment expected to finish last, if it would win."""
         idle = [w for w in self.workers if w.alive and w.in_flight == 0]
         if not idle:
@@ -550,7 +567,7 @@ class EncoderPool:
                 return
             slowest = max(single, key=eta)
             fps = self._expected_fps(worker)
-            if fps <= 0 or slowest.worker is worker:
+            if fps <= 0 or slowest.worker is worker or worker.name in failed_on.get(slowest.segment.index, ()):
                 continue
             if slowest.segment.frames / fps < eta(slowest):
                 single.remove(slowest)
@@ -598,7 +615,18 @@ class EncoderPool:
         pending.insert(0, (seg, task.attempt + 1))
 
 
-def _collect(refs: list[Any], timeout: float = 30.0) -> None:
+#: Threads collecting cancelled tasks; :func:`join_drains` waits for them before Ray is shut down.
+_DRAINS: list[threading.Thread] = []
+
+
+def join_drains(timeout: float = 5.0) -> None:
+    """Wait (at most ``timeout`` seconds in all) for the collection of cancelled tasks to end."""
+    deadline = time.monotonic() + timeout
+    while _DRAINS:
+        _DRAINS.pop().join(max(0.0, deadline - time.monotonic()))
+
+
+def _collect(refs: list[Any], timeout: float = 5.0) -> None:
     """Fetch (and drop) the answers of cancelled tasks once they arrive."""
     try:
         done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)

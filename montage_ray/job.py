@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterator
 
 from montage_ray.backends import CODECS, PRESETS
 from montage_ray.config import LabelConfig, load_encoders_config
-from montage_ray.dispatch import (EncoderPool, PoolOptions, Worker, offered_labels, plan_actors, start_workers,
-                                  wait_ready)
+from montage_ray.dispatch import (EncoderPool, PoolOptions, Worker, join_drains, offered_labels, plan_actors,
+                                  start_workers, wait_ready)
 from montage_ray.encode import EncodeResult, JobSettings
 from montage_ray.errors import ClusterError, InputError
 from montage_ray.media import MediaInfo
@@ -111,6 +111,7 @@ def ray_session(address: str | None = None) -> Iterator[str]:
     try:
         yield target
     finally:
+        join_drains()  # no thread may still be talking to Ray while it shuts down
         ray.shutdown()
 
 
@@ -239,12 +240,19 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: s
     job.timings = timings
     job.phases = spans
     job.wall_seconds = time.monotonic() - started
-    if report is not None:
-        job.write_json(os.fspath(report))
-    if timeline is not None:
-        from montage_ray.timeline import draw_timeline
+    for what, path in (("report", report), ("timeline", timeline)):
+        if path is None:
+            continue
+        try:
+            if what == "report":
+                job.write_json(os.fspath(path))
+            else:
+                from montage_ray.timeline import draw_timeline
 
-        draw_timeline(job, os.fspath(timeline))
+                draw_timeline(job, os.fspath(path))
+        except OSError as err:
+            raise InputError(f"{os.fspath(dst)!r} was written, but the {what} {os.fspath(path)!r} could not be: "
+                             f"{err.strerror or err}") from None
     return job
 
 
@@ -290,9 +298,10 @@ def _prepare(media: MediaInfo, settings: JobSettings, config: dict[str, LabelCon
         raise ClusterError("no encoder could start: " + "; ".join(f"{u.actor}: {u.message}" for u in unavailable))
     seconds = 2 * duration + 1 if small else (segment_seconds or auto_segment_seconds(duration, len(ready),
                                                                                   [w.fps for w in ready]))
-    # A job spread over several encoders ends with half-length segments: a finer tail to share out.
-    segments = plan_segments(media.packets, media.video.time_base, seconds,
-                             taper=TAPER if len(ready) > 1 and not small else 0.0)
+    # A job spread over several encoders ends with half-length segments, a finer tail to share out, unless
+    # the user chose the segment length.
+    taper = TAPER if len(ready) > 1 and not small and segment_seconds is None else 0.0
+    segments = plan_segments(media.packets, media.video.time_base, seconds, taper=taper)
     ready = ready[:max(1, len(segments))] if len(segments) < len(ready) else ready
     job.encoders = sorted({w.encoder for w in ready})
     job.workers = [{"name": w.name, "label": w.label, "encoder": w.encoder, "host": w.hostname,

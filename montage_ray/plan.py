@@ -74,7 +74,8 @@ def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: fl
         pos = 0  # index into cuts of the current segment's start
         tail = int(total_ticks * min(max(taper, 0.0), 1.0))
         while True:
-            step = target if last_end - int(cut_pts[pos]) > tail else max(1, target // 2)
+            # half length once a full segment from here would reach into the tail
+            step = target if not tail or last_end - int(cut_pts[pos]) - target >= tail else max(1, target // 2)
             if last_end - int(cut_pts[pos]) <= step + step // 2:
                 break  # the rest is the last segment
             want = int(cut_pts[pos]) + step

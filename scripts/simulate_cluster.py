@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from montage_ray import encode
+    from montage_ray.dispatch import join_drains
     from montage_ray.errors import MontageError
 
     cluster, nodes = start_cluster(DEFAULT_LAYOUT, args.head_cpus)
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"simulate_cluster: error: {err}", file=sys.stderr)
         return err.exit_code
     finally:
+        join_drains()
         ray.shutdown()
         cluster.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)

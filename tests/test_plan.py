@@ -117,3 +117,7 @@ def test_taper_cuts_the_tail_into_half_length_segments():
     assert [s.frames for s in tapered] == [300] * 8 + [150] * 4
     assert sum(s.frames for s in tapered) == 3000
     assert all(a.end_packet == b.first_packet for a, b in zip(tapered, tapered[1:]))  # still exact
+
+    # a 45 s clip with a 9 s tail: the segment that would reach into the tail is already cut short
+    straddle = plan_segments(closed_gops(1350, 30), Fraction(1, 30), 10, taper=0.2)
+    assert [s.frames for s in straddle] == [300] * 3 + [150] * 3
