@@ -181,6 +181,27 @@ def offered_labels(nodes: Iterable[Mapping[str, Any]], extra_labels: Iterable[st
     return counts
 
 
+#: Node labels (set by scripts/ray-start-node.sh) that mark a node reached over a slow link.
+REMOTE_LABEL, BANDWIDTH_LABEL = "montage.ai/remote", "montage.ai/bandwidth-mbps"
+
+
+def remote_labels(nodes: Iterable[Mapping[str, Any]]) -> dict[str, float | None]:
+    """{resource label: link Mbit/s or None} for the labels that alive nodes marked remote offer (pure)."""
+    out: dict[str, float | None] = {}
+    for node in nodes:
+        tags = node.get("Labels") or {}
+        if not node.get("Alive", True) or str(tags.get(REMOTE_LABEL, "")).lower() != "true":
+            continue
+        try:
+            bandwidth: float | None = float(tags[BANDWIDTH_LABEL])
+        except (KeyError, ValueError):
+            bandwidth = None
+        for label in HARDWARE_LABELS:
+            if node.get("Resources", {}).get(label, 0) > 0:
+                out[label] = bandwidth if out.get(label) is None else out[label]
+    return out
+
+
 @dataclass
 class Worker:
     """One encoder actor as the pool sees it; ``fps`` is its measured speed (smoothed)."""

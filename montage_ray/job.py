@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 from montage_ray.backends import CODECS, PRESETS
 from montage_ray.config import LabelConfig, load_encoders_config
 from montage_ray.dispatch import (EncoderPool, PoolOptions, Worker, join_drains, offered_labels, plan_actors,
-                                  start_workers, wait_ready)
+                                  remote_labels, start_workers, wait_ready)
 from montage_ray.encode import EncodeResult, JobSettings
 from montage_ray.errors import ClusterError, InputError
 from montage_ray.media import MediaInfo
@@ -273,11 +273,12 @@ def _prepare(media: MediaInfo, settings: JobSettings, config: dict[str, LabelCon
     duration = float(media.video.frames / media.video.frame_rate) if media.video.frame_rate else media.duration
     scale = media.video.width * media.video.height / (1920 * 1080)
     offers = []
+    remotes = remote_labels(nodes)  # nodes started with MONTAGE_RAY_REMOTE=1 (ray-start-node.sh)
     for label, sessions in offered.items():
         cfg = config.get(label)
         fps = (cfg.expected_fps if cfg and cfg.expected_fps else DEFAULT_FPS.get(label, 60.0)) / max(scale, 0.05)
-        offers.append(Offer(label, sessions, fps, remote=bool(cfg and cfg.remote),
-                            bandwidth_mbps=cfg.bandwidth_mbps if cfg else None,
+        offers.append(Offer(label, sessions, fps, remote=bool(cfg and cfg.remote) or label in remotes,
+                            bandwidth_mbps=(cfg.bandwidth_mbps if cfg else None) or remotes.get(label),
                             quality_rank=cfg.quality_rank if cfg else 0, hardware=label != "cpu"))
     seconds_for_facts = segment_seconds or 10.0
     decision = route(JobFacts(frames=media.video.frames, duration=duration, input_bytes=media.size,

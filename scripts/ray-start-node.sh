@@ -58,7 +58,12 @@ fi
 { IFS= read -r resources; IFS= read -r backends; } <<<"$probed"
 labels="montage.ai/encoder=${backends}"
 case "${MONTAGE_RAY_REMOTE:-0}" in
-  1|true|yes) labels="${labels},montage.ai/remote=true" ;;
+  1|true|yes) labels="${labels},montage.ai/remote=true"
+              # the link's speed lets routing decide whether shipping segments there pays off
+              case "${MONTAGE_RAY_BANDWIDTH_MBPS:-}" in
+                ''|*[!0-9.]*) ;;
+                *) labels="${labels},montage.ai/bandwidth-mbps=${MONTAGE_RAY_BANDWIDTH_MBPS}" ;;
+              esac ;;
 esac
 echo "$me: this node offers resources ${resources} with label ${labels}" >&2
 

@@ -6,7 +6,8 @@ import pytest
 import ray
 
 from montage_ray.config import LabelConfig
-from montage_ray.dispatch import EncoderPool, Placement, PoolOptions, plan_actors, start_workers, stop_workers
+from montage_ray.dispatch import (EncoderPool, Placement, PoolOptions, plan_actors, remote_labels, start_workers,
+                                  stop_workers)
 from montage_ray.encode import JobSettings
 from montage_ray.errors import EncoderError
 from montage_ray.media import inspect
@@ -129,3 +130,13 @@ def test_tail_straggler_is_duplicated_to_an_idle_faster_actor(job):
     assert pool.duplicates >= 1
     by_actor = [r.actor for r in done.values()]
     assert by_actor.count(fast[0].name) > by_actor.count(slow[0].name)  # faster took more segments
+
+
+def test_nodes_marked_remote_make_their_labels_remote():
+    nodes = NODES + [{"NodeID": "eeeeee55", "Alive": True, "NodeManagerAddress": "10.8.0.9",
+                      "Resources": {"CPU": 4.0, "nvenc": 3.0},
+                      "Labels": {"montage.ai/remote": "true", "montage.ai/bandwidth-mbps": "200"}},
+                     {"NodeID": "ffffff66", "Alive": True, "NodeManagerAddress": "10.8.0.10",
+                      "Resources": {"CPU": 2.0, "nvmpi": 1.0}, "Labels": {"montage.ai/remote": "true"}}]
+    assert remote_labels(nodes) == {"nvenc": 200.0, "nvmpi": None}
+    assert remote_labels(NODES) == {}
