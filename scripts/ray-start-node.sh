@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Start a Ray node that offers exactly what this machine's probe found.
 #
-#   scripts/ray-start-node.sh --head [--dashboard-host HOST] [-- RAY_START_ARGS...]
-#   scripts/ray-start-node.sh --address HEAD:6379 [-- RAY_START_ARGS...]
+#   scripts/ray-start-node.sh --head [--dashboard-host HOST] [--insecure-no-auth] [-- RAY_START_ARGS...]
+#   scripts/ray-start-node.sh --address HEAD:6379 [--insecure-no-auth] [-- RAY_START_ARGS...]
+#
+# Token authentication is always on (RAY_AUTH_MODE=token): without it, anyone who reaches the node's
+# dashboard agent (it listens on the node address, not on 127.0.0.1) can submit a job that runs any
+# command as this user. The node refuses to start unless it finds the cluster's token, in this order:
+# $RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token (make one on the head with
+# `ray get-auth-token --generate`, copy it to every node). --insecure-no-auth starts without
+# authentication, for a throwaway machine only; it says so on every start.
 #
 # It runs `montage-ray probe --ray-resources --node-label` (a real test encode per backend, a few seconds
 # at most), then `ray start` with
@@ -28,6 +35,7 @@ usage() {
 
 mode=""
 address=""
+insecure=0
 dashboard_host="${MONTAGE_DASHBOARD_HOST:-127.0.0.1}"
 extra=()
 while [ "$#" -gt 0 ]; do
@@ -37,13 +45,49 @@ while [ "$#" -gt 0 ]; do
     --address=*) mode="worker"; address="${1#--address=}"; shift ;;
     --dashboard-host) [ "$#" -ge 2 ] || usage; dashboard_host="$2"; shift 2 ;;
     --dashboard-host=*) dashboard_host="${1#--dashboard-host=}"; shift ;;
+    --insecure-no-auth) insecure=1; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,20p' "$0" | cut -c3-; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0" | cut -c3-; exit 0 ;;
     *) echo "$me: unknown argument: $1" >&2; usage ;;
   esac
 done
 [ -n "$mode" ] || usage
 if [ "$mode" = "worker" ] && [ -z "$address" ]; then usage; fi
+
+# Token authentication before anything else: a node that cannot authenticate must not start at all.
+if [ "$insecure" = 1 ]; then
+  echo "$me: WARNING: starting WITHOUT authentication (--insecure-no-auth): anyone who reaches this node's" \
+       "ports can run any command on it as $(id -un)" >&2
+  export RAY_AUTH_MODE=disabled
+  unset RAY_AUTH_TOKEN RAY_AUTH_TOKEN_PATH
+else
+  case "${RAY_AUTH_MODE:-token}" in
+    token) ;;
+    *) echo "$me: RAY_AUTH_MODE=${RAY_AUTH_MODE} would start this node without authentication;" \
+            "unset it, or pass --insecure-no-auth to mean it" >&2
+       exit 2 ;;
+  esac
+  token_file="${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}"
+  if [ -z "${RAY_AUTH_TOKEN:-}" ] && ! [ -s "$token_file" ]; then
+    if [ -n "${RAY_AUTH_TOKEN_PATH:-}" ]; then where="RAY_AUTH_TOKEN_PATH ($token_file)"; else where="$token_file"; fi
+    if [ "$mode" = "head" ]; then
+      hint="make one with \`ray get-auth-token --generate\` and copy it to every node"
+    else
+      hint="copy the head's ~/.ray/auth_token to this node"
+    fi
+    echo "$me: no Ray auth token: \$RAY_AUTH_TOKEN is unset and $where is missing or empty;" \
+         "$hint (or pass --insecure-no-auth to start without authentication)" >&2
+    exit 2
+  fi
+  if ! [ -n "${RAY_AUTH_TOKEN:-}" ] && [ -r "$token_file" ]; then
+    perms="$(stat -c %a "$token_file" 2>/dev/null || echo 600)"
+    case "$perms" in
+      *00) ;;
+      *) echo "$me: note: $token_file is readable by other users (mode $perms); chmod 600 it" >&2 ;;
+    esac
+  fi
+  export RAY_AUTH_MODE=token
+fi
 
 # The probe: montage-ray from PATH (the venv or the image), else the package beside this script.
 if command -v montage-ray >/dev/null 2>&1; then

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -434,3 +435,123 @@ def test_submit_job_without_the_token_is_refused(token_cluster):
     run = _submit(token_cluster, "--", "--help", env_extra={"RAY_AUTH_MODE": "disabled"}, timeout=60)
     assert run.returncode == 3, run.stdout + run.stderr
     assert "submitted" not in run.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# scripts/ray-start-node.sh: token authentication is on unless the operator turns it off in so many words
+# --------------------------------------------------------------------------------------------------
+
+def _start_node_env(tmp: Path, **extra: str) -> dict[str, str]:
+    return _clean_env(tmp, RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=str(tmp), MONTAGE_RAY_BLOCK="1",
+                      **extra)
+
+
+@pytest.mark.parametrize("env_extra", [{}, {"RAY_AUTH_MODE": "disabled"}, {"RAY_AUTH_TOKEN_PATH": "/nonexistent"}],
+                         ids=["no-token", "auth-disabled", "token-file-missing"])
+def test_node_refuses_to_start_without_a_token(tmp_path, env_extra):
+    """No token (or auth switched off in the environment): no probe, no `ray start`, one line, exit 2."""
+    run = subprocess.run(["bash", str(ROOT / "scripts" / "ray-start-node.sh"), "--head"],
+                         env=_start_node_env(tmp_path, **env_extra), cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--insecure-no-auth" in lines[0], run.stderr
+    assert not list(tmp_path.glob("ray/session_*")), "Ray was started anyway"
+
+
+def _kill_processes_mentioning(marker: str) -> None:
+    """Ray's daemons outlive `ray start --block` on SIGTERM; end every process whose command line names
+    this test's own temp dir (and nothing else on the machine)."""
+    for _ in range(2):
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+        time.sleep(0.5)
+
+
+def _post_job(port: int, marker: Path, token: str | None) -> int:
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    body = json.dumps({"entrypoint": f"touch {marker}"}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/job_agent/jobs/", data=body,
+                                     headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def _start_node(tmp: Path, name: str, args: list[str]) -> subprocess.Popen:
+    log = open(tmp / f"{name}.log", "w")
+    try:
+        return subprocess.Popen(["bash", str(ROOT / "scripts" / "ray-start-node.sh"), *args],
+                                env=_start_node_env(tmp), cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    finally:
+        log.close()
+
+
+def _wait_for_agent(port: int, node: subprocess.Popen, marker: Path, log: Path) -> int:
+    """POST a job without a token as soon as the node's agent listens; its HTTP status."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and node.poll() is None:
+        try:
+            return _post_job(port, marker, None)
+        except OSError:  # the agent is not listening yet
+            time.sleep(1)
+    pytest.fail("the node did not start:\n" + log.read_text()[-3000:])
+
+
+@pytest.mark.slow
+def test_started_nodes_refuse_jobs_without_the_token():
+    """Every node's dashboard agent listens on the node's address and runs any job it accepts. Started
+    through the script, head and worker alike must refuse a job without the token (issue 11: a worker
+    started without RAY_AUTH_MODE=token in its environment ran `id` as root for anyone). With the token
+    the same request is accepted, so the refusal is the authentication's doing."""
+    tmp = Path(tempfile.mkdtemp(prefix="mrnode-"))  # short: Ray's socket paths have a length limit
+    (tmp / "home" / ".ray").mkdir(parents=True)
+    token = "montage-test-" + os.urandom(16).hex()
+    token_file = tmp / "home" / ".ray" / "auth_token"
+    token_file.write_text(token, encoding="utf-8")
+    token_file.chmod(0o600)
+    gcs, dashboard, head_agent, client, worker_agent = (_free_port() for _ in range(5))
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1"]
+    nodes = []
+    try:
+        nodes.append(_start_node(tmp, "head", ["--head", "--", "--port", str(gcs), "--dashboard-port",
+                                               str(dashboard), "--dashboard-agent-listen-port", str(head_agent),
+                                               "--ray-client-server-port", str(client), *common]))
+        head_status = _wait_for_agent(head_agent, nodes[0], tmp / "ran-on-head", tmp / "head.log")
+        nodes.append(_start_node(tmp, "worker", ["--address", f"127.0.0.1:{gcs}", "--",
+                                                 "--dashboard-agent-listen-port", str(worker_agent), *common]))
+        worker_status = _wait_for_agent(worker_agent, nodes[1], tmp / "ran-on-worker", tmp / "worker.log")
+        assert (head_status, worker_status) in {(401, 401), (403, 403), (401, 403), (403, 401)}, \
+            f"jobs without the token got HTTP {head_status} (head) and {worker_status} (worker)"
+        accepted = tmp / "ran-with-token"
+        assert _post_job(worker_agent, accepted, token) == 200
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not accepted.exists():
+            time.sleep(0.5)
+        assert accepted.exists(), "the job sent with the token did not run"
+        assert not (tmp / "ran-on-head").exists() and not (tmp / "ran-on-worker").exists()
+    finally:
+        for node in reversed(nodes):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGTERM)
+        for node in reversed(nodes):
+            try:
+                node.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.pid, signal.SIGKILL)
+        _kill_processes_mentioning(str(tmp))
+        shutil.rmtree(tmp, ignore_errors=True)
