@@ -2,7 +2,7 @@
 
 A job inspects the source (:mod:`~montage_ray.media`), plans GOP-aligned segments
 (:mod:`~montage_ray.plan`), cuts them by stream copy (:mod:`~montage_ray.split`), encodes them on Ray actors
-(:mod:`~montage_ray.dispatch`, :mod:`~montage_ray.encode`) and joins and verifies the result
+(:mod:`~montage_ray.dispatch`, :mod:`~montage_ray.segment_encode`) and joins and verifies the result
 (:mod:`~montage_ray.join`). From Python, inside or outside an existing ``ray.init()``::
 
     from montage_ray import encode

@@ -37,13 +37,14 @@ import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError, TaskCancelledError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from montage_ray.config import HARDWARE_LABELS, LabelConfig, resolve_spec
-from montage_ray.encode import (EncodeResult, JobSettings, SegmentEncodeError, encode_segment, segment_timeout,
+from montage_ray.backends import HARDWARE_LABELS
+from montage_ray.config import LabelConfig, resolve_spec
+from montage_ray.segment_encode import (EncodeResult, JobSettings, SegmentEncodeError, encode_segment, segment_timeout,
                                 video_output_args)
 from montage_ray import metrics
 from montage_ray.errors import ClusterError, EncoderError
 from montage_ray.plan import Segment
-from montage_ray.report import Attempt
+from montage_ray.report import FailedAttempt
 
 log = logging.getLogger(__name__)
 
@@ -275,14 +276,14 @@ def start_workers(placements: Sequence[Placement], config: Mapping[str, LabelCon
 
 
 def wait_ready(workers: Sequence[Worker], settings: JobSettings, timeout: float = 60.0
-               ) -> tuple[list[Worker], list[Attempt]]:
+               ) -> tuple[list[Worker], list[FailedAttempt]]:
     """The workers that start and can serve ``settings`` within ``timeout``; the others with why not."""
     pending = {w.actor.describe.remote(settings): w for w in workers}
     ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
     ok, bad = [], []
     for ref, w in pending.items():
         if ref not in ready:
-            bad.append(Attempt(-1, 0, w.label, w.name, "not-scheduled",
+            bad.append(FailedAttempt(-1, 0, w.label, w.name, "not-scheduled",
                                f"{w.name} did not start within {timeout:.0f} s (no node offers it any more?)"))
             w.alive = False
             _forget(w)
@@ -291,12 +292,12 @@ def wait_ready(workers: Sequence[Worker], settings: JobSettings, timeout: float 
             info = ray.get(ref)
         except RayTaskError as err:
             cause = err.cause if isinstance(err.cause, BaseException) else err
-            bad.append(Attempt(-1, 0, w.label, w.name, "unavailable", str(cause).splitlines()[0]))
+            bad.append(FailedAttempt(-1, 0, w.label, w.name, "unavailable", str(cause).splitlines()[0]))
             w.alive = False
             _forget(w)
             continue
         except ACTOR_GONE as err:
-            bad.append(Attempt(-1, 0, w.label, w.name, "actor-died", str(err).splitlines()[0]))
+            bad.append(FailedAttempt(-1, 0, w.label, w.name, "actor-died", str(err).splitlines()[0]))
             w.alive = False
             _forget(w)
             continue
@@ -359,7 +360,7 @@ class EncoderPool:
             raise ClusterError("no encoder actors to run the job on")
         self.workers = list(workers)
         self.options = options or PoolOptions()
-        self.failures: list[Attempt] = []
+        self.failures: list[FailedAttempt] = []
         self.duplicates = 0
         self.job_id = ""  # of the job being run, for log lines
 
@@ -620,7 +621,7 @@ class EncoderPool:
                     worker.name, message)
         if not started:  # it never said when it started (its actor died): the driver's view
             started, seconds = task.submitted_at, time.time() - task.submitted_at
-        self.failures.append(Attempt(segment=seg.index, attempt=task.attempt, encoder=worker.encoder or worker.label,
+        self.failures.append(FailedAttempt(segment=seg.index, attempt=task.attempt, encoder=worker.encoder or worker.label,
                                      actor=worker.name, reason=reason, message=message, stderr=stderr[-2000:],
                                      started=started, seconds=seconds, node=worker.node, label=worker.label))
         metrics.segment_failed(label=worker.label, node=worker.node, reason=reason)

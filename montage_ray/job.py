@@ -25,7 +25,7 @@ from montage_ray.backends import CODECS, PRESETS
 from montage_ray.config import LabelConfig, load_encoders_config
 from montage_ray.dispatch import (EncoderPool, PoolOptions, Worker, join_drains, offered_labels, plan_actors,
                                   remote_labels, start_workers, wait_ready)
-from montage_ray.encode import EncodeResult, JobSettings
+from montage_ray.segment_encode import EncodeResult, JobSettings
 from montage_ray.errors import ClusterError, InputError
 from montage_ray.media import MediaInfo
 from montage_ray.join import container_for, join_segments, verify_output

@@ -127,10 +127,6 @@ class MediaInfo:
         """See :meth:`PacketIndex.clean_cuts`."""
         return self.packets.clean_cuts()
 
-    def seconds(self, ticks: int | float) -> float:
-        """A presentation time in video time-base ticks, as seconds."""
-        return float(ticks * self.video.time_base)
-
 
 def check_source(path: str | os.PathLike[str]) -> str:
     """Return the absolute path of ``path`` if it names a readable, non-empty regular file.

@@ -48,7 +48,7 @@ def _frame_ticks(pts: np.ndarray) -> int:
 
 
 def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: float = 10.0,
-                  *, max_segments: int | None = None, taper: float = 0.0) -> list[Segment]:
+                  *, taper: float = 0.0) -> list[Segment]:
     """Cut the stream into segments of about ``segment_seconds`` at clean keyframes.
 
     A stream shorter than two segments stays one segment (no pointless overhead). Each cut is placed at
@@ -88,9 +88,6 @@ def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: fl
                 break  # the rest is too short to stand alone
             starts.append(int(cuts[best]))
             pos = best
-    if max_segments is not None and len(starts) > max_segments:
-        keep = np.linspace(0, len(starts) - 1, max_segments).round().astype(int)
-        starts = [starts[i] for i in sorted(set(keep.tolist()))]
     bounds = starts + [n]
     start_ticks = [first] + [int(pts[s]) for s in starts[1:]] + [last_end]
     return [

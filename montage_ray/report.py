@@ -14,11 +14,11 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-from montage_ray.encode import EncodeResult
+from montage_ray.segment_encode import EncodeResult
 
 
 @dataclass(frozen=True)
-class Attempt:
+class FailedAttempt:
     """A failed try of one segment on one encoder (successful tries are the ``segments``)."""
 
     segment: int
@@ -49,7 +49,7 @@ class JobReport:
     timings: dict[str, float] = field(default_factory=dict)   # seconds per phase (probe, plan, encode, ...)
     phases: list[tuple[str, float, float]] = field(default_factory=list)  # (phase, start, end) since start
     segments: list[EncodeResult] = field(default_factory=list)
-    failures: list[Attempt] = field(default_factory=list)
+    failures: list[FailedAttempt] = field(default_factory=list)
     encoders: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     ray_address: str = ""

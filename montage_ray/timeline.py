@@ -15,12 +15,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from montage_ray.backends import BACKENDS, Backend
 from montage_ray.report import JobReport
 
-#: Bar colours by resource label (a label not listed gets the fallback).
-LABEL_COLOURS = {"cpu": "#4c72b0", "vaapi": "#dd8452", "qsv": "#8172b3", "nvenc": "#55a868",
-                 "nvmpi": "#937860", "v4l2m2m": "#da8bc3"}
-FALLBACK_COLOUR = "#8c8c8c"
+#: Bar colours by resource label, from the backend table (a label not in it gets the fallback).
+LABEL_COLOURS = {name: backend.colour for name, backend in BACKENDS.items()}
+FALLBACK_COLOUR = Backend.colour
 FAILED_COLOUR = "#d62728"
 PHASE_COLOURS = ("#e6e6e6", "#cfcfcf")
 DRIVER_ROW = "driver (job phases)"

@@ -8,7 +8,7 @@ import ray
 from montage_ray.config import LabelConfig
 from montage_ray.dispatch import (EncoderPool, Placement, PoolOptions, plan_actors, remote_labels, start_workers,
                                   stop_workers)
-from montage_ray.encode import JobSettings
+from montage_ray.segment_encode import JobSettings
 from montage_ray.errors import EncoderError
 from montage_ray.media import inspect
 from montage_ray.plan import plan_segments

@@ -9,7 +9,7 @@ import ray
 
 from montage_ray.config import LabelConfig
 from montage_ray.dispatch import EncoderPool, Placement, start_workers, stop_workers
-from montage_ray.encode import JobSettings
+from montage_ray.segment_encode import JobSettings
 from montage_ray.errors import VerificationError
 from montage_ray.join import container_for, join_segments, verify_output
 from montage_ray.media import inspect

@@ -7,7 +7,7 @@ variable frame rate survives, and is checked by counting its packets: ffmpeg's e
 nothing::
 
     from montage_ray.backends import cpu_spec
-    from montage_ray.encode import encode_segment
+    from montage_ray.segment_encode import encode_segment
 
     result, encoded = encode_segment(cpu_spec("h264", threads=2), segment, open("seg.nut", "rb").read(),
                                      video_args=["-pix_fmt", "yuv420p"])
