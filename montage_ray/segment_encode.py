@@ -1,6 +1,6 @@
 """Encode one segment on one backend: bytes in, verified bytes out. No Ray here.
 
-An encoder actor (see :mod:`montage_ray.dispatch`) calls :func:`encode_segment` with the segment's packets
+An encoder actor (see :mod:`montage_ray.cluster.actor`) calls :func:`encode_segment` with the segment's packets
 (a NUT file made by stream copy, so timestamps are exact) and an :class:`~montage_ray.backends.EncoderSpec`.
 The output keeps the source's presentation times (``-fps_mode passthrough``, the source time base), so
 variable frame rate survives, and is checked by counting its packets: ffmpeg's exit status alone proves

@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 
 from montage_ray.backends import BACKENDS, Backend
+from montage_ray.files import write_atomically
 from montage_ray.report import JobReport
 
 #: Bar colours by resource label, from the backend table (a label not in it gets the fallback).
@@ -58,8 +59,9 @@ def rows(report: JobReport, drawn: list[Bar]) -> list[str]:
     return names
 
 
-def draw_timeline(report: JobReport, path: str) -> str:
-    """Draw ``report`` as a PNG at ``path`` (written atomically) and return the path."""
+def draw_timeline(report: JobReport, path: str, *, overwrite: bool = True) -> str:
+    """Draw ``report`` as a PNG at ``path`` (written atomically; without ``overwrite`` an existing file is not
+    replaced) and return the path."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -102,9 +104,7 @@ def draw_timeline(report: JobReport, path: str) -> str:
             ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
         ax.grid(axis="x", linestyle=":", alpha=0.5)
         fig.tight_layout()
-        tmp = f"{path}.tmp-{os.getpid()}.png"
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"), overwrite=overwrite, what="timeline")
     finally:
         plt.close(fig)
     return path

@@ -20,7 +20,9 @@ import ray
 
 from montage_ray import encode
 from montage_ray.config import LabelConfig
-from montage_ray.dispatch import EncoderPool, Placement, start_workers, stop_workers
+from montage_ray.cluster.nodes import Placement
+from montage_ray.cluster.pool import EncoderPool
+from montage_ray.cluster.workers import WorkerRegistry
 from montage_ray.segment_encode import EncodeResult, JobSettings
 from montage_ray.media import inspect
 from montage_ray.plan import plan_segments
@@ -94,15 +96,16 @@ def test_pool_reports_frames_inside_a_running_segment(make_clip, tmp_path):
     settings = JobSettings(codec="h264", quality=23, preset="ultrafast", video=info.video, job_id="t1")
     node = ray.get_runtime_context().get_node_id()
     # at most 2x realtime: a 4 s segment takes about 2 s, so a poll every 0.3 s sees it half done
-    slow = start_workers([Placement("cpu", node, "progress", 0, node_cpus=2)],
-                         {"cpu": LabelConfig("cpu", readrate=2.0)})
+    registry = WorkerRegistry()
+    slow = registry.start([Placement("cpu", node, "progress", 0, node_cpus=2)],
+                          {"cpu": LabelConfig("cpu", readrate=2.0)})
     seen: list[dict[int, int]] = []
     try:
         pool = EncoderPool(slow)
         done = [r for _, r, _ in pool.run(segments, load=lambda s: open(paths[s.index], "rb").read(),
                                           settings=settings, on_tick=lambda p, busy: seen.append(p), tick=0.3)]
     finally:
-        stop_workers(slow)
+        registry.stop(slow)
     assert sorted(r.segment for r in done) == [0, 1]
     partial = [f for p in seen for f in p.values()]
     assert any(0 < f < 120 for f in partial), seen   # frames counted while the segment ran
