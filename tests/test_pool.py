@@ -12,7 +12,8 @@ from montage_ray.cluster.workers import WorkerRegistry
 from montage_ray.segment_encode import JobSettings
 from montage_ray.errors import EncoderError
 from montage_ray.media import inspect
-from montage_ray.plan import plan_segments
+from montage_ray.plan import Segment, plan_segments
+from montage_ray.report import FailedAttempt
 from montage_ray.split import split_source
 
 #: The actors of these tests, stopped by each test.
@@ -112,3 +113,57 @@ def test_tail_straggler_is_duplicated_to_an_idle_faster_actor(job):
     assert pool.duplicates >= 1
     by_actor = [r.actor for r in done.values()]
     assert by_actor.count(fast[0].name) > by_actor.count(slow[0].name)  # faster took more segments
+
+
+# -- the run state, on its own (no actor runs: these moves only book-keep) ---------------------------------
+
+def _run_state(n_workers: int = 2):
+    from montage_ray.cluster.pool import _Run, _Task
+    from montage_ray.cluster.workers import Worker
+
+    pool = EncoderPool([Worker(actor=None, name=f"w{i}", label="cpu") for i in range(n_workers)])
+    segs = [Segment(i, 10 * i, 10 * i + 10 + i, float(i), 1.0, i, 1) for i in range(3)]  # 10, 11, 12 frames
+    run = _Run(pool, settings=None, load=lambda s: b"", threads={}, total=3,  # type: ignore[arg-type]
+               pending=sorted(((s, 1) for s in segs), key=lambda x: -x[0].frames))
+    return pool, run, segs, _Task
+
+
+def test_run_picks_the_largest_segment_a_worker_has_not_failed():
+    pool, run, segs, _ = _run_state()
+    run.failed_on[2] = {"w0"}
+    assert run.pick(pool.workers[0]) == (segs[1], 1)            # 2 is larger, but w0 failed it
+    assert run.pick(pool.workers[1]) == (segs[2], 1)
+    assert run.pick(pool.workers[0], planned=[]) is None        # a plan that gives it nothing
+    pool.workers[1].alive = False
+    run.failed_on[0] = {"w0"}
+    assert run.pick(pool.workers[0]) == (segs[0], 1)            # alone: it may retry what it failed
+
+
+def test_run_fail_requeues_first_unless_a_copy_runs_or_finished():
+    pool, run, segs, Task = _run_state()
+    run.pending.clear()
+    task = Task(pool.workers[0], segs[1], 1, 0.0)
+    failure = FailedAttempt(1, 1, "cpu", "w0", "crash", "boom")
+    run.pending.append((segs[0], 1))
+    run.fail(task, failure, max_attempts=4)
+    assert run.pending[0] == (segs[1], 2) and run.failed_on[1] == {"w0"}
+    run.pending.clear()
+    run.copies[1] = {"another-ref"}
+    run.fail(task, failure, max_attempts=4)
+    assert run.pending == []                                    # its duplicate still runs
+    run.copies.clear()
+    run.finished.add(1)
+    run.fail(task, failure, max_attempts=4)
+    assert run.pending == []                                    # it finished elsewhere
+    with pytest.raises(EncoderError, match="segment 2 failed 4 times; last on w0: boom"):
+        run.fail(Task(pool.workers[0], segs[2], 4, 0.0), failure, max_attempts=4)
+
+
+def test_run_finish_counts_the_first_copy_only():
+    pool, run, segs, Task = _run_state()
+    first, second = Task(pool.workers[0], segs[0], 1, 0.0), Task(pool.workers[1], segs[0], 1, 0.0, duplicate=True)
+    assert run.finish(first) and not run.finish(second)
+    assert run.finished == {0} and pool.workers[0].done == 1 and pool.workers[1].done == 0
+    assert not run.done
+    run.finished.update({1, 2})
+    assert run.done
