@@ -30,7 +30,7 @@ from montage_ray.cluster.pool import EncoderPool, PoolOptions
 from montage_ray.cluster.session import RaySession, ray_session
 from montage_ray.cluster.workers import Worker
 from montage_ray.errors import ClusterError, InputError
-from montage_ray.files import publish, write_atomically
+from montage_ray.files import publish
 from montage_ray.join import join_segments, verify_output
 from montage_ray.media import MediaInfo, inspect
 from montage_ray.options import EncodeOptions, ValidJob

@@ -14,7 +14,7 @@ exactly, none duplicated, none lost::
     [(s.index, s.frames, round(s.duration, 2)) for s in segments]
 
     length = segment_length(duration=60.0, chosen=None, speeds=[240.0, 25.0, 25.0])
-    length.seconds, length.taper        # (2.0, 0.2)
+    length.seconds, length.taper        # (3.33..., 0.2): six per encoder, a tapered tail
 """
 
 from __future__ import annotations

@@ -79,3 +79,19 @@ def test_options_are_frozen_and_replace_names_unknown_options():
     with pytest.raises(InputError, match="unknown option.*colour"):
         options.replace(colour="red")
     assert options.replace(codec="hevc").codec == "hevc" and options.codec == "h264"
+
+
+def test_submit_job_builds_the_same_options_and_refuses_a_bad_one_before_submitting(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "submit_job.py"
+    spec = importlib.util.spec_from_file_location("submit_job_under_test", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)  # type: ignore[union-attr]
+    script.check_encode_options(["encode", "/media/in.mp4", "/media/out.mp4", "--quality", "24"])  # fine
+    script.check_encode_options(["probe", "--json"])                                             # not encode
+    with pytest.raises(SystemExit) as done:
+        script.check_encode_options(["encode", "/media/in.mp4", "/media/out.mp4", "--timeline", "t.jpg"])
+    assert done.value.code == script.EXIT_USAGE
+    assert capsys.readouterr().err.strip() == "submit_job: timeline 't.jpg' must be a .png file"

@@ -36,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="at most N encoder actors (default: one per CPU)")
     p.add_argument("--verify", choices=VERIFY_MODES, default="decode",
                    help="how to verify the output before writing it (default: decode every frame)")
-    p.add_argument("--overwrite", action="store_true", help="replace DST, and the --report and --timeline files, if they exist")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DST, and the --report and --timeline files, if they exist")
     p.add_argument("--report", metavar="R.json", default=None, help="write the job report as JSON")
     p.add_argument("--timeline", metavar="T.png", default=None,
                    help="draw who encoded what and when (one row per encoder, a bar per attempt) as PNG")

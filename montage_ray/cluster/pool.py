@@ -177,7 +177,8 @@ class EncoderPool:
         return max(1, worker.placement.node_cpus // max(1, min(active, len(same_node))))
 
     def _by_speed(self, workers: Sequence[Worker] | None = None) -> list[Worker]:
-        return sorted((w for w in (self.workers if workers is None else workers) if w.alive), key=lambda w: -self._expected_fps(w))
+        pool = self.workers if workers is None else workers
+        return sorted((w for w in pool if w.alive), key=lambda w: -self._expected_fps(w))
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, segments: Sequence[Segment], *, load: Callable[[Segment], bytes], settings: JobSettings,

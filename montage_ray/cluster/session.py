@@ -135,10 +135,14 @@ def _connect(ray: Any, address: str, *, ship: bool) -> None:
     timeout = connect_timeout()
     check_reachable(address, timeout)
     try:
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # pragma: no cover - Ray before token authentication
+        AuthenticationError = PermissionError  # type: ignore[misc,assignment]
+    try:
         ray.init(**kwargs)
     except Exception as err:  # noqa: BLE001 - Ray raises many kinds here; each becomes one line
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "auth" in str(err).lower() or "token" in str(err).lower():
+        if isinstance(err, AuthenticationError) or "auth" in str(err).lower() or "token" in str(err).lower():
             raise ClusterError(f"authentication failed at Ray {address!r}: {text}; {TOKEN_HELP}") from None
         raise ClusterError(f"cannot connect to Ray at {address!r}: {text} (start one with `ray start --head`, "
                            "or leave out --address for a private local Ray)") from None
