@@ -10,7 +10,7 @@ import ray
 from montage_ray.config import LabelConfig
 from montage_ray.cluster.nodes import Placement
 from montage_ray.cluster.pool import EncoderPool
-from montage_ray.cluster.workers import WorkerRegistry
+from montage_ray.cluster.session import connected
 from montage_ray.segment_encode import JobSettings
 from montage_ray.errors import VerificationError
 from montage_ray.join import container_for, join_segments, verify_output
@@ -38,7 +38,7 @@ def mixed_output(make_clip, tmp_path_factory, ray_cluster):
     settings = JobSettings(codec="h264", quality=23, preset="medium", video=info.video)
     encoded = [str(work / f"enc-{s.index}.mp4") for s in segments]
     results = []
-    registry = WorkerRegistry()
+    registry = connected().registry  # the session's: one actor per slot
     for n, config in enumerate(MIXED):
         mine = segments[n::3]
         w = registry.start([Placement("cpu", node, "mix", n, 2)], {"cpu": LabelConfig("cpu", **config)})

@@ -22,7 +22,7 @@ from montage_ray import encode
 from montage_ray.config import LabelConfig
 from montage_ray.cluster.nodes import Placement
 from montage_ray.cluster.pool import EncoderPool
-from montage_ray.cluster.workers import WorkerRegistry
+from montage_ray.cluster.session import connected
 from montage_ray.segment_encode import EncodeResult, JobSettings
 from montage_ray.media import inspect
 from montage_ray.plan import plan_segments
@@ -96,7 +96,7 @@ def test_pool_reports_frames_inside_a_running_segment(make_clip, tmp_path):
     settings = JobSettings(codec="h264", quality=23, preset="ultrafast", video=info.video, job_id="t1")
     node = ray.get_runtime_context().get_node_id()
     # at most 2x realtime: a 4 s segment takes about 2 s, so a poll every 0.3 s sees it half done
-    registry = WorkerRegistry()
+    registry = connected().registry  # the session's: one actor per slot
     slow = registry.start([Placement("cpu", node, "progress", 0, node_cpus=2)],
                           {"cpu": LabelConfig("cpu", readrate=2.0)})
     seen: list[dict[int, int]] = []

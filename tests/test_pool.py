@@ -8,16 +8,13 @@ import ray
 from montage_ray.config import LabelConfig
 from montage_ray.cluster.nodes import Placement
 from montage_ray.cluster.pool import EncoderPool, PoolOptions
-from montage_ray.cluster.workers import WorkerRegistry
+from montage_ray.cluster.session import connected
 from montage_ray.segment_encode import JobSettings
 from montage_ray.errors import EncoderError
 from montage_ray.media import inspect
 from montage_ray.plan import Segment, plan_segments
 from montage_ray.report import FailedAttempt
 from montage_ray.split import split_source
-
-#: The actors of these tests, stopped by each test.
-REGISTRY = WorkerRegistry()
 
 @pytest.fixture(scope="module")
 def job(make_clip, tmp_path_factory, ray_cluster):
@@ -36,7 +33,7 @@ def job(make_clip, tmp_path_factory, ray_cluster):
 
 def workers(node: str, index: int, **config):
     cfg = {"cpu": LabelConfig("cpu", **config)} if config else {}
-    return REGISTRY.start([Placement("cpu", node, "local", index, node_cpus=2)], cfg)
+    return connected().registry.start([Placement("cpu", node, "local", index, node_cpus=2)], cfg)
 
 
 def test_a_failing_encoder_is_taken_out_and_others_finish(job):
@@ -47,7 +44,7 @@ def test_a_failing_encoder_is_taken_out_and_others_finish(job):
     try:
         done = {seg.index: result for seg, result, _ in pool.run(segments, load=load, settings=settings)}
     finally:
-        REGISTRY.stop(broken + good)
+        connected().registry.stop(broken + good)
     assert sorted(done) == [s.index for s in segments]
     assert {r.actor for r in done.values()} == {good[0].name}
     # out of rotation after 2 failures; one more may already have been in flight (depth 2)
@@ -67,7 +64,7 @@ def test_a_killed_actor_loses_no_segment(job):
                 ray.kill(pair[0].actor, no_restart=True)
             done[seg.index] = result
     finally:
-        REGISTRY.stop(pair)
+        connected().registry.stop(pair)
     assert sorted(done) == [s.index for s in segments]
     assert sum(r.frames for r in done.values()) == sum(s.frames for s in segments)
     assert any(f.reason == "actor-died" for f in pool.failures)
@@ -82,7 +79,7 @@ def test_when_every_encoder_fails_the_error_says_why(job):
         with pytest.raises(EncoderError, match="no encoder is left.*no-such-tune|failed 4 times"):
             list(pool.run(segments[:2], load=load, settings=settings))
     finally:
-        REGISTRY.stop(broken)
+        connected().registry.stop(broken)
 
 
 def test_a_hang_times_out_and_moves_to_another_actor(job):
@@ -94,7 +91,7 @@ def test_a_hang_times_out_and_moves_to_another_actor(job):
     try:
         done = {seg.index: r for seg, r, _ in pool.run(segments[:2], load=load, settings=settings)}
     finally:
-        REGISTRY.stop(stuck + good)
+        connected().registry.stop(stuck + good)
     assert sorted(done) == [0, 1]
     assert any(f.reason == "timeout" and f.actor == stuck[0].name for f in pool.failures)
 
@@ -108,7 +105,7 @@ def test_tail_straggler_is_duplicated_to_an_idle_faster_actor(job):
     try:
         done = {seg.index: r for seg, r, _ in pool.run(segments, load=load, settings=settings)}
     finally:
-        REGISTRY.stop(slow + fast)
+        connected().registry.stop(slow + fast)
     assert sorted(done) == [s.index for s in segments]
     assert pool.duplicates >= 1
     by_actor = [r.actor for r in done.values()]

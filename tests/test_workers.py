@@ -6,14 +6,19 @@ import pytest
 import ray
 
 from montage_ray.cluster.nodes import Placement
+from montage_ray.cluster.session import connected
 from montage_ray.cluster.workers import WorkerRegistry
 from montage_ray.config import LabelConfig
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+@pytest.fixture(autouse=True)
+def free_slots(ray_cluster):
+    """Registries of their own, so the CPU slots that earlier jobs' actors hold are freed first."""
+    connected().registry.stop()
 
 
 def _pid(worker) -> int:
-    return ray.get(worker.actor.describe.remote())["pid"]
+    return ray.get(worker.actor.describe.remote(), timeout=120)["pid"]
 
 
 def _slot(index: int = 0) -> Placement:

@@ -59,6 +59,17 @@ def _attached_session(ray: Any) -> RaySession:
     return _attached[0]
 
 
+def connected() -> RaySession:
+    """The session of the Ray this process connected itself (``ray.init()``): the registry that its jobs
+    share. Code that starts encoder actors of its own in that Ray uses this registry, so that one actor
+    holds each slot (two registries would each wait for the other's CPUs)."""
+    import ray
+
+    if not ray.is_initialized():
+        raise ClusterError("not connected to Ray (call ray.init() first)")
+    return _attached_session(ray)
+
+
 def join_drains(timeout: float = 5.0) -> None:
     """Wait for the collection of cancelled tasks of the connected Ray's jobs (call before shutting it down)."""
     if _attached:
