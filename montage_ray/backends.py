@@ -24,7 +24,7 @@ allows eight NVENC sessions, ``MONTAGE_VAAPI_SESSIONS=2`` on a GPU with two enco
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 #: Codecs a user can ask for, with their encoded name in ffprobe's ``codec_name``.
@@ -110,6 +110,8 @@ class Backend:
     #                                         taking the same options, used where the build lacks the first
     h264_high: str = "high"                 # how this encoder's -profile:v spells H.264 High (segments of
     #                                         different encoders must share profile and level to join)
+    default_fps: float = 60.0               # first guess of one session's frames/s at 1080p, before measuring
+    colour: str = "#8c8c8c"                 # its bars on the timeline
 
     def encoder_names(self, codec: str) -> tuple[str, ...]:
         """Every ffmpeg encoder that can serve ``codec`` on this backend, preferred first."""
@@ -188,25 +190,17 @@ class EncoderSpec:
         """True when a CPU encoder serves a hardware label (tests, simulations)."""
         return self.standin_for is not None
 
-    def with_threads(self, threads: int) -> "EncoderSpec":
-        """The same spec with another ffmpeg thread count (CPU backends only)."""
-        if self.threads == threads or "-threads" not in self.codec_args:
-            return self
-        args = list(self.codec_args)
-        args[args.index("-threads") + 1] = str(threads)
-        return replace(self, codec_args=tuple(args), threads=threads)
-
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend(
-        name="cpu", resource=None, hardware=False,
+        name="cpu", default_fps=25.0, colour="#4c72b0", resource=None, hardware=False,
         encoders={"h264": "libx264", "hevc": "libx265", "av1": "libsvtav1"},
         quality={"h264": _crf, "hevc": _crf, "av1": _svt_crf},
         presets={"h264": ("-preset", _X264_PRESETS), "hevc": ("-preset", _X264_PRESETS),
                  "av1": ("-preset", _SVT_PRESETS)},
         notes="Software encoders; always available where ffmpeg was built with them."),
     Backend(
-        name="vaapi", resource="vaapi",
+        name="vaapi", default_fps=200.0, colour="#dd8452", resource="vaapi",
         encoders={"h264": "h264_vaapi", "hevc": "hevc_vaapi", "av1": "av1_vaapi"},
         quality={"h264": _qp, "hevc": _qp, "av1": _qp},
         presets={c: ("-compression_level", _VAAPI_LEVELS) for c in ("h264", "hevc", "av1")},
@@ -218,7 +212,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
                                         "--device /dev/dri."),
         notes="AMD (radeonsi) and Intel (iHD/i965) GPUs through libva."),
     Backend(
-        name="qsv", resource="qsv",
+        name="qsv", default_fps=200.0, colour="#8172b3", resource="qsv",
         encoders={"h264": "h264_qsv", "hevc": "hevc_qsv", "av1": "av1_qsv"},
         quality={"h264": _global_quality, "hevc": _global_quality, "av1": _global_quality},
         presets={c: ("-preset", _QSV_PRESETS) for c in ("h264", "hevc", "av1")},
@@ -233,7 +227,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
                                         "pass the Intel node with --device /dev/dri/renderDN."),
         notes="Intel Quick Sync, derived from the Intel render node's VAAPI device."),
     Backend(
-        name="nvenc", resource="nvenc",
+        name="nvenc", default_fps=300.0, colour="#55a868", resource="nvenc",
         encoders={"h264": "h264_nvenc", "hevc": "hevc_nvenc", "av1": "av1_nvenc"},
         quality={"h264": _nvenc_cq, "hevc": _nvenc_cq, "av1": _nvenc_cq},
         presets={c: ("-preset", _NVENC_PRESETS) for c in ("h264", "hevc", "av1")},
@@ -248,7 +242,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         notes="NVIDIA NVENC; GeForce drivers cap concurrent sessions (3, 5 or 8 by driver version), "
               "Tesla/datacenter cards take more: set MONTAGE_NVENC_SESSIONS."),
     Backend(
-        name="nvmpi", resource="nvmpi",
+        name="nvmpi", default_fps=120.0, colour="#937860", resource="nvmpi",
         encoders={"h264": "h264_nvmpi", "hevc": "hevc_nvmpi"},
         alternatives={"h264": ("h264_nvv4l2",), "hevc": ("hevc_nvv4l2",)},
         quality={"h264": _nvmpi_q, "hevc": _nvmpi_q},
@@ -261,7 +255,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         notes="Jetson multimedia encoder through the ffmpeg-nvmpi patches (or the nvv4l2 encoders of "
               "builds configured with --enable-nvv4l2)."),
     Backend(
-        name="v4l2m2m", resource="v4l2m2m",
+        name="v4l2m2m", default_fps=60.0, colour="#da8bc3", resource="v4l2m2m",
         encoders={"h264": "h264_v4l2m2m"},
         quality={"h264": _v4l2_q},
         h264_high="100",                     # no named profiles: the generic option takes the number
@@ -272,6 +266,14 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
                                         "CPU backend."),
         notes="V4L2 mem2mem encoders (Raspberry Pi 4; the Pi 5 has no hardware encoder)."),
 )}
+
+#: Resource labels a node can offer for hardware encoders (every backend but the CPU one).
+HARDWARE_LABELS = tuple(name for name, b in BACKENDS.items() if b.hardware)
+
+
+def default_fps(label: str) -> float:
+    """First guess of one session's frames/s at 1080p for a resource label (60 for a label not in the table)."""
+    return BACKENDS[label].default_fps if label in BACKENDS else Backend.default_fps
 
 
 def cpu_spec(codec: str = "h264", *, quality: int = 23, preset: str = "medium", threads: int = 1,

@@ -27,9 +27,6 @@ import yaml
 from montage_ray.backends import BACKENDS, PRESETS, EncoderSpec
 from montage_ray.errors import EncoderError, InputError
 
-#: Resource labels a node can offer for hardware encoders (every backend but the CPU one).
-HARDWARE_LABELS = tuple(name for name, b in BACKENDS.items() if b.hardware)
-
 _FIELDS = {"backend", "standin", "preset", "threads", "readrate", "extra_args", "remote", "bandwidth_mbps",
            "expected_fps", "quality_rank"}
 

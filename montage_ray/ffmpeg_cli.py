@@ -100,7 +100,8 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-def _tail(text: str, limit: int = STDERR_TAIL_CHARS) -> str:
+def tail(text: str, limit: int = STDERR_TAIL_CHARS) -> str:
+    """The last ``limit`` characters of ``text`` (a process's stderr), marked "..." where cut."""
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
@@ -148,13 +149,13 @@ def run(args: Sequence[str], *, timeout: float, check: bool = True, input_bytes:
                     _kill_group(proc)
                     out, err = proc.communicate()
                     raise FFmpegError(f"{Path(args[0]).name} did not finish within {timeout:g} s and was killed",
-                                      returncode=None, stderr=_tail(err.decode(errors="replace")),
+                                      returncode=None, stderr=tail(err.decode(errors="replace")),
                                       timed_out=True) from None
                 if should_stop is not None and should_stop():
                     _kill_group(proc)
                     out, err = proc.communicate()
                     raise Cancelled(f"{Path(args[0]).name} was stopped on request",
-                                    stderr=_tail(err.decode(errors="replace"))) from None
+                                    stderr=tail(err.decode(errors="replace"))) from None
     except BaseException:
         _kill_group(proc)
         proc.wait()
@@ -162,7 +163,7 @@ def run(args: Sequence[str], *, timeout: float, check: bool = True, input_bytes:
     done = Completed(tuple(args), proc.returncode, out.decode(errors="replace"),
                      err.decode(errors="replace"), time.monotonic() - started)
     if check and done.returncode != 0:
-        raise FFmpegError(describe_failure(done), returncode=done.returncode, stderr=_tail(done.stderr))
+        raise FFmpegError(describe_failure(done), returncode=done.returncode, stderr=tail(done.stderr))
     return done
 
 

@@ -17,7 +17,6 @@ Bad inputs raise :class:`~montage_ray.errors.InputError` with one line a user ca
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -127,38 +126,6 @@ class MediaInfo:
         """See :meth:`PacketIndex.clean_cuts`."""
         return self.packets.clean_cuts()
 
-    def seconds(self, ticks: int | float) -> float:
-        """A presentation time in video time-base ticks, as seconds."""
-        return float(ticks * self.video.time_base)
-
-
-def check_source(path: str | os.PathLike[str]) -> str:
-    """Return the absolute path of ``path`` if it names a readable, non-empty regular file.
-
-    Protocol-looking names (``http://``, ``concat:a|b``) are only ever file names here: if no such file
-    exists the error says that network and protocol inputs are not read.
-    """
-    text = os.fspath(path)
-    absolute = os.path.abspath(text)
-    try:
-        st = os.stat(absolute)
-    except FileNotFoundError:
-        if "://" in text or (":" in text.split("/")[0] and not os.path.exists(absolute)):
-            raise InputError(f"input {text!r} is not a local file (network and protocol inputs are not "
-                             "read)") from None
-        raise InputError(f"input {text!r} does not exist") from None
-    except OSError as err:
-        raise InputError(f"input {text!r} cannot be read: {err.strerror}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"input {text!r} is a folder, not a video file")
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"input {text!r} is not a regular file")
-    if st.st_size == 0:
-        raise InputError(f"input {text!r} is empty (0 bytes)")
-    if not os.access(absolute, os.R_OK):
-        raise InputError(f"input {text!r} cannot be read: permission denied")
-    return absolute
-
 
 def _read_packets(url: str, index: int) -> tuple[PacketIndex, str]:
     done = ffmpeg_cli.run(
@@ -183,9 +150,13 @@ def _read_packets(url: str, index: int) -> tuple[PacketIndex, str]:
 
 
 def inspect(path: str | os.PathLike[str]) -> MediaInfo:
-    """Read a source's streams, timing and packet table (no decoding). Raises InputError on bad input."""
+    """Read a source's streams, timing and packet table (no decoding). Raises InputError on bad input.
+
+    ``path`` is taken as a local file name (see :func:`montage_ray.options.check_source`, which a job runs
+    first); it is never read as a protocol.
+    """
     shown = os.fspath(path)
-    absolute = check_source(path)
+    absolute = os.path.abspath(shown)
     url = ffmpeg_cli.file_url(absolute)
     try:
         data = ffmpeg_cli.probe_json(["-show_format", "-show_streams", "-show_chapters", url],

@@ -1,6 +1,9 @@
 """Where to cut: group GOPs into segments of about ``segment_seconds``, cutting only at clean keyframes.
 
 Planning is pure: it reads a :class:`~montage_ray.media.PacketIndex` and returns :class:`Segment` rows.
+This module also owns the whole segment-length policy (:func:`segment_length`): about six segments per
+encoder (2-10 s), shorter when the encoders' speeds are known, a tapered tail on several encoders, and one
+segment on one encoder for a clip shorter than two segments (:func:`is_small_job`).
 A segment is a half-open range of packets in decode order; because every cut is *clean* (see
 :meth:`~montage_ray.media.PacketIndex.clean_cuts`), the frames of consecutive segments follow each other
 exactly, none duplicated, none lost::
@@ -9,6 +12,9 @@ exactly, none duplicated, none lost::
 
     segments = plan_segments(info.packets, info.video.time_base, segment_seconds=10)
     [(s.index, s.frames, round(s.duration, 2)) for s in segments]
+
+    length = segment_length(duration=60.0, chosen=None, speeds=[240.0, 25.0, 25.0])
+    length.seconds, length.taper        # (3.33..., 0.2): six per encoder, a tapered tail
 """
 
 from __future__ import annotations
@@ -19,6 +25,54 @@ from fractions import Fraction
 import numpy as np
 
 from montage_ray.media import PacketIndex
+
+
+#: Segment length the small-job rule assumes when the user chose none (seconds).
+DEFAULT_SEGMENT_SECONDS = 10.0
+
+#: Share of a multi-encoder job, at its end, cut into half-length segments (see plan_segments).
+TAPER = 0.2
+
+
+def small_job_seconds(chosen: float | None) -> float:
+    """A job shorter than this is one segment on one local encoder: two segments' worth."""
+    return 2 * (chosen or DEFAULT_SEGMENT_SECONDS)
+
+
+def is_small_job(duration: float, chosen: float | None) -> bool:
+    """True for a clip shorter than two segments (one segment, one actor)."""
+    return duration < small_job_seconds(chosen)
+
+
+def auto_segment_seconds(duration: float, sessions: int, speeds: list[float] | None = None) -> float:
+    """About six segments per encoder session, between 2 and 10 seconds each.
+
+    When every encoder's speed is known (actors reused from an earlier job), segments are also short
+    enough that the last one, on the fastest encoder, takes at most 10 % of the ideal job time: then the
+    tail cannot stretch the job much however mixed the speeds are.
+    """
+    seconds = duration / max(1, 6 * sessions)
+    if speeds and all(s > 0 for s in speeds):
+        seconds = min(seconds, 0.10 * duration * max(speeds) / sum(speeds))
+    return max(2.0, min(10.0, seconds))
+
+
+@dataclass(frozen=True)
+class SegmentLength:
+    """How to cut one job: about ``seconds`` per segment, the last ``taper`` share at half length."""
+
+    seconds: float
+    taper: float = 0.0
+
+
+def segment_length(duration: float, *, chosen: float | None, speeds: list[float]) -> SegmentLength:
+    """The segment length for a job of ``duration`` seconds on encoders of ``speeds`` (one entry each, 0 when
+    unknown). A small job is one segment; a length the user ``chosen`` is kept as it is (no taper)."""
+    if is_small_job(duration, chosen):
+        return SegmentLength(2 * duration + 1)
+    if chosen:
+        return SegmentLength(chosen)
+    return SegmentLength(auto_segment_seconds(duration, len(speeds), speeds), TAPER if len(speeds) > 1 else 0.0)
 
 
 @dataclass(frozen=True)
@@ -48,7 +102,7 @@ def _frame_ticks(pts: np.ndarray) -> int:
 
 
 def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: float = 10.0,
-                  *, max_segments: int | None = None, taper: float = 0.0) -> list[Segment]:
+                  *, taper: float = 0.0) -> list[Segment]:
     """Cut the stream into segments of about ``segment_seconds`` at clean keyframes.
 
     A stream shorter than two segments stays one segment (no pointless overhead). Each cut is placed at
@@ -88,9 +142,6 @@ def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: fl
                 break  # the rest is too short to stand alone
             starts.append(int(cuts[best]))
             pos = best
-    if max_segments is not None and len(starts) > max_segments:
-        keep = np.linspace(0, len(starts) - 1, max_segments).round().astype(int)
-        starts = [starts[i] for i in sorted(set(keep.tolist()))]
     bounds = starts + [n]
     start_ticks = [first] + [int(pts[s]) for s in starts[1:]] + [last_end]
     return [

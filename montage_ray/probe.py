@@ -7,7 +7,7 @@ run under a hard timeout (a hung driver never hangs the node):
 2. **device**: render nodes (``/dev/dri/renderD*``: present, openable by this user, whose GPU vendor),
    NVIDIA nodes, the Jetson markers, V4L2 mem2mem nodes.
 3. **function**: a real tiny encode (a few 256x144 frames) through *exactly* the command production runs
-   (:func:`montage_ray.encode.build_command` with the backend's :class:`~montage_ray.backends.EncoderSpec`).
+   (:func:`montage_ray.segment_encode.build_command` with the backend's :class:`~montage_ray.backends.EncoderSpec`).
    VAAPI tries every render node x ``LIBVA_DRIVER_NAME`` pair and remembers the working pair *in the
    backend's status* (the process environment is never touched); QSV is derived from the Intel node.
 
@@ -375,10 +375,6 @@ class NodeProbe:
     hostname: str
     seconds: float = 0.0
 
-    def available(self) -> list[str]:
-        """Names of the backends that work here, in table order."""
-        return [name for name, status in self.backends.items() if status.available]
-
     def ray_resources(self) -> dict[str, int]:
         """Ray custom resources for ``ray start --resources``: hardware label -> concurrent sessions."""
         return {status.resource: status.sessions for status in self.backends.values()
@@ -546,10 +542,10 @@ TEST_VIDEO = VideoInfo(index=0, codec="rawvideo", width=int(TEST_SIZE.split("x")
 
 
 def production_command(spec: EncoderSpec, ffmpeg: str, src: str, dst: str) -> list[str]:
-    """The exact argument list production runs for ``spec`` (see :func:`montage_ray.encode.build_command`)
+    """The exact argument list production runs for ``spec`` (see :func:`montage_ray.segment_encode.build_command`)
     with the output options production adds (profile, level, pixel format, colours), on this probe's
     ffmpeg."""
-    from montage_ray.encode import build_command, video_output_args  # the one definition of an encode
+    from montage_ray.segment_encode import build_command, video_output_args  # the one definition of an encode
 
     cmd = build_command(spec, src, dst, video_output_args(TEST_VIDEO, spec))
     cmd[0] = ffmpeg
@@ -583,7 +579,7 @@ def try_encode(spec: EncoderSpec, *, ffmpeg: str, src: str, workdir: str, timeou
         size = os.path.getsize(dst) if os.path.exists(dst) else 0
         if os.path.exists(dst):
             os.unlink(dst)
-    stderr = ffmpeg_cli._tail(done.stderr)
+    stderr = ffmpeg_cli.tail(done.stderr)
     if done.returncode == 0 and size > 0:
         return Attempt(ok=True, seconds=done.seconds, stderr=stderr, **base)
     if done.returncode == 0:

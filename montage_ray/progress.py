@@ -20,8 +20,8 @@ import time
 from typing import TYPE_CHECKING, Callable, TextIO
 
 if TYPE_CHECKING:  # pragma: no cover
-    from montage_ray.encode import EncodeResult
-    from montage_ray.report import Attempt
+    from montage_ray.segment_encode import EncodeResult
+    from montage_ray.report import FailedAttempt
 
 
 class ProgressListener:
@@ -36,7 +36,7 @@ class ProgressListener:
     def segment_done(self, result: "EncodeResult") -> None:
         """A segment was encoded (and counted)."""
 
-    def failure(self, attempt: "Attempt") -> None:
+    def failure(self, attempt: "FailedAttempt") -> None:
         """An attempt failed; the segment goes to another encoder."""
 
     def close(self) -> None:
@@ -151,7 +151,7 @@ class ProgressPrinter(ProgressListener):
                         f"{result.seconds:.1f} s ({result.fps:.1f} fps) on {result.actor}; "
                         f"{s.done}/{s.frames} frames ({100 * s.done / max(s.frames, 1):.0f}%)")
 
-    def failure(self, attempt: "Attempt") -> None:
+    def failure(self, attempt: "FailedAttempt") -> None:
         if self.state is None:
             return
         self.state.failures += 1

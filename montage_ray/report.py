@@ -11,14 +11,14 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 
-from montage_ray.encode import EncodeResult
+from montage_ray.files import write_atomically
+from montage_ray.segment_encode import EncodeResult
 
 
 @dataclass(frozen=True)
-class Attempt:
+class FailedAttempt:
     """A failed try of one segment on one encoder (successful tries are the ``segments``)."""
 
     segment: int
@@ -49,7 +49,7 @@ class JobReport:
     timings: dict[str, float] = field(default_factory=dict)   # seconds per phase (probe, plan, encode, ...)
     phases: list[tuple[str, float, float]] = field(default_factory=list)  # (phase, start, end) since start
     segments: list[EncodeResult] = field(default_factory=list)
-    failures: list[Attempt] = field(default_factory=list)
+    failures: list[FailedAttempt] = field(default_factory=list)
     encoders: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     ray_address: str = ""
@@ -79,12 +79,14 @@ class JobReport:
             seg["failure_causes"] = [f"{f.reason} on {f.actor}: {f.message}" for f in failed]
         return data
 
-    def write_json(self, path: str) -> None:
-        """Write the report as JSON (atomically: a temporary name, then a rename)."""
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=2)
-        os.replace(tmp, path)
+    def write_json(self, path: str, *, overwrite: bool = True) -> None:
+        """Write the report as JSON, atomically (see :func:`montage_ray.files.write_atomically`); without
+        ``overwrite`` an existing file is not replaced."""
+        def write(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(self.to_dict(), fh, indent=2)
+
+        write_atomically(path, write, overwrite=overwrite, what="report")
 
     def summary(self) -> str:
         """A small table per encoder (segments, frames, fps, share of the work, failures) and the timings."""

@@ -15,7 +15,7 @@ import os
 from typing import Sequence
 
 from montage_ray import ffmpeg_cli
-from montage_ray.encode import count_packets
+from montage_ray.segment_encode import count_packets
 from montage_ray.errors import EncoderError
 from montage_ray.media import MediaInfo
 from montage_ray.plan import Segment

@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from montage_ray.backends import BACKENDS, Backend
+from montage_ray.files import write_atomically
 from montage_ray.report import JobReport
 
-#: Bar colours by resource label (a label not listed gets the fallback).
-LABEL_COLOURS = {"cpu": "#4c72b0", "vaapi": "#dd8452", "qsv": "#8172b3", "nvenc": "#55a868",
-                 "nvmpi": "#937860", "v4l2m2m": "#da8bc3"}
-FALLBACK_COLOUR = "#8c8c8c"
+#: Bar colours by resource label, from the backend table (a label not in it gets the fallback).
+LABEL_COLOURS = {name: backend.colour for name, backend in BACKENDS.items()}
+FALLBACK_COLOUR = Backend.colour
 FAILED_COLOUR = "#d62728"
 PHASE_COLOURS = ("#e6e6e6", "#cfcfcf")
 DRIVER_ROW = "driver (job phases)"
@@ -58,8 +59,9 @@ def rows(report: JobReport, drawn: list[Bar]) -> list[str]:
     return names
 
 
-def draw_timeline(report: JobReport, path: str) -> str:
-    """Draw ``report`` as a PNG at ``path`` (written atomically) and return the path."""
+def draw_timeline(report: JobReport, path: str, *, overwrite: bool = True) -> str:
+    """Draw ``report`` as a PNG at ``path`` (written atomically; without ``overwrite`` an existing file is not
+    replaced) and return the path."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -102,9 +104,7 @@ def draw_timeline(report: JobReport, path: str) -> str:
             ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
         ax.grid(axis="x", linestyle=":", alpha=0.5)
         fig.tight_layout()
-        tmp = f"{path}.tmp-{os.getpid()}.png"
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"), overwrite=overwrite, what="timeline")
     finally:
         plt.close(fig)
     return path

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from montage_ray import encode
-    from montage_ray.dispatch import join_drains
+    from montage_ray.cluster.session import join_drains
     from montage_ray.errors import MontageError
 
     cluster, nodes = start_cluster(DEFAULT_LAYOUT, args.head_cpus)

@@ -77,6 +77,24 @@ def package_dir() -> str:
     return os.path.dirname(montage_ray.__file__)
 
 
+def check_encode_options(command: list[str]) -> None:
+    """For ``encode``, build the job's :class:`~montage_ray.options.EncodeOptions` here and check the values
+    that need no file (the paths are the head's), so a bad option fails now, not on the cluster."""
+    if not command or command[0] != "encode":
+        return
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from montage_ray._cli import build_parser  # noqa: PLC0415
+    from montage_ray._cli.encode_cmd import options_from_args  # noqa: PLC0415
+    from montage_ray.errors import InputError  # noqa: PLC0415
+
+    try:
+        options_from_args(build_parser().parse_args(command)).check_values()
+    except InputError as err:
+        print(f"submit_job: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
 def build_request(args: argparse.Namespace) -> dict:
     """The keyword arguments of ``JobSubmissionClient.submit_job`` for these options."""
     command = list(args.command)
@@ -84,6 +102,7 @@ def build_request(args: argparse.Namespace) -> dict:
         command = command[1:]
     if not command:
         raise SystemExit("submit_job: give the montage-ray command after --, e.g. -- probe --json")
+    check_encode_options(command)
     # RAY_OVERRIDE_JOB_RUNTIME_ENV: montage-ray's own ray.init() (an encode given an address, as a job's
     # driver is through $RAY_ADDRESS) asks for the same py_modules; Ray refuses two runtime_envs that
     # name one field unless told to combine them.

@@ -128,3 +128,21 @@ def test_odd_file_names_work_and_overwrite_replaces(make_clip, tmp_path):
     assert data["frames"] == 180 and len(data["segments"]) == 3
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".montage-ray-")]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("flag,name", [("--report", "src"), ("--report", "keep.json"), ("--timeline", "keep.png"),
+                                       ("--report", "dst")])
+def test_report_and_timeline_never_replace_a_file(flag, name, make_clip, tmp_path):
+    """`--report in.mp4` once turned the source into JSON and exited 0; an existing file needs --overwrite,
+    and the source or destination is never one of them, checked before any work."""
+    src = tmp_path / "in.mp4"
+    shutil.copy(make_clip("bframes"), src)
+    before = src.read_bytes()
+    (tmp_path / "keep.json").write_text("precious")
+    (tmp_path / "keep.png").write_text("precious")
+    target = {"src": "in.mp4", "dst": "o.mp4"}.get(name, name)
+    done = cli("encode", "in.mp4", "o.mp4", flag, target, "--preset", "ultrafast", cwd=tmp_path)
+    assert_one_line_error(done, "same file" if name in ("src", "dst") else "already exists")
+    assert done.returncode == 2
+    assert src.read_bytes() == before and not (tmp_path / "o.mp4").exists()
+    assert (tmp_path / "keep.json").read_text() == "precious" and (tmp_path / "keep.png").read_text() == "precious"

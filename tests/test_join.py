@@ -8,8 +8,10 @@ import pytest
 import ray
 
 from montage_ray.config import LabelConfig
-from montage_ray.dispatch import EncoderPool, Placement, start_workers, stop_workers
-from montage_ray.encode import JobSettings
+from montage_ray.cluster.nodes import Placement
+from montage_ray.cluster.pool import EncoderPool
+from montage_ray.cluster.session import connected
+from montage_ray.segment_encode import JobSettings
 from montage_ray.errors import VerificationError
 from montage_ray.join import container_for, join_segments, verify_output
 from montage_ray.media import inspect
@@ -36,16 +38,17 @@ def mixed_output(make_clip, tmp_path_factory, ray_cluster):
     settings = JobSettings(codec="h264", quality=23, preset="medium", video=info.video)
     encoded = [str(work / f"enc-{s.index}.mp4") for s in segments]
     results = []
+    registry = connected().registry  # the session's: one actor per slot
     for n, config in enumerate(MIXED):
         mine = segments[n::3]
-        w = start_workers([Placement("cpu", node, "mix", n, 2)], {"cpu": LabelConfig("cpu", **config)})
+        w = registry.start([Placement("cpu", node, "mix", n, 2)], {"cpu": LabelConfig("cpu", **config)})
         try:
             for seg, result, data in EncoderPool(w).run(mine, load=lambda s: open(paths[s.index], "rb").read(),
                                                         settings=settings):
                 open(encoded[seg.index], "wb").write(data)
                 results.append(result)
         finally:
-            stop_workers(w)
+            registry.stop(w)
     out = str(work / "mixed.mp4")
     plan = join_segments(info, segments, encoded, out, str(work), container=container_for(out), mixed=True,
                          codec="h264")

@@ -20,12 +20,14 @@ import ray
 
 from montage_ray import encode
 from montage_ray.config import LabelConfig
-from montage_ray.dispatch import EncoderPool, Placement, start_workers, stop_workers
-from montage_ray.encode import EncodeResult, JobSettings
+from montage_ray.cluster.nodes import Placement
+from montage_ray.cluster.pool import EncoderPool
+from montage_ray.cluster.session import connected
+from montage_ray.segment_encode import EncodeResult, JobSettings
 from montage_ray.media import inspect
 from montage_ray.plan import plan_segments
 from montage_ray.progress import JobProgress, ProgressPrinter
-from montage_ray.report import Attempt, JobReport
+from montage_ray.report import FailedAttempt, JobReport
 from montage_ray.split import split_source
 from montage_ray.timeline import FAILED_COLOUR, LABEL_COLOURS, draw_timeline
 
@@ -62,7 +64,7 @@ def test_printer_redraws_a_bar_on_a_terminal_and_prints_lines_otherwise():
     bar = ProgressPrinter(term, tty=True)
     bar.start(frames=200, segments=2, encoders=2)
     bar.tick({0: 50}, 2)
-    bar.failure(Attempt(1, 1, "cpu:x", "enc:1", "crash", "ffmpeg was killed by SIGABRT"))
+    bar.failure(FailedAttempt(1, 1, "cpu:x", "enc:1", "crash", "ffmpeg was killed by SIGABRT"))
     bar.segment_done(result(0, 100))
     bar.close()
     text = term.getvalue()
@@ -94,15 +96,16 @@ def test_pool_reports_frames_inside_a_running_segment(make_clip, tmp_path):
     settings = JobSettings(codec="h264", quality=23, preset="ultrafast", video=info.video, job_id="t1")
     node = ray.get_runtime_context().get_node_id()
     # at most 2x realtime: a 4 s segment takes about 2 s, so a poll every 0.3 s sees it half done
-    slow = start_workers([Placement("cpu", node, "progress", 0, node_cpus=2)],
-                         {"cpu": LabelConfig("cpu", readrate=2.0)})
+    registry = connected().registry  # the session's: one actor per slot
+    slow = registry.start([Placement("cpu", node, "progress", 0, node_cpus=2)],
+                          {"cpu": LabelConfig("cpu", readrate=2.0)})
     seen: list[dict[int, int]] = []
     try:
         pool = EncoderPool(slow)
         done = [r for _, r, _ in pool.run(segments, load=lambda s: open(paths[s.index], "rb").read(),
                                           settings=settings, on_tick=lambda p, busy: seen.append(p), tick=0.3)]
     finally:
-        stop_workers(slow)
+        registry.stop(slow)
     assert sorted(r.segment for r in done) == [0, 1]
     partial = [f for p in seen for f in p.values()]
     assert any(0 < f < 120 for f in partial), seen   # frames counted while the segment ran
@@ -213,7 +216,7 @@ def test_timeline_marks_failed_attempts(tmp_path):
                     wall_seconds=6.0, workers=[{"name": "encoder:vaapi:n:0"}, {"name": "encoder:cpu:n:0"}],
                     phases=[("probe", 0.0, 0.5), ("encode", 0.5, 5.5), ("join", 5.5, 6.0)])
     job.segments = [result(0, 150, "encoder:cpu:n:0", 2.0, 1000.6), result(1, 150, "encoder:cpu:n:0", 2.0, 1002.7)]
-    job.failures = [Attempt(1, 1, "vaapi:h264_vaapi", "encoder:vaapi:n:0", "crash", "killed", started=1000.6,
+    job.failures = [FailedAttempt(1, 1, "vaapi:h264_vaapi", "encoder:vaapi:n:0", "crash", "killed", started=1000.6,
                             seconds=1.5, node="n/1", label="vaapi")]
     draw_timeline(job, str(tmp_path / "t.png"))
     pixels = _png_pixels(tmp_path / "t.png")

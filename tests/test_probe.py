@@ -22,7 +22,7 @@ import pytest
 from montage_ray import ffmpeg_cli
 from montage_ray._cli import main as cli_main
 from montage_ray.backends import BACKENDS
-from montage_ray.encode import video_output_args
+from montage_ray.segment_encode import video_output_args
 from montage_ray.errors import EncoderError
 from montage_ray.probe import (CAUSES, DIAGNOSES, TEST_VIDEO, explain, guess_backend, probe_node, production_command,
                                run_probe, story)

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from montage_ray.backends import CODECS, PRESETS
+from montage_ray.options import VERIFY_MODES, EncodeOptions
 from montage_ray.routing import PROFILES
 
 
@@ -33,9 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(default: $RAY_ADDRESS, else a local Ray started for this job)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="at most N encoder actors (default: one per CPU)")
-    p.add_argument("--verify", choices=("decode", "packets"), default="decode",
+    p.add_argument("--verify", choices=VERIFY_MODES, default="decode",
                    help="how to verify the output before writing it (default: decode every frame)")
-    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DST, and the --report and --timeline files, if they exist")
     p.add_argument("--report", metavar="R.json", default=None, help="write the job report as JSON")
     p.add_argument("--timeline", metavar="T.png", default=None,
                    help="draw who encoded what and when (one row per encoder, a bar per attempt) as PNG")
@@ -44,17 +46,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def options_from_args(args: argparse.Namespace) -> EncodeOptions:
+    """The :class:`~montage_ray.options.EncodeOptions` that the flags ask for (validated by the job)."""
+    return EncodeOptions(codec=args.codec, quality=args.quality, preset=args.preset,
+                         segment_seconds=args.segment_seconds, address=args.address, overwrite=args.overwrite,
+                         report=args.report, timeline=args.timeline, workers=args.workers, verify=args.verify,
+                         profile=args.profile, encoders_config=args.encoders_config,
+                         labels=tuple(x for x in args.labels.split(",") if x) if args.labels else None)
+
+
 def run(args: argparse.Namespace) -> int:
     from montage_ray.job import encode
     from montage_ray.progress import ProgressPrinter
 
     # A bar redrawn in place on a terminal; one plain line per segment when stdout is a file or a pipe.
-    report = encode(args.src, args.dst, codec=args.codec, quality=args.quality, preset=args.preset,
-                    segment_seconds=args.segment_seconds, address=args.address, overwrite=args.overwrite,
-                    report=args.report, workers=args.workers, verify=args.verify, profile=args.profile,
-                    encoders_config=args.encoders_config,
-                    labels=[x for x in args.labels.split(",") if x] if args.labels else None,
-                    progress=None if args.quiet else ProgressPrinter(sys.stdout), timeline=args.timeline)
+    report = encode(args.src, args.dst, options_from_args(args),
+                    progress=None if args.quiet else ProgressPrinter(sys.stdout))
     if not args.quiet:
         print(report.summary())
         print(f"wrote {args.dst}" + "".join(f" and {p}" for p in (args.report, args.timeline) if p))

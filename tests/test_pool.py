@@ -1,4 +1,4 @@
-"""The pool on a real local Ray: placement, retries elsewhere, failing and dead actors, timeouts, tails."""
+"""The pool on a real local Ray: retries elsewhere, failing and dead actors, timeouts, tails."""
 
 from __future__ import annotations
 
@@ -6,35 +6,15 @@ import pytest
 import ray
 
 from montage_ray.config import LabelConfig
-from montage_ray.dispatch import (EncoderPool, Placement, PoolOptions, plan_actors, remote_labels, start_workers,
-                                  stop_workers)
-from montage_ray.encode import JobSettings
+from montage_ray.cluster.nodes import Placement
+from montage_ray.cluster.pool import EncoderPool, PoolOptions
+from montage_ray.cluster.session import connected
+from montage_ray.segment_encode import JobSettings
 from montage_ray.errors import EncoderError
 from montage_ray.media import inspect
-from montage_ray.plan import plan_segments
+from montage_ray.plan import Segment, plan_segments
+from montage_ray.report import FailedAttempt
 from montage_ray.split import split_source
-
-NODES = [
-    {"NodeID": "aaaaaa11", "Alive": True, "NodeManagerAddress": "10.0.0.1",
-     "Resources": {"CPU": 4.0, "vaapi": 1.0, "qsv": 1.0, "memory": 1e9}},
-    {"NodeID": "bbbbbb22", "Alive": True, "NodeManagerAddress": "10.0.0.2", "Resources": {"CPU": 2.0, "nvenc": 3.0}},
-    {"NodeID": "cccccc33", "Alive": False, "NodeManagerAddress": "10.0.0.3", "Resources": {"CPU": 8.0}},
-    {"NodeID": "dddddd44", "Alive": True, "NodeManagerAddress": "10.0.0.4", "Resources": {"CPU": 4.0, "nvmpi": 1.0}},
-]
-
-
-def test_plan_actors_one_per_session_hardware_first():
-    placements = plan_actors(NODES)
-    labels = [p.label for p in placements]
-    assert labels[:6] == ["vaapi", "qsv", "nvenc", "nvenc", "nvenc", "nvmpi"]
-    assert labels.count("cpu") == 4 + 2 + 4  # the dead node offers nothing
-    assert placements[0].name == "encoder:vaapi:10.0.0.1-aaaaaa:0"
-    assert {p.node_cpus for p in placements if p.node_id == "bbbbbb22"} == {2}
-
-
-def test_plan_actors_limited_to_labels():
-    assert [p.label for p in plan_actors(NODES, labels={"nvenc"})] == ["nvenc"] * 3
-
 
 @pytest.fixture(scope="module")
 def job(make_clip, tmp_path_factory, ray_cluster):
@@ -53,7 +33,7 @@ def job(make_clip, tmp_path_factory, ray_cluster):
 
 def workers(node: str, index: int, **config):
     cfg = {"cpu": LabelConfig("cpu", **config)} if config else {}
-    return start_workers([Placement("cpu", node, "local", index, node_cpus=2)], cfg)
+    return connected().registry.start([Placement("cpu", node, "local", index, node_cpus=2)], cfg)
 
 
 def test_a_failing_encoder_is_taken_out_and_others_finish(job):
@@ -64,7 +44,7 @@ def test_a_failing_encoder_is_taken_out_and_others_finish(job):
     try:
         done = {seg.index: result for seg, result, _ in pool.run(segments, load=load, settings=settings)}
     finally:
-        stop_workers(broken + good)
+        connected().registry.stop(broken + good)
     assert sorted(done) == [s.index for s in segments]
     assert {r.actor for r in done.values()} == {good[0].name}
     # out of rotation after 2 failures; one more may already have been in flight (depth 2)
@@ -84,7 +64,7 @@ def test_a_killed_actor_loses_no_segment(job):
                 ray.kill(pair[0].actor, no_restart=True)
             done[seg.index] = result
     finally:
-        stop_workers(pair)
+        connected().registry.stop(pair)
     assert sorted(done) == [s.index for s in segments]
     assert sum(r.frames for r in done.values()) == sum(s.frames for s in segments)
     assert any(f.reason == "actor-died" for f in pool.failures)
@@ -99,7 +79,7 @@ def test_when_every_encoder_fails_the_error_says_why(job):
         with pytest.raises(EncoderError, match="no encoder is left.*no-such-tune|failed 4 times"):
             list(pool.run(segments[:2], load=load, settings=settings))
     finally:
-        stop_workers(broken)
+        connected().registry.stop(broken)
 
 
 def test_a_hang_times_out_and_moves_to_another_actor(job):
@@ -111,7 +91,7 @@ def test_a_hang_times_out_and_moves_to_another_actor(job):
     try:
         done = {seg.index: r for seg, r, _ in pool.run(segments[:2], load=load, settings=settings)}
     finally:
-        stop_workers(stuck + good)
+        connected().registry.stop(stuck + good)
     assert sorted(done) == [0, 1]
     assert any(f.reason == "timeout" and f.actor == stuck[0].name for f in pool.failures)
 
@@ -125,18 +105,62 @@ def test_tail_straggler_is_duplicated_to_an_idle_faster_actor(job):
     try:
         done = {seg.index: r for seg, r, _ in pool.run(segments, load=load, settings=settings)}
     finally:
-        stop_workers(slow + fast)
+        connected().registry.stop(slow + fast)
     assert sorted(done) == [s.index for s in segments]
     assert pool.duplicates >= 1
     by_actor = [r.actor for r in done.values()]
     assert by_actor.count(fast[0].name) > by_actor.count(slow[0].name)  # faster took more segments
 
 
-def test_nodes_marked_remote_make_their_labels_remote():
-    nodes = NODES + [{"NodeID": "eeeeee55", "Alive": True, "NodeManagerAddress": "10.8.0.9",
-                      "Resources": {"CPU": 4.0, "nvenc": 3.0},
-                      "Labels": {"montage.ai/remote": "true", "montage.ai/bandwidth-mbps": "200"}},
-                     {"NodeID": "ffffff66", "Alive": True, "NodeManagerAddress": "10.8.0.10",
-                      "Resources": {"CPU": 2.0, "nvmpi": 1.0}, "Labels": {"montage.ai/remote": "true"}}]
-    assert remote_labels(nodes) == {"nvenc": 200.0, "nvmpi": None}
-    assert remote_labels(NODES) == {}
+# -- the run state, on its own (no actor runs: these moves only book-keep) ---------------------------------
+
+def _run_state(n_workers: int = 2):
+    from montage_ray.cluster.pool import _Run, _Task
+    from montage_ray.cluster.workers import Worker
+
+    pool = EncoderPool([Worker(actor=None, name=f"w{i}", label="cpu") for i in range(n_workers)])
+    segs = [Segment(i, 10 * i, 10 * i + 10 + i, float(i), 1.0, i, 1) for i in range(3)]  # 10, 11, 12 frames
+    run = _Run(pool, settings=None, load=lambda s: b"", threads={}, total=3,  # type: ignore[arg-type]
+               pending=sorted(((s, 1) for s in segs), key=lambda x: -x[0].frames))
+    return pool, run, segs, _Task
+
+
+def test_run_picks_the_largest_segment_a_worker_has_not_failed():
+    pool, run, segs, _ = _run_state()
+    run.failed_on[2] = {"w0"}
+    assert run.pick(pool.workers[0]) == (segs[1], 1)            # 2 is larger, but w0 failed it
+    assert run.pick(pool.workers[1]) == (segs[2], 1)
+    assert run.pick(pool.workers[0], planned=[]) is None        # a plan that gives it nothing
+    pool.workers[1].alive = False
+    run.failed_on[0] = {"w0"}
+    assert run.pick(pool.workers[0]) == (segs[0], 1)            # alone: it may retry what it failed
+
+
+def test_run_fail_requeues_first_unless_a_copy_runs_or_finished():
+    pool, run, segs, Task = _run_state()
+    run.pending.clear()
+    task = Task(pool.workers[0], segs[1], 1, 0.0)
+    failure = FailedAttempt(1, 1, "cpu", "w0", "crash", "boom")
+    run.pending.append((segs[0], 1))
+    run.fail(task, failure, max_attempts=4)
+    assert run.pending[0] == (segs[1], 2) and run.failed_on[1] == {"w0"}
+    run.pending.clear()
+    run.copies[1] = {"another-ref"}
+    run.fail(task, failure, max_attempts=4)
+    assert run.pending == []                                    # its duplicate still runs
+    run.copies.clear()
+    run.finished.add(1)
+    run.fail(task, failure, max_attempts=4)
+    assert run.pending == []                                    # it finished elsewhere
+    with pytest.raises(EncoderError, match="segment 2 failed 4 times; last on w0: boom"):
+        run.fail(Task(pool.workers[0], segs[2], 4, 0.0), failure, max_attempts=4)
+
+
+def test_run_finish_counts_the_first_copy_only():
+    pool, run, segs, Task = _run_state()
+    first, second = Task(pool.workers[0], segs[0], 1, 0.0), Task(pool.workers[1], segs[0], 1, 0.0, duplicate=True)
+    assert run.finish(first) and not run.finish(second)
+    assert run.finished == {0} and pool.workers[0].done == 1 and pool.workers[1].done == 0
+    assert not run.done
+    run.finished.update({1, 2})
+    assert run.done

@@ -9,7 +9,7 @@ import pytest
 
 from montage_ray import ffmpeg_cli
 from montage_ray.backends import BACKENDS, cpu_spec
-from montage_ray.encode import SegmentEncodeError, count_packets, encode_segment
+from montage_ray.segment_encode import SegmentEncodeError, count_packets, encode_segment
 from montage_ray.errors import FFmpegError
 from montage_ray.media import inspect
 from montage_ray.plan import plan_segments

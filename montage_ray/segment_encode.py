@@ -1,13 +1,13 @@
 """Encode one segment on one backend: bytes in, verified bytes out. No Ray here.
 
-An encoder actor (see :mod:`montage_ray.dispatch`) calls :func:`encode_segment` with the segment's packets
+An encoder actor (see :mod:`montage_ray.cluster.actor`) calls :func:`encode_segment` with the segment's packets
 (a NUT file made by stream copy, so timestamps are exact) and an :class:`~montage_ray.backends.EncoderSpec`.
 The output keeps the source's presentation times (``-fps_mode passthrough``, the source time base), so
 variable frame rate survives, and is checked by counting its packets: ffmpeg's exit status alone proves
 nothing::
 
     from montage_ray.backends import cpu_spec
-    from montage_ray.encode import encode_segment
+    from montage_ray.segment_encode import encode_segment
 
     result, encoded = encode_segment(cpu_spec("h264", threads=2), segment, open("seg.nut", "rb").read(),
                                      video_args=["-pix_fmt", "yuv420p"])

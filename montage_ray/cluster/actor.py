@@ -1,0 +1,103 @@
+"""The encoder actor: one Ray actor per encode session, pinned to a node and a resource label.
+
+It resolves *on its node* how to run its label (the node's probe, or the encoders config, which may name
+a CPU stand-in), encodes one segment at a time with :func:`~montage_ray.segment_encode.encode_segment`,
+and answers :meth:`EncoderActor.progress` from its own thread while an encode runs. Actors are started,
+reused and stopped by :class:`~montage_ray.cluster.workers.WorkerRegistry`; a pool sends them work::
+
+    from montage_ray.cluster.actor import EncoderActor
+
+    actor = EncoderActor.options(name="encoder:cpu:local:0", num_cpus=1).remote("cpu", None, "encoder:cpu:local:0")
+    ray.get(actor.describe.remote(settings))       # {'name': ..., 'encoder': 'cpu:libx264', 'pid': ...}
+    result, encoded = ray.get(actor.encode.remote(segment, data, settings))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+from typing import Any
+
+import ray
+
+from montage_ray import metrics
+from montage_ray.config import LabelConfig, resolve_spec
+from montage_ray.plan import Segment
+from montage_ray.segment_encode import (EncodeResult, JobSettings, SegmentEncodeError, encode_segment,
+                                        video_output_args)
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(max_restarts=0, max_task_retries=0, concurrency_groups={"status": 1})
+class EncoderActor:
+    """A Ray actor that encodes segments for one resource label on one node.
+
+    Encodes run one at a time (the default concurrency group); :meth:`progress` answers from its own
+    thread while an encode runs, so the driver can show frames done inside a segment.
+    """
+
+    def __init__(self, label: str, config: LabelConfig | None, name: str) -> None:
+        self._label = label
+        self._config = config
+        self._name = name
+        self._specs: dict[tuple, Any] = {}
+        self._progress: dict[int, int] = {}   # segment index -> frames encoded so far (the running one)
+        self._node = ""
+
+    def _spec(self, settings: JobSettings, threads: int):
+        key = (settings.codec, settings.quality, settings.preset, threads)
+        if key not in self._specs:
+            self._specs[key] = resolve_spec(self._label, self._config, codec=settings.codec,
+                                            quality=settings.quality, preset=settings.preset, threads=threads)
+        return self._specs[key]
+
+    def _node_name(self) -> str:
+        if not self._node:
+            self._node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
+        return self._node
+
+    def describe(self, settings: JobSettings | None = None) -> dict[str, Any]:
+        """Where this actor runs and, for ``settings``, what it would encode with (raises if it cannot)."""
+        info = {"name": self._name, "label": self._label, "node_id": ray.get_runtime_context().get_node_id(),
+                "hostname": socket.gethostname(), "node": self._node_name(), "pid": os.getpid()}
+        if settings is not None:
+            spec = self._spec(settings, 1)
+            info.update(encoder=spec.label, standin=spec.is_standin)
+        return info
+
+    @ray.method(concurrency_group="status")
+    def progress(self) -> dict[int, int]:
+        """Frames encoded so far of the segment running now ({} when idle)."""
+        return dict(self._progress)
+
+    def encode(self, segment: Segment, data: bytes, settings: JobSettings, *, threads: int = 1,
+               timeout: float = 600.0, attempt: int = 1) -> tuple[EncodeResult, bytes]:
+        """Encode one segment with this label's spec for the job's settings."""
+        spec = self._spec(settings, threads)
+        ctx = ray.get_runtime_context()
+        node = self._node_name()
+        log.info("job %s segment %d attempt %d: %d frames on %s (%s)", settings.job_id, segment.index, attempt,
+                 segment.frames, self._name, spec.label)
+        self._progress = {segment.index: 0}
+
+        def on_progress(frames: int) -> None:
+            self._progress = {segment.index: frames}
+
+        try:
+            result, encoded = encode_segment(spec, segment, data, video_args=video_output_args(settings.video, spec),
+                                             sar=settings.sar, timeout=timeout, actor=self._name, attempt=attempt,
+                                             should_stop=ctx.is_canceled, on_progress=on_progress)
+        except SegmentEncodeError as err:
+            log.warning("job %s segment %d attempt %d failed on %s: %s", settings.job_id, segment.index, attempt,
+                        self._name, err)
+            raise
+        finally:
+            self._progress = {}
+        result = dataclasses.replace(result, node=node, resource=self._label)
+        metrics.segment_encoded(label=self._label, node=node, encoder=spec.label, frames=result.frames,
+                                seconds=result.seconds, bytes_in=result.bytes_in, bytes_out=result.bytes_out)
+        log.info("job %s segment %d done on %s: %.1f fps", settings.job_id, segment.index, self._name, result.fps)
+        return result, encoded

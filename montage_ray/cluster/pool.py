@@ -1,0 +1,379 @@
+"""The pool that feeds segments to encoder actors: pull-based, speed-aware, with driver-owned retries.
+
+An actor gets its next segment when it has room (``depth`` in flight, so the object store holds a few
+segments, never the whole file). The pool keeps each actor's measured speed, gives each worker only the
+segments it would finish soonest (an earliest-finish plan), re-issues the slowest in-flight segment to an
+idle faster actor at the tail (first result wins, the loser is cancelled), retries failures on other
+actors and takes an actor out of rotation after repeated failures or when it dies. The driver owns every
+retry: Ray's own task retries are off, because they are spent in seconds when a node dies.
+
+The state of one run lives on one :class:`_Run` object (what is pending, in flight, copied, failed where,
+finished), with ``submit``/``finish``/``fail``; the pool's methods decide and read like their names, as in
+Ray's ``util/actor_pool.py``::
+
+    from montage_ray.cluster.pool import EncoderPool
+
+    pool = EncoderPool(ready_workers, registry=registry)
+    for segment, result, data in pool.run(segments, load=read_segment, settings=settings):
+        save(segment, data)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import ray
+from ray.exceptions import RayTaskError, TaskCancelledError
+
+from montage_ray import metrics
+from montage_ray.cluster.workers import ACTOR_GONE, Worker, WorkerRegistry, first_line
+from montage_ray.errors import ClusterError, EncoderError
+from montage_ray.plan import Segment
+from montage_ray.report import FailedAttempt
+from montage_ray.segment_encode import EncodeResult, JobSettings, segment_timeout
+
+log = logging.getLogger(__name__)
+
+#: Called by :meth:`EncoderPool.run` about once a second: ({segment index: frames done}, busy actors).
+TickCallback = Callable[[dict[int, int], int], None]
+
+
+@dataclass
+class _Task:
+    worker: Worker
+    segment: Segment
+    attempt: int
+    started: float             # monotonic, on the driver
+    duplicate: bool = False
+    submitted_at: float = 0.0  # wall clock, for failures that never reported their own start
+
+
+@dataclass
+class PoolOptions:
+    """Knobs of :class:`EncoderPool` (defaults suit a cluster of a few nodes)."""
+
+    depth: int = 2                    # segments in flight per actor
+    max_attempts: int = 4             # tries of one segment before the job fails
+    max_worker_failures: int = 2      # failures before an actor leaves this job's rotation
+    timeout_factor: float = 8.0       # per-segment timeout: this x the expected time ...
+    min_timeout: float = 60.0         # ... but never less than this
+    duplicate_tail: bool = True       # re-issue stragglers to idle faster actors
+    stall_timeout: float = 3600.0     # no result at all for this long: fail the job
+    ewma: float = 0.5                 # weight of the newest speed measurement
+
+
+@dataclass
+class _Run:
+    """The state of one :meth:`EncoderPool.run`: which segment is where, and the three moves on it."""
+
+    pool: "EncoderPool"
+    settings: JobSettings
+    load: Callable[[Segment], bytes]
+    threads: dict[str, int]                                           # worker name -> ffmpeg threads
+    total: int
+    pending: list[tuple[Segment, int]] = field(default_factory=list)  # (segment, attempt), largest first
+    in_flight: dict[Any, _Task] = field(default_factory=dict)         # object ref -> task
+    copies: dict[int, set[Any]] = field(default_factory=dict)         # segment index -> its running refs
+    failed_on: dict[int, set[str]] = field(default_factory=dict)      # segment index -> workers it failed on
+    finished: set[int] = field(default_factory=set)
+
+    @property
+    def done(self) -> bool:
+        return len(self.finished) >= self.total
+
+    def submit(self, worker: Worker, seg: Segment, attempt: int, duplicate: bool = False) -> None:
+        """Send ``seg`` to ``worker``."""
+        ref = worker.actor.encode.remote(seg, ray.put(self.load(seg)), self.settings, threads=self.threads[worker.name],
+                                         timeout=self.pool.timeout_for(seg, worker, self.settings), attempt=attempt)
+        self.in_flight[ref] = _Task(worker, seg, attempt, time.monotonic(), duplicate, time.time())
+        self.copies.setdefault(seg.index, set()).add(ref)
+        worker.in_flight += 1
+
+    def take(self, ref: Any) -> _Task:
+        """The task of a ref that answered, no longer in flight."""
+        task = self.in_flight.pop(ref)
+        task.worker.in_flight -= 1
+        self.copies.get(task.segment.index, set()).discard(ref)
+        return task
+
+    def finish(self, task: _Task) -> bool:
+        """Record ``task``'s segment as done (cancelling its other copies); False if a copy was first."""
+        if task.segment.index in self.finished:
+            return False
+        self.finished.add(task.segment.index)
+        task.worker.done += 1
+        for other in self.copies.pop(task.segment.index, set()):
+            ray.cancel(other)  # the loser of a duplicated segment
+        return True
+
+    def fail(self, task: _Task, attempt: FailedAttempt, max_attempts: int) -> None:
+        """Record a failed attempt; put the segment back unless another copy finished or still runs."""
+        seg = task.segment
+        self.failed_on.setdefault(seg.index, set()).add(task.worker.name)
+        if seg.index in self.finished or self.copies.get(seg.index):
+            return
+        if task.attempt >= max_attempts:
+            raise EncoderError(f"segment {seg.index} failed {task.attempt} times; last on {task.worker.name}: "
+                               f"{attempt.message}")
+        metrics.segment_retried(label=task.worker.label, node=task.worker.node)
+        self.pending.insert(0, (seg, task.attempt + 1))
+
+    def pick(self, worker: Worker, planned: list[int] | None = None) -> tuple[Segment, int] | None:
+        """Take the largest pending segment this worker has not failed, unless only it could take it; with
+        ``planned``, only one of those segments (taken off the list)."""
+        others_alive = any(w.alive and w is not worker for w in self.pool.workers)
+        for i, (seg, attempt) in enumerate(self.pending):
+            if planned is not None and seg.index not in planned:
+                continue
+            if worker.name not in self.failed_on.get(seg.index, set()) or not others_alive:
+                del self.pending[i]
+                if planned is not None:
+                    planned.remove(seg.index)
+                return seg, attempt
+        return None
+
+    def mine(self, worker: Worker) -> list[_Task]:
+        """What ``worker`` holds, oldest first."""
+        return sorted((t for t in self.in_flight.values() if t.worker is worker), key=lambda t: t.started)
+
+
+class EncoderPool:
+    """Feed segments to workers: pull-based, speed-aware, with tail duplication and driver-owned retries."""
+
+    def __init__(self, workers: Sequence[Worker], options: PoolOptions | None = None, *,
+                 registry: WorkerRegistry | None = None) -> None:
+        if not workers:
+            raise ClusterError("no encoder actors to run the job on")
+        self.workers = list(workers)
+        self.options = options or PoolOptions()
+        self.registry = registry or WorkerRegistry()   # collects cancelled tasks beside the job
+        self.failures: list[FailedAttempt] = []
+        self.duplicates = 0
+        self.job_id = ""  # of the job being run, for log lines
+
+    # -- decisions -------------------------------------------------------------------------------
+    def _expected_fps(self, worker: Worker) -> float:
+        if worker.fps > 0:
+            return worker.fps
+        known = [w.fps for w in self.workers if w.fps > 0]
+        return min(known) if known else 0.0
+
+    def timeout_for(self, seg: Segment, worker: Worker, settings: JobSettings) -> float:
+        """Generous per-segment limit from the worker's expected speed (or a resolution-based guess)."""
+        fps = self._expected_fps(worker)
+        if fps <= 0:
+            return segment_timeout(seg.frames, settings.video.width, settings.video.height)
+        return max(self.options.min_timeout, self.options.timeout_factor * seg.frames / fps)
+
+    def _threads(self, worker: Worker, active: int) -> int:
+        """CPU workers share their node's CPUs when a job has fewer segments than CPU slots."""
+        if worker.label != "cpu" or worker.placement is None:
+            return 1
+        same_node = [w for w in self.workers if w.alive and w.label == "cpu" and w.placement
+                     and w.placement.node_id == worker.placement.node_id]
+        return max(1, worker.placement.node_cpus // max(1, min(active, len(same_node))))
+
+    def _by_speed(self, workers: Sequence[Worker] | None = None) -> list[Worker]:
+        pool = self.workers if workers is None else workers
+        return sorted((w for w in pool if w.alive), key=lambda w: -self._expected_fps(w))
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self, segments: Sequence[Segment], *, load: Callable[[Segment], bytes], settings: JobSettings,
+            on_tick: TickCallback | None = None, tick: float = 1.0
+            ) -> Iterator[tuple[Segment, EncodeResult, bytes]]:
+        """Encode every segment; yield ``(segment, result, encoded bytes)`` in completion order.
+
+        ``on_tick(partial, busy)`` is called about every ``tick`` seconds with the frames done so far of
+        the segments being encoded (``{index: frames}``, from the actors' ``-progress``) and the number
+        of busy actors.
+        """
+        self.job_id = settings.job_id
+        setup = (settings.codec, settings.preset, settings.quality, settings.video.width * settings.video.height)
+        for w in self.workers:  # a speed measured on another kind of job says little about this one
+            if w.fps_for != setup:
+                w.fps, w.fps_for = w.base_fps, setup
+        run = _Run(self, settings, load, {w.name: self._threads(w, len(segments)) for w in self.workers},
+                   len(segments), pending=sorted(((s, 1) for s in segments), key=lambda x: -x[0].frames))
+        try:
+            yield from self._loop(run, on_tick, tick)
+        finally:
+            # cancel what still runs (duplicates that lost, or everything when the job failed) beside the job
+            refs = list(run.in_flight)
+            run.in_flight.clear()
+            self.registry.drain(refs)
+
+    def _loop(self, run: _Run, on_tick: TickCallback | None, tick: float
+              ) -> Iterator[tuple[Segment, EncodeResult, bytes]]:
+        """The body of :meth:`run`: fill, duplicate at the tail, wait, then record, retry or yield."""
+        opts = self.options
+        last_progress = time.monotonic()
+        polls: list[Any] = []
+        next_tick = time.monotonic() + tick
+        while not run.done:
+            self._fill(run)
+            if opts.duplicate_tail and not run.pending:
+                self._duplicate_tail(run)
+            if not run.in_flight:
+                reasons = "; ".join(f"{f.encoder}: {f.message}" for f in self.failures[-3:])
+                raise EncoderError(f"no encoder is left to finish the job ({reasons or 'all actors died'})")
+            wait = min(5.0, opts.stall_timeout) if on_tick is None else max(0.05, next_tick - time.monotonic())
+            ready, _ = ray.wait(list(run.in_flight), num_returns=1, timeout=wait)
+            if on_tick is not None and time.monotonic() >= next_tick:
+                polls = self._tick(polls, on_tick)
+                next_tick = time.monotonic() + tick
+            if not ready:
+                if time.monotonic() - last_progress > opts.stall_timeout:
+                    raise ClusterError(f"no segment finished in {opts.stall_timeout:.0f} s; is an encoder stuck "
+                                       "or waiting for a resource no node offers?")
+                continue
+            last_progress = time.monotonic()
+            answer = self._answer(run, ready[0])
+            if answer is not None:
+                yield answer
+
+    def _fill(self, run: _Run) -> None:
+        """Fastest free worker first, largest pending segment first, each worker only the segments it would
+        finish soonest (a slow encoder gets no segment a faster one would finish earlier); a worker whose
+        speed is not measured yet gets one segment at a time."""
+        plan = self._shares(run)
+        for attempt_plan in (plan, None):  # without the plan too, should it leave every worker idle
+            for worker in self._by_speed():
+                depth = self.options.depth if worker.fps > 0 else 1
+                mine = None if attempt_plan is None else attempt_plan.get(worker.name, [])
+                while worker.alive and worker.in_flight < depth and run.pending:
+                    pick = run.pick(worker, mine)
+                    if pick is None:
+                        break
+                    run.submit(worker, *pick)
+            if run.in_flight or not run.pending:
+                return
+
+    def _answer(self, run: _Run, ref: Any) -> tuple[Segment, EncodeResult, bytes] | None:
+        """Take one answer: a finished segment to yield, or a failure recorded (None)."""
+        task = run.take(ref)
+        try:
+            result, data = ray.get(ref, timeout=60)
+        except TaskCancelledError:
+            return None
+        except ACTOR_GONE as err:
+            task.worker.alive = False
+            self._failed(run, task, "actor-died", first_line(err))
+            return None
+        except RayTaskError as err:
+            cause = err.cause if isinstance(err.cause, BaseException) else err
+            reason = getattr(cause, "reason", "error")
+            if reason != "cancelled":
+                self._failed(run, task, reason, first_line(cause), getattr(cause, "stderr", ""),
+                             started=getattr(cause, "started", 0.0), seconds=getattr(cause, "seconds", 0.0))
+            return None
+        self._measured(task.worker, result)  # a speed, even from a duplicate that lost the race, is information
+        return (task.segment, result, data) if run.finish(task) else None
+
+    def _measured(self, w: Worker, result: EncodeResult) -> None:
+        fps = result.frames / result.seconds if result.seconds > 0 else 0.0
+        w.fps = fps if w.fps <= 0 else (1 - self.options.ewma) * w.fps + self.options.ewma * fps
+        w.last_done = time.monotonic()
+
+    def _free_in(self, worker: Worker, run: _Run, now: float) -> float:
+        """Seconds until ``worker`` has finished what it holds (inf when it is overdue: maybe stuck)."""
+        fps = self._expected_fps(worker)
+        mine = run.mine(worker)
+        if not mine:
+            return 0.0
+        running = mine[0]
+        since = max(running.started, worker.last_done)
+        expected = running.segment.frames / fps
+        elapsed = now - since
+        if elapsed > 2 * expected + 5:
+            return float("inf")
+        return max(0.0, expected - elapsed) + sum(t.segment.frames for t in mine[1:]) / fps
+
+    def _shares(self, run: _Run) -> dict[str, list[int]] | None:
+        """Which pending segments each worker takes in an earliest-finish schedule (largest segment first,
+        each to the worker that would finish it soonest, never to one that already failed it while another
+        can take it); None before any speed is known."""
+        alive = [w for w in self.workers if w.alive]
+        if not run.pending or not alive or all(w.fps <= 0 for w in self.workers):
+            return None
+        now = time.monotonic()
+        free = {w.name: self._free_in(w, run, now) for w in alive}
+        fps = {w.name: self._expected_fps(w) for w in alive}
+        plan: dict[str, list[int]] = {w.name: [] for w in alive}
+        for seg, _ in run.pending:
+            failed = run.failed_on.get(seg.index, set())
+            names = [n for n in free if n not in failed] or list(free)
+            name = min(names, key=lambda n: (free[n] + seg.frames / fps[n], -fps[n]))
+            if free[name] == float("inf"):
+                return None  # every worker looks stuck: plain pull, the timeouts will sort it out
+            free[name] += seg.frames / fps[name]
+            plan[name].append(seg.index)
+        return plan
+
+    def _duplicate_tail(self, run: _Run) -> None:
+        """Give an idle worker a copy of the in-flight segment expected to finish last, if it would win."""
+        idle = [w for w in self.workers if w.alive and w.in_flight == 0]
+        if not idle:
+            return
+        now = time.monotonic()
+
+        def eta(t: _Task) -> float:
+            fps = self._expected_fps(t.worker)
+            # queued behind another segment on its actor: add that one's time too
+            queued = sum(o.segment.frames for o in run.in_flight.values()
+                         if o.worker is t.worker and o.started < t.started)
+            if fps <= 0:
+                return float("inf")
+            left = t.started + (t.segment.frames + queued) / fps - now
+            # Later than expected: the speed guess was wrong, so assume it needs half as long again.
+            return max(left, 0.5 * (now - t.started))
+
+        single = [t for t in run.in_flight.values() if len(run.copies.get(t.segment.index, ())) == 1
+                  and t.segment.index not in run.finished]
+        for worker in self._by_speed(idle):
+            if not single:
+                return
+            slowest = max(single, key=eta)
+            fps = self._expected_fps(worker)
+            if fps <= 0 or slowest.worker is worker or worker.name in run.failed_on.get(slowest.segment.index, ()):
+                continue
+            if slowest.segment.frames / fps < eta(slowest):
+                single.remove(slowest)
+                self.duplicates += 1
+                log.info("job %s segment %d: duplicated on %s (straggling on %s)", self.job_id,
+                         slowest.segment.index, worker.name, slowest.worker.name)
+                run.submit(worker, slowest.segment, slowest.attempt, duplicate=True)
+
+    def _tick(self, polls: list[Any], on_tick: TickCallback) -> list[Any]:
+        """Report the answers to the last progress polls and ask the busy actors again (never blocks)."""
+        partial: dict[int, int] = {}
+        if polls:
+            answered, _ = ray.wait(polls, num_returns=len(polls), timeout=0)
+            for ref in answered:
+                try:
+                    for index, frames in ray.get(ref, timeout=0).items():
+                        partial[index] = max(frames, partial.get(index, 0))
+                except Exception:  # noqa: BLE001 - a dead or busy actor just has no news
+                    pass
+        busy = [w for w in self.workers if w.alive and w.in_flight > 0]
+        on_tick(partial, len(busy))
+        return [w.actor.progress.remote() for w in busy]
+
+    def _failed(self, run: _Run, task: _Task, reason: str, message: str, stderr: str = "", *,
+                started: float = 0.0, seconds: float = 0.0) -> None:
+        seg, worker = task.segment, task.worker
+        log.warning("job %s segment %d attempt %d failed on %s: %s", self.job_id, seg.index, task.attempt,
+                    worker.name, message)
+        if not started:  # it never said when it started (its actor died): the driver's view
+            started, seconds = task.submitted_at, time.time() - task.submitted_at
+        failure = FailedAttempt(segment=seg.index, attempt=task.attempt, encoder=worker.encoder or worker.label,
+                                actor=worker.name, reason=reason, message=message, stderr=stderr[-2000:],
+                                started=started, seconds=seconds, node=worker.node, label=worker.label)
+        self.failures.append(failure)
+        metrics.segment_failed(label=worker.label, node=worker.node, reason=reason)
+        worker.failures += 1
+        if worker.failures >= self.options.max_worker_failures:
+            worker.alive = False
+        run.fail(task, failure, self.options.max_attempts)

@@ -1,0 +1,182 @@
+"""Connecting to Ray, or starting a private one, for the jobs of this process.
+
+:func:`ray_session` yields a :class:`RaySession`: the real address of the Ray in use and the
+:class:`~montage_ray.cluster.workers.WorkerRegistry` of its encoder actors. Three cases:
+
+- this process already called ``ray.init()``: that Ray is used and left running; its registry lives as long
+  as that connection, so the next job reuses the same actors;
+- an address (``--address``, or ``$RAY_ADDRESS``): it must answer within ``connect_timeout`` seconds, else
+  one line (:class:`~montage_ray.errors.ClusterError`, exit 6); a refused token says so and how to pass one;
+- neither: a **private** local Ray (``address="local"``), bound to 127.0.0.1 and stopped after the job. A
+  ``ray_current_cluster`` file left by ``ray start`` is never followed (a dead one would hang the job)::
+
+    from montage_ray.cluster.session import ray_session
+
+    with ray_session(None) as session:        # a private Ray on 127.0.0.1
+        session.address                       # '127.0.0.1:62144'
+        workers = session.registry.start(...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from montage_ray.cluster.workers import WorkerRegistry
+from montage_ray.errors import ClusterError
+
+#: Seconds an address gets to answer before the job fails (``$MONTAGE_RAY_CONNECT_TIMEOUT`` overrides it).
+CONNECT_TIMEOUT = 10.0
+
+#: How to pass a token, for the line a refused connection prints.
+TOKEN_HELP = ("pass the cluster's token: RAY_AUTH_MODE=token with RAY_AUTH_TOKEN_PATH=<token file> (or "
+              "RAY_AUTH_TOKEN), as written by `ray get-auth-token` on the head")
+
+
+@dataclass
+class RaySession:
+    """The Ray a job runs on: its address, whether this process started it, and its encoder actors."""
+
+    address: str
+    started_here: bool
+    registry: WorkerRegistry = field(default_factory=WorkerRegistry)
+    job_id: str = ""           # Ray's id of this driver's connection
+
+
+# The registry of a Ray that the caller connected (``ray.init()`` before ``encode()``): it outlives one job,
+# so it is kept with that connection's id and dropped when the connection changes.
+_attached: list[RaySession] = []
+
+
+def _attached_session(ray: Any) -> RaySession:
+    job_id = ray.get_runtime_context().get_job_id()
+    if not _attached or _attached[0].job_id != job_id:
+        _attached[:] = [RaySession(ray.get_runtime_context().gcs_address, False, job_id=job_id)]
+    return _attached[0]
+
+
+def connected() -> RaySession:
+    """The session of the Ray this process connected itself (``ray.init()``): the registry that its jobs
+    share. Code that starts encoder actors of its own in that Ray uses this registry, so that one actor
+    holds each slot (two registries would each wait for the other's CPUs)."""
+    import ray
+
+    if not ray.is_initialized():
+        raise ClusterError("not connected to Ray (call ray.init() first)")
+    return _attached_session(ray)
+
+
+def join_drains(timeout: float = 5.0) -> None:
+    """Wait for the collection of cancelled tasks of the connected Ray's jobs (call before shutting it down)."""
+    if _attached:
+        _attached[0].registry.join_drains(timeout)
+
+
+def connect_timeout() -> float:
+    raw = os.environ.get("MONTAGE_RAY_CONNECT_TIMEOUT", "")
+    try:
+        return float(raw) if raw else CONNECT_TIMEOUT
+    except ValueError:
+        raise ClusterError(f"MONTAGE_RAY_CONNECT_TIMEOUT={raw!r} is not a number of seconds") from None
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of ``HOST:PORT`` or ``ray://HOST:PORT``; None for forms Ray resolves itself."""
+    text = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def check_reachable(address: str, timeout: float) -> None:
+    """ClusterError in one line unless something listens at ``address`` within ``timeout`` seconds."""
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=timeout):
+            return
+    except OSError as err:
+        reason = "no answer" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+    raise ClusterError(f"cannot reach Ray at {address!r} within {timeout:g} s: {reason} (is the head running? "
+                       "leave out --address and unset RAY_ADDRESS for a private local Ray)")
+
+
+def _resolve(address: str) -> str:
+    """``auto`` as Ray would read it (the address ``ray start`` wrote), so that it can be checked first."""
+    if address != "auto":
+        return address
+    from ray._private.utils import read_ray_address
+
+    found = read_ray_address()
+    if not found:
+        raise ClusterError("--address auto: no Ray was started on this machine (run `ray start --head`, or leave "
+                           "out --address for a private local Ray)")
+    return found
+
+
+def _start_private(ray: Any) -> None:
+    """A local Ray for this process only, every part of it listening on 127.0.0.1."""
+    from ray._private import ray_constants
+
+    # Ray turns 127.0.0.1 into this machine's outward address unless it is told the cluster is local-only.
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                 logging_level=logging.WARNING, log_to_driver=False)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def _connect(ray: Any, address: str, *, ship: bool) -> None:
+    import montage_ray
+
+    kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING, "log_to_driver": False}
+    # A cluster gets this package shipped to it (not this machine's own ``ray start``: ``ship`` False), unless
+    # this driver already runs as a Ray job (whose runtime_env brought the package, and which Ray would
+    # refuse to merge with another).
+    if ship and "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        kwargs["runtime_env"] = {"py_modules": [os.path.dirname(montage_ray.__file__)]}
+    timeout = connect_timeout()
+    check_reachable(address, timeout)
+    try:
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # pragma: no cover - Ray before token authentication
+        AuthenticationError = PermissionError  # type: ignore[misc,assignment]
+    try:
+        ray.init(**kwargs)
+    except Exception as err:  # noqa: BLE001 - Ray raises many kinds here; each becomes one line
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, AuthenticationError) or "auth" in str(err).lower() or "token" in str(err).lower():
+            raise ClusterError(f"authentication failed at Ray {address!r}: {text}; {TOKEN_HELP}") from None
+        raise ClusterError(f"cannot connect to Ray at {address!r}: {text} (start one with `ray start --head`, "
+                           "or leave out --address for a private local Ray)") from None
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None) -> Iterator[RaySession]:
+    """Use the Ray this process is connected to; else connect to ``address`` (or ``$RAY_ADDRESS``), else
+    start a private local Ray. A Ray started or connected here is shut down on exit."""
+    import ray
+
+    if ray.is_initialized():
+        yield _attached_session(ray)
+        return
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    if target in (None, "local"):
+        _start_private(ray)
+    else:
+        _connect(ray, _resolve(target), ship=target != "auto")
+    session = RaySession(ray.get_runtime_context().gcs_address, True,
+                         job_id=ray.get_runtime_context().get_job_id())
+    try:
+        yield session
+    finally:
+        session.registry.join_drains()  # no thread may still be talking to Ray while it shuts down
+        ray.shutdown()

@@ -1,0 +1,191 @@
+"""Who holds each encoder slot: a :class:`WorkerRegistry` starts, reuses, replaces and stops encoder actors.
+
+One registry belongs to one Ray session (see :mod:`montage_ray.cluster.session`): it remembers which actor
+holds each resource slot (node, label, index) and with which config it was started, so the next job of the
+same session reuses the live actors of the same setup (their processes, their measured speeds) and
+replaces the ones whose setup changed, freeing the slot's CPU or device first. It also collects the answers
+of cancelled tasks off the job's path (:meth:`WorkerRegistry.drain`) and waits for that before Ray shuts
+down. Like Ray's ``util/multiprocessing/pool.py``, everything it started is on the instance::
+
+    from montage_ray.cluster.nodes import placements
+    from montage_ray.cluster.workers import WorkerRegistry
+
+    registry = WorkerRegistry()
+    workers = registry.start(placements(ray.nodes(), labels={"cpu"}), config={})
+    ready, unavailable = registry.wait_ready(workers, settings)
+    ...                                        # EncoderPool(ready).run(...)
+    registry.start(placements(ray.nodes(), labels={"cpu"}), config={})   # the same actors again
+    registry.stop()                            # every actor it started
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import ray
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from montage_ray.cluster.actor import EncoderActor
+from montage_ray.cluster.nodes import Placement
+from montage_ray.config import LabelConfig
+from montage_ray.report import FailedAttempt
+from montage_ray.segment_encode import JobSettings
+
+try:  # an actor that is restarting or whose node is unreachable
+    from ray.exceptions import ActorUnavailableError
+except ImportError:  # pragma: no cover
+    ActorUnavailableError = RayActorError  # type: ignore[misc,assignment]
+
+#: Errors that mean "this actor (or its node) is gone": resubmit elsewhere.
+ACTOR_GONE = (RayActorError, ActorUnavailableError, ObjectLostError, GetTimeoutError)
+
+
+@dataclass
+class Worker:
+    """One encoder actor as the pool sees it; ``fps`` is its measured speed (smoothed)."""
+
+    actor: Any
+    name: str
+    label: str
+    placement: Placement | None = None
+    fps: float = 0.0
+    in_flight: int = 0
+    failures: int = 0
+    alive: bool = True
+    done: int = 0
+    encoder: str = ""
+    hostname: str = ""
+    node: str = ""             # "hostname/node-id prefix", as in the report and the metrics
+    pid: int = 0               # the actor's process
+    last_done: float = 0.0     # monotonic time of its last finished segment
+    base_fps: float = 0.0      # the configured first guess, for jobs whose speed it has not measured
+    fps_for: tuple = ()        # the job setup (codec, preset, quality, pixels) that ``fps`` was measured on
+
+
+class WorkerRegistry:
+    """The encoder actors of one Ray session, by resource slot; reused across that session's jobs."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[str, str, int], tuple[LabelConfig | None, Worker]] = {}  # slot -> (config, worker)
+        self._used_names: set[str] = set()     # actor names are unique in a namespace, even once killed
+        self._generation = itertools.count(1)
+        self._drains: list[threading.Thread] = []
+
+    @property
+    def workers(self) -> list[Worker]:
+        """The actors this registry holds now."""
+        return [w for _, w in self._held.values()]
+
+    def start(self, placements: Sequence[Placement], config: Mapping[str, LabelConfig], *,
+              reuse: bool = True) -> list[Worker]:
+        """An actor per placement, pinned to its node; the live actor of a slot is reused when its setup is
+        the same, replaced when it is not."""
+        return [self._reuse(p, config.get(p.label), reuse) or self._start(p, config.get(p.label)) for p in placements]
+
+    def _reuse(self, p: Placement, cfg: LabelConfig | None, reuse: bool) -> Worker | None:
+        held = self._held.get((p.node_id, p.label, p.index))  # one slot: one actor at a time holds it
+        if held is None:
+            return None
+        w = held[1]
+        if reuse and w.alive and held[0] == cfg and w.placement == p:
+            w.in_flight, w.failures = 0, 0
+            return w
+        self.stop([w])  # another setup of the same slot: free the CPU or device for the new actor
+        return None
+
+    def _start(self, p: Placement, cfg: LabelConfig | None) -> Worker:
+        if p.label == "cpu":
+            options: dict[str, Any] = {"num_cpus": 1}
+        else:
+            options = {"num_cpus": 0, "resources": {p.label: 1}}
+        strategy = NodeAffinitySchedulingStrategy(node_id=p.node_id, soft=False) if p.node_id else None
+        name = p.name + (":stand-in" if cfg and p.label != "cpu" and (cfg.standin or cfg.backend == "cpu") else "")
+        if name in self._used_names:  # an older setup of the slot may still hold the name
+            name += f"~{next(self._generation)}"
+        self._used_names.add(name)
+        actor = EncoderActor.options(name=name, scheduling_strategy=strategy, **options).remote(p.label, cfg, name)
+        fps = cfg.expected_fps if cfg and cfg.expected_fps else 0.0
+        w = Worker(actor=actor, name=name, label=p.label, placement=p, fps=fps, base_fps=fps)
+        self._held[(p.node_id, p.label, p.index)] = (cfg, w)
+        return w
+
+    def wait_ready(self, workers: Sequence[Worker], settings: JobSettings, timeout: float = 60.0
+                   ) -> tuple[list[Worker], list[FailedAttempt]]:
+        """The workers that start and can serve ``settings`` within ``timeout``; the others (stopped) with
+        why not."""
+        pending = {w.actor.describe.remote(settings): w for w in workers}
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
+        ok, bad = [], []
+        for ref, w in pending.items():
+            why = None
+            if ref not in ready:
+                why = ("not-scheduled", f"{w.name} did not start within {timeout:.0f} s (no node offers it any more?)")
+            else:
+                try:
+                    info = ray.get(ref)
+                except RayTaskError as err:
+                    why = ("unavailable", first_line(err.cause if isinstance(err.cause, BaseException) else err))
+                except ACTOR_GONE as err:
+                    why = ("actor-died", first_line(err))
+            if why is not None:
+                bad.append(FailedAttempt(-1, 0, w.label, w.name, *why))
+                self.stop([w])
+                continue
+            w.encoder, w.hostname, w.node = info.get("encoder", ""), info.get("hostname", ""), info.get("node", "")
+            w.pid = info.get("pid", 0)
+            ok.append(w)
+        return ok, bad
+
+    def stop(self, workers: Iterable[Worker] | None = None) -> None:
+        """Kill actors (every one this registry holds when ``workers`` is None); their ffmpeg children die
+        with them, and their slots are free for the next start."""
+        doomed = list(workers) if workers is not None else self.workers
+        for key, (_, w) in list(self._held.items()):
+            if any(w is d for d in doomed):
+                del self._held[key]
+        for w in doomed:
+            w.alive = False
+            try:
+                ray.kill(w.actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+    def drain(self, refs: list[Any]) -> None:
+        """Cancel the tasks ``refs`` and collect their answers beside the job (so that Ray does not report
+        them as unhandled errors later)."""
+        for ref in refs:
+            ray.cancel(ref)
+        if refs:
+            thread = threading.Thread(target=_collect, args=(refs,), name="montage-drain", daemon=True)
+            self._drains.append(thread)
+            thread.start()
+
+    def join_drains(self, timeout: float = 5.0) -> None:
+        """Wait (at most ``timeout`` seconds in all) for the collection of cancelled tasks to end."""
+        deadline = time.monotonic() + timeout
+        while self._drains:
+            self._drains.pop().join(max(0.0, deadline - time.monotonic()))
+
+
+def _collect(refs: list[Any], timeout: float = 5.0) -> None:
+    """Fetch (and drop) the answers of cancelled tasks once they arrive."""
+    try:
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        for ref in done:
+            try:
+                ray.get(ref, timeout=0)
+            except Exception:  # noqa: BLE001 - cancelled or failed: nobody needs it any more
+                pass
+    except Exception:  # noqa: BLE001 - Ray shut down meanwhile
+        pass
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its class name when it has none)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,182 @@
+"""What a job is asked to do: one frozen :class:`EncodeOptions`, checked once before any work starts.
+
+The CLI, the Python API and Ray job scripts all build an ``EncodeOptions``; :meth:`EncodeOptions.validate`
+checks every option and every path together (source, destination, ``--report``, ``--timeline``, the
+encoders config) and returns a :class:`ValidJob` that the job then runs straight through. Nothing is
+checked twice, and nothing is written before everything passed::
+
+    from montage_ray.options import EncodeOptions
+
+    options = EncodeOptions(codec="hevc", quality=26, report="out.json")
+    job = options.validate("in.mp4", "out.mp4")      # InputError in one line when anything is wrong
+    job.source, job.target, job.container            # absolute paths, ('mp4', 'mp4')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+from montage_ray.backends import CODECS, PRESETS
+from montage_ray.config import LabelConfig, load_encoders_config
+from montage_ray.errors import InputError
+from montage_ray.join import container_for
+from montage_ray.routing import PROFILES
+
+VERIFY_MODES = ("decode", "packets")
+
+PathLike = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """Every option of an encode job (the CLI's flags, the API's keyword arguments)."""
+
+    codec: str = "h264"
+    quality: int = 23                       # CRF-like, 0 best .. 51 worst
+    preset: str = "medium"
+    segment_seconds: float | None = None    # None: the plan's automatic length
+    address: str | None = None              # None: $RAY_ADDRESS, else a private local Ray
+    overwrite: bool = False                 # replace DST, --report and --timeline files that exist
+    report: PathLike | None = None          # JSON report to write
+    timeline: PathLike | None = None        # PNG timeline to draw
+    workers: int | None = None              # at most this many encoder actors
+    verify: str = "decode"                  # "decode" every frame, or count "packets"
+    profile: str = "standard"               # fast, standard, master
+    encoders_config: PathLike | None = None  # encoders YAML (see montage_ray.config)
+    labels: tuple[str, ...] | None = None   # use only these resource labels
+
+    def __post_init__(self) -> None:
+        if self.labels is not None and not isinstance(self.labels, tuple):
+            object.__setattr__(self, "labels", tuple(self.labels))
+
+    def replace(self, **changes: Any) -> "EncodeOptions":
+        """A copy with ``changes`` (InputError naming an option that does not exist)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise InputError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def check_values(self) -> None:
+        """The checks that need no file: InputError for the first option out of range."""
+        if self.codec not in CODECS:
+            raise InputError(f"unknown codec {self.codec!r}: use one of {', '.join(CODECS)}")
+        if not isinstance(self.quality, int) or isinstance(self.quality, bool) or not 0 <= self.quality <= 51:
+            raise InputError(f"quality must be a whole number from 0 (best) to 51, not {self.quality!r}")
+        if self.preset not in PRESETS:
+            raise InputError(f"unknown preset {self.preset!r}: use one of {', '.join(PRESETS)}")
+        if self.segment_seconds is not None and not (isinstance(self.segment_seconds, (int, float))
+                                                     and self.segment_seconds > 0):
+            raise InputError(f"segment length must be more than 0 seconds, not {self.segment_seconds!r}")
+        if self.verify not in VERIFY_MODES:
+            raise InputError(f"verify must be 'decode' or 'packets', not {self.verify!r}")
+        if self.profile not in PROFILES:
+            raise InputError(f"unknown profile {self.profile!r}: use one of {', '.join(PROFILES)}")
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
+            raise InputError(f"workers must be at least 1, not {self.workers!r}")
+        if self.labels is not None and (not self.labels or not all(isinstance(x, str) and x for x in self.labels)):
+            raise InputError(f"labels must be resource label names, not {self.labels!r}")
+        if self.timeline is not None and not os.fspath(self.timeline).lower().endswith(".png"):
+            raise InputError(f"timeline {os.fspath(self.timeline)!r} must be a .png file")
+
+    def validate(self, src: PathLike, dst: PathLike) -> "ValidJob":
+        """Check everything once: the options, the encoders config, the source, the destination and the
+        extra files; return the job's resolved paths. Raises InputError (one line) for the first problem."""
+        self.check_values()
+        config = load_encoders_config(self.encoders_config)
+        source = check_source(src)
+        target = check_destination(dst, overwrite=self.overwrite, source=source)
+        extras: dict[str, str | None] = {}
+        for what, path in (("report", self.report), ("timeline", self.timeline)):
+            extras[what] = None if path is None else check_extra(what, path, overwrite=self.overwrite,
+                                                                 taken={"input": source, "output": target,
+                                                                        **{k: v for k, v in extras.items() if v}})
+        return ValidJob(options=self, source=source, target=target, container=container_for(target),
+                        report=extras["report"], timeline=extras["timeline"], config=config)
+
+
+@dataclass(frozen=True)
+class ValidJob:
+    """The options of one job once validated, with its paths made absolute and its config loaded."""
+
+    options: EncodeOptions
+    source: str
+    target: str
+    container: tuple[str, str]              # (muxer, family) of the destination
+    report: str | None = None
+    timeline: str | None = None
+    config: dict[str, LabelConfig] = field(default_factory=dict)
+
+
+def check_source(path: PathLike) -> str:
+    """Return the absolute path of ``path`` if it names a readable, non-empty regular file.
+
+    Protocol-looking names (``http://``, ``concat:a|b``) are only ever file names here: if no such file
+    exists the error says that network and protocol inputs are not read.
+    """
+    text = os.fspath(path)
+    absolute = os.path.abspath(text)
+    try:
+        st = os.stat(absolute)
+    except FileNotFoundError:
+        if "://" in text or (":" in text.split("/")[0] and not os.path.exists(absolute)):
+            raise InputError(f"input {text!r} is not a local file (network and protocol inputs are not "
+                             "read)") from None
+        raise InputError(f"input {text!r} does not exist") from None
+    except OSError as err:
+        raise InputError(f"input {text!r} cannot be read: {err.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"input {text!r} is a folder, not a video file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"input {text!r} is not a regular file")
+    if st.st_size == 0:
+        raise InputError(f"input {text!r} is empty (0 bytes)")
+    if not os.access(absolute, os.R_OK):
+        raise InputError(f"input {text!r} cannot be read: permission denied")
+    return absolute
+
+
+def _writable_place(what: str, text: str, absolute: str) -> None:
+    folder = os.path.dirname(absolute)
+    if not os.path.isdir(folder):
+        raise InputError(f"{what} folder {os.path.dirname(text) or '.'!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{what} folder {os.path.dirname(text) or '.'!r} is not writable")
+    if os.path.isdir(absolute):
+        raise InputError(f"{what} {text!r} is a folder")
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_destination(dst: PathLike, *, overwrite: bool, source: str | None = None) -> str:
+    """Absolute path of a writable destination, or InputError saying why it cannot be used."""
+    text = os.fspath(dst)
+    absolute = os.path.abspath(text)
+    container_for(absolute)
+    _writable_place("output", text, absolute)
+    if source and os.path.exists(absolute) and os.path.samefile(source, absolute):
+        raise InputError("output and input are the same file")
+    if os.path.lexists(absolute) and not overwrite:
+        raise InputError(f"output {text!r} already exists (pass --overwrite to replace it)")
+    return absolute
+
+
+def check_extra(what: str, path: PathLike, *, overwrite: bool, taken: dict[str, str]) -> str:
+    """Absolute path of a ``--report``/``--timeline`` file: writable, none of the job's other files (never
+    the input, even with --overwrite), and not an existing file unless ``overwrite``."""
+    text = os.fspath(path)
+    absolute = os.path.abspath(text)
+    _writable_place(what, text, absolute)
+    for role, other in taken.items():
+        if _same_file(absolute, other):
+            raise InputError(f"{what} {text!r} is the same file as the {role}")
+    if os.path.lexists(absolute) and not overwrite:
+        raise InputError(f"{what} {text!r} already exists (pass --overwrite to replace it)")
+    return absolute
