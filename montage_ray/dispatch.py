@@ -40,7 +40,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from montage_ray.config import HARDWARE_LABELS, LabelConfig, resolve_spec
 from montage_ray.encode import (EncodeResult, JobSettings, SegmentEncodeError, encode_segment, segment_timeout,
                                 video_output_args)
-from montage_ray import metrics
+from montage_ray import metrics, quota
 from montage_ray.errors import ClusterError, EncoderError
 from montage_ray.plan import Segment
 from montage_ray.report import Attempt
@@ -74,6 +74,7 @@ class EncoderActor:
         self._specs: dict[tuple, Any] = {}
         self._progress: dict[int, int] = {}   # segment index -> frames encoded so far (the running one)
         self._node = ""
+        self._served = 0  # segments taken (budget, issue 15: the stand-in quota knob counts them)
 
     def _spec(self, settings: JobSettings, threads: int):
         key = (settings.codec, settings.quality, settings.preset, threads)
@@ -109,6 +110,10 @@ class EncoderActor:
         node = self._node_name()
         log.info("job %s segment %d attempt %d: %d frames on %s (%s)", settings.job_id, segment.index, attempt,
                  segment.frames, self._name, spec.label)
+        # --- budget (issue 15): TESTS/SIMULATION ONLY: a CPU stand-in refuses like a provider at quota ---
+        self._served += 1
+        quota.standin_check(self._config, self._served)
+        # --- end budget ---
         self._progress = {segment.index: 0}
 
         def on_progress(frames: int) -> None:
@@ -362,6 +367,7 @@ class EncoderPool:
         self.failures: list[Attempt] = []
         self.duplicates = 0
         self.job_id = ""  # of the job being run, for log lines
+        self.refusals: list[quota.Refusal] = []  # budget (issue 15): labels a provider refused in this job
 
     # -- decisions -------------------------------------------------------------------------------
     def _expected_fps(self, worker: Worker) -> float:
@@ -618,6 +624,10 @@ class EncoderPool:
         seg, worker = task.segment, task.worker
         log.warning("job %s segment %d attempt %d failed on %s: %s", self.job_id, seg.index, task.attempt,
                     worker.name, message)
+        # --- budget (issue 15): a provider's refusal takes the whole label out; the try does not count ---
+        refused = quota.refuse_label(self.workers, worker, f"{message}\n{stderr}", self.refusals)
+        reason = f"provider-{refused.kind}" if refused else reason
+        # --- end budget ---
         if not started:  # it never said when it started (its actor died): the driver's view
             started, seconds = task.submitted_at, time.time() - task.submitted_at
         self.failures.append(Attempt(segment=seg.index, attempt=task.attempt, encoder=worker.encoder or worker.label,
@@ -630,10 +640,10 @@ class EncoderPool:
             worker.alive = False
         if seg.index in finished or copies.get(seg.index):
             return  # another copy finished or is still running
-        if task.attempt >= self.options.max_attempts:
+        if task.attempt >= self.options.max_attempts and not refused:
             raise EncoderError(f"segment {seg.index} failed {task.attempt} times; last on {worker.name}: {message}")
         metrics.segment_retried(label=worker.label, node=worker.node)
-        pending.insert(0, (seg, task.attempt + 1))
+        pending.insert(0, (seg, task.attempt + (0 if refused else 1)))
 
 
 #: Threads collecting cancelled tasks; :func:`join_drains` waits for them before Ray is shut down.

@@ -22,16 +22,18 @@ import uuid
 from typing import Any, Callable, Iterator
 
 from montage_ray.backends import CODECS, PRESETS
+from montage_ray.budget import BudgetView, refusals_at_start, settle
 from montage_ray.config import LabelConfig, load_encoders_config
 from montage_ray.dispatch import (EncoderPool, PoolOptions, Worker, join_drains, offered_labels, plan_actors,
                                   remote_labels, start_workers, wait_ready)
 from montage_ray.encode import EncodeResult, JobSettings
-from montage_ray.errors import ClusterError, InputError
+from montage_ray.errors import ClusterError, EncoderError, InputError
 from montage_ray.media import MediaInfo
 from montage_ray.join import container_for, join_segments, verify_output
 from montage_ray.media import check_source, inspect
 from montage_ray.plan import Segment, plan_segments
 from montage_ray.progress import CallbackListener, ProgressListener
+from montage_ray.quota import Refusal
 from montage_ray.report import JobReport
 from montage_ray.routing import PROFILES, JobFacts, Offer, route
 from montage_ray.split import split_source
@@ -216,13 +218,18 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: s
         with ray_session(address) as where:
             job.ray_address = where
             t = phase("ray", t)
+            refusals: list[Refusal] = []  # budget (issue 15): labels a provider refused, filled below
             pool_workers, segments = _prepare(media, settings, config, job, segment_seconds=segment_seconds,
-                                              workers=workers, labels=labels, profile=profile)
+                                              workers=workers, labels=labels, profile=profile, refusals=refusals)
             job.duration = sum(s.duration for s in segments)
             t = phase("plan", t)
             paths = split_source(media, segments, workdir)
             t = phase("split", t)
-            encoded = _encode_all(segments, paths, workdir, job, pool_workers, settings, pool_options, listener)
+            try:
+                encoded = _encode_all(segments, paths, workdir, job, pool_workers, settings, pool_options, listener,
+                                      refusals=refusals, fallback=lambda: _local_workers(config, settings, labels))
+            finally:  # budget (issue 15): cost per paid label into the report, ledger and metric; back-offs
+                settle(job, config, refusals)
             t = phase("encode", t)
         t = phase("ray", t)  # start-up above, shut-down (of a Ray started here) now
         ext = os.path.splitext(target)[1]
@@ -257,8 +264,8 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: s
 
 
 def _prepare(media: MediaInfo, settings: JobSettings, config: dict[str, LabelConfig], job: JobReport, *,
-             segment_seconds: float | None, workers: int | None, labels: list[str] | None, profile: str
-             ) -> tuple[list[Worker], list[Segment]]:
+             segment_seconds: float | None, workers: int | None, labels: list[str] | None, profile: str,
+             refusals: list[Refusal]) -> tuple[list[Worker], list[Segment]]:
     """Route the job to labels, start (or reuse) their actors, and plan segments for them."""
     import ray
 
@@ -274,12 +281,14 @@ def _prepare(media: MediaInfo, settings: JobSettings, config: dict[str, LabelCon
     scale = media.video.width * media.video.height / (1920 * 1080)
     offers = []
     remotes = remote_labels(nodes)  # nodes started with MONTAGE_RAY_REMOTE=1 (ray-start-node.sh)
+    budget = BudgetView.load(config)  # budget (issue 15): this month's spending and providers' back-offs
     for label, sessions in offered.items():
         cfg = config.get(label)
         fps = (cfg.expected_fps if cfg and cfg.expected_fps else DEFAULT_FPS.get(label, 60.0)) / max(scale, 0.05)
         offers.append(Offer(label, sessions, fps, remote=bool(cfg and cfg.remote) or label in remotes,
                             bandwidth_mbps=(cfg.bandwidth_mbps if cfg else None) or remotes.get(label),
-                            quality_rank=cfg.quality_rank if cfg else 0, hardware=label != "cpu"))
+                            quality_rank=cfg.quality_rank if cfg else 0, hardware=label != "cpu",
+                            **budget.terms(label, cfg)))  # budget (issue 15): price, budget left, back-off
     seconds_for_facts = segment_seconds or 10.0
     decision = route(JobFacts(frames=media.video.frames, duration=duration, input_bytes=media.size,
                               profile=profile, small_job_seconds=2 * seconds_for_facts), offers)
@@ -295,6 +304,7 @@ def _prepare(media: MediaInfo, settings: JobSettings, config: dict[str, LabelCon
     started = start_workers(placements, config)
     ready, unavailable = wait_ready(started, settings)
     job.failures.extend(unavailable)
+    refusals.extend(refusals_at_start(unavailable))  # budget (issue 15): a provider refused an actor's start
     if not ready:
         raise ClusterError("no encoder could start: " + "; ".join(f"{u.actor}: {u.message}" for u in unavailable))
     seconds = 2 * duration + 1 if small else (segment_seconds or auto_segment_seconds(duration, len(ready),
@@ -311,9 +321,14 @@ def _prepare(media: MediaInfo, settings: JobSettings, config: dict[str, LabelCon
 
 
 def _encode_all(segments: list[Segment], paths: list[str], workdir: str, job: JobReport, workers: list[Worker],
-                settings: JobSettings, pool_options: PoolOptions | None,
-                listener: ProgressListener | None) -> list[str]:
-    """Run every segment through the pool; return the encoded files in order."""
+                settings: JobSettings, pool_options: PoolOptions | None, listener: ProgressListener | None, *,
+                refusals: list[Refusal] | None = None,
+                fallback: Callable[[], list[Worker]] | None = None) -> list[str]:
+    """Run every segment through the pool; return the encoded files in order.
+
+    When a provider refuses every label of the pool (quota, session limit), the segments left are run on
+    ``fallback()``'s workers (local encoders) and the refusals are added to ``refusals``.
+    """
     encoded = [os.path.join(workdir, f"enc-{i:06d}.mp4") for i in range(len(segments))]
     pool = EncoderPool(workers, pool_options)
     told = 0  # failures already passed on to the listener
@@ -334,19 +349,62 @@ def _encode_all(segments: list[Segment], paths: list[str], workdir: str, job: Jo
 
     if listener:
         listener.start(frames=sum(s.frames for s in segments), segments=len(segments), encoders=len(workers))
+    done: set[int] = set()
     try:
-        for seg, result, data in pool.run(segments, load=load, settings=settings,
-                                          on_tick=on_tick if listener else None):
-            with open(encoded[seg.index], "wb") as fh:
-                fh.write(data)
-            job.segments.append(result)
-            if listener:
-                tell_failures()
-                listener.segment_done(result)
+        while True:
+            try:
+                for seg, result, data in pool.run([s for s in segments if s.index not in done], load=load,
+                                                  settings=settings, on_tick=on_tick if listener else None):
+                    with open(encoded[seg.index], "wb") as fh:
+                        fh.write(data)
+                    done.add(seg.index)
+                    job.segments.append(result)
+                    if listener:
+                        tell_failures()
+                        listener.segment_done(result)
+                break
+            except EncoderError:
+                # --- budget (issue 15): every label of the pool refused by a provider: go on locally ---
+                if not pool.refusals or any(w.alive for w in pool.workers) or fallback is None:
+                    raise
+                local = fallback()
+                if not local:
+                    raise
+                if refusals is not None:
+                    refusals.extend(pool.refusals)
+                job.failures.extend(pool.failures)
+                job.duplicates += pool.duplicates
+                if listener:
+                    tell_failures()
+                told = 0
+                job.provider.append(f"every encoder of the job was refused; the rest went to "
+                                    f"{', '.join(sorted({w.label for w in local}))}")
+                pool = EncoderPool(local, pool_options)
+                # --- end budget ---
     finally:
         job.failures.extend(pool.failures)
-        job.duplicates = pool.duplicates
+        job.duplicates += pool.duplicates
+        if refusals is not None:
+            refusals.extend(pool.refusals)
         if listener:
             listener.close()
     job.segments.sort(key=lambda r: r.segment)
     return encoded
+
+
+# --- budget (issue 15): local encoders for a job whose every label a provider refused ---
+def _local_workers(config: dict[str, LabelConfig], settings: JobSettings, labels: list[str] | None) -> list[Worker]:
+    """Start (or reuse) the cluster's local encoder actors: every offered label that is not remote or paid."""
+    import ray
+
+    from montage_ray.budget import price_of
+
+    nodes = ray.nodes()
+    remotes = remote_labels(nodes)
+    local = [label for label in offered_labels(nodes, config)
+             if (labels is None or label in labels) and label not in remotes
+             and not (config.get(label) and (config[label].remote or price_of(config[label])))]
+    if not local:
+        return []
+    ready, _ = wait_ready(start_workers(plan_actors(nodes, local, config), config), settings)
+    return ready

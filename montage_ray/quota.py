@@ -15,7 +15,13 @@ until a back-off has passed. :func:`classify` is pure and table-tested::
 
 from __future__ import annotations
 
+import logging
 import re
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
 
 #: (kind, pattern) in the order they are tried; patterns match ffmpeg's stderr, Ray's and providers' texts.
 PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -52,3 +58,52 @@ def next_backoff(previous: float | None) -> float:
 #: the text a real T4 gives when its encoder sessions are used up, so the real classification path runs.
 STANDIN_REFUSAL = ("[h264_nvenc @ 0x0] OpenEncodeSessionEx failed: out of memory (10): (no details)\n"
                    "[stand-in] simulated provider refusal (standin_quota_after reached)")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A label a provider refused during a job: what it said, and how many segments it had done by then."""
+
+    label: str
+    kind: str               # session-limit, capacity, rate-limit, quota
+    message: str
+    actor: str = ""
+    done: int = 0           # segments that label finished in this job before the refusal
+
+    def describe(self) -> str:
+        return (f"{self.label}: provider refused ({self.kind}) after {self.done} segment(s) on {self.actor}: "
+                f"{self.message}; its work moved to the other encoders")
+
+
+def refuse_label(workers: Sequence[Any], worker: Any, text: str, refusals: list[Refusal]) -> Refusal | None:
+    """When ``text`` (a failed try on ``worker``) is a provider's refusal: take every worker of that label out
+    of the job's rotation, record it once in ``refusals`` and return it; else None (an ordinary failure)."""
+    kind = classify(text)
+    if kind is None:
+        return None
+    for w in workers:
+        if w.label == worker.label:
+            w.alive = False
+    known = next((r for r in refusals if r.label == worker.label), None)
+    if known is not None:
+        return known
+    line = next((x for x in text.splitlines() if classify(x)), text.strip().splitlines()[0] if text.strip() else kind)
+    refusal = Refusal(worker.label, kind, line.strip(), worker.name,
+                      sum(w.done for w in workers if w.label == worker.label))
+    refusals.append(refusal)
+    log.warning("provider refused %s (%s): %s; moving its work to the other encoders", worker.label, kind, line)
+    return refusal
+
+
+def standin_check(config: Any, served: int) -> None:
+    """TESTS AND SIMULATIONS ONLY: a CPU stand-in with ``standin_quota_after: N`` refuses its (N+1)-th
+    segment with the error a real NVENC at its session limit gives (never for a real backend)."""
+    after = getattr(config, "standin_quota_after", None)
+    if after is None or served <= after:
+        return
+    if not (config.standin or config.backend == "cpu"):
+        return
+    from montage_ray.encode import SegmentEncodeError
+
+    raise SegmentEncodeError(f"encoder session refused by the provider (stand-in, after {after} segments)",
+                             stderr=STANDIN_REFUSAL, reason="failed", started=time.time())

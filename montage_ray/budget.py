@@ -1,0 +1,139 @@
+"""A job's side of the budget: what routing needs to know before, and what to record after.
+
+Before routing, :class:`BudgetView` reads the ledger once (this month's spending and the providers'
+back-offs) and gives each label's cost terms for its :class:`~montage_ray.routing.Offer`. After the encode,
+:func:`settle` works out what each paid label cost (busy seconds, bytes moved), records it in the ledger,
+the job report and the ``ray_montage_cost`` metric, and backs off labels a provider refused. Neither ever
+fails a job: a ledger that cannot be reached is a line in the report::
+
+    view = BudgetView.load(config)                  # once per job, connected to Ray
+    Offer("nvenc", 2, 300, remote=True, **view.terms("nvenc", config.get("nvenc")))
+    ...
+    settle(report, config, refusals=pool.refusals)  # after the encode: report.cost, the ledger, metrics
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from montage_ray import metrics, quota
+from montage_ray.config import LabelConfig
+from montage_ray.cost import Price, busy_seconds, charge, money, month_of
+from montage_ray.report import Attempt, JobReport
+
+log = logging.getLogger(__name__)
+
+
+def price_of(cfg: LabelConfig | None) -> Price | None:
+    """The label's price, or None when nothing about it is paid."""
+    if cfg is None or (cfg.cost_per_hour is None and cfg.cost_per_gb is None and cfg.budget_per_month is None):
+        return None
+    return Price(cfg.cost_per_hour or 0.0, cfg.cost_per_gb or 0.0, cfg.currency)
+
+
+def label_usage(report: JobReport) -> dict[str, tuple[float, float]]:
+    """{label: (busy seconds, bytes moved)} of a job: the union of its tries there (failed ones too, they
+    held the device), and the bytes of the segments it encoded."""
+    spans: dict[str, list[tuple[float, float]]] = {}
+    moved: dict[str, float] = {}
+    for seg in report.segments:
+        label = seg.resource or "cpu"
+        spans.setdefault(label, []).append((seg.started, seg.seconds))
+        moved[label] = moved.get(label, 0.0) + seg.bytes_in + seg.bytes_out
+    for fail in report.failures:
+        if fail.label and fail.started and fail.seconds:
+            spans.setdefault(fail.label, []).append((fail.started, fail.seconds))
+    return {label: (busy_seconds(s), moved.get(label, 0.0)) for label, s in spans.items()}
+
+
+@dataclass
+class BudgetView:
+    """This month's spending and the providers' back-offs, read once for one job's routing."""
+
+    month: str
+    spent: dict[str, float] = field(default_factory=dict)
+    back_offs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    problem: str = ""          # why the ledger could not be read (paid labels are then left out)
+    ledger_name: str | None = None
+
+    @classmethod
+    def load(cls, config: Mapping[str, LabelConfig], ledger_name: str | None = None) -> "BudgetView":
+        from montage_ray.ledger import DEFAULT_NAME, Ledger
+
+        view = cls(month_of(), ledger_name=ledger_name or DEFAULT_NAME)
+        try:
+            ledger = Ledger(view.ledger_name)
+            view.back_offs = ledger.back_offs()
+            month = ledger.month(view.month) if any(price_of(c) for c in config.values()) else {}
+            view.spent = {label: float(v.get("cost", 0.0)) for label, v in month.items()}
+        except Exception as err:  # noqa: BLE001 - routing goes on; paid labels are left out
+            view.problem = f"the spending ledger cannot be read ({str(err).splitlines()[0] if str(err) else err!r})"
+        return view
+
+    def terms(self, label: str, cfg: LabelConfig | None) -> dict[str, Any]:
+        """The cost fields of the label's Offer: price, budget_left, min_time_saved, unavailable."""
+        price = price_of(cfg)
+        out: dict[str, Any] = {"price": price, "min_time_saved": cfg.min_time_saved if cfg else None}
+        if cfg is not None and cfg.budget_per_month is not None:
+            out["budget_left"] = 0.0 if self.problem else cfg.budget_per_month - self.spent.get(label, 0.0)
+        back = self.back_offs.get(label)
+        if back:
+            until = time.strftime("%H:%M:%S", time.localtime(back["until"]))
+            out["unavailable"] = f"the provider refused it lately ({back['reason']}), backing off until {until}"
+        elif self.problem and cfg is not None and cfg.budget_per_month is not None:
+            out["unavailable"] = self.problem
+        return out
+
+
+def refusals_at_start(unavailable: Iterable[Attempt]) -> list[quota.Refusal]:
+    """Actors that could not start because a provider refused them (quota, capacity, session limit)."""
+    out: list[quota.Refusal] = []
+    for attempt in unavailable:
+        kind = quota.classify(attempt.message)
+        if kind and all(r.label != attempt.encoder for r in out):
+            out.append(quota.Refusal(attempt.encoder, kind, attempt.message, attempt.actor, 0))
+    return out
+
+
+def settle(report: JobReport, config: Mapping[str, LabelConfig], refusals: Iterable[quota.Refusal] = (),
+           ledger_name: str | None = None) -> None:
+    """Record the job's cost per paid label (report, ledger, metric) and back off the refused labels."""
+    from montage_ray.ledger import DEFAULT_NAME, Ledger, Spend
+
+    refusals = list(refusals)
+    month = month_of(report.started or None)
+    usage = label_usage(report)
+    ledger = Ledger(ledger_name or DEFAULT_NAME)
+    for label, (seconds, nbytes) in sorted(usage.items()):
+        price = price_of(config.get(label))
+        if price is None:
+            continue
+        amount = charge(price, seconds, nbytes)
+        report.cost[label] = {"cost": amount, "currency": price.currency, "seconds": seconds, "bytes": nbytes,
+                              "month": month}
+        metrics.cost_recorded(label=label, amount=amount, currency=price.currency)
+        try:
+            total = ledger.add(Spend(month, label, report.job_id, seconds, nbytes, amount, price.currency))
+            report.cost[label]["month_total"] = total
+        except Exception as err:  # noqa: BLE001 - the job's output is fine; say the ledger missed it
+            report.notes.append(f"{label}: cost {money(amount, price.currency)} not recorded in the ledger: "
+                                f"{str(err).splitlines()[0] if str(err) else err!r}")
+    for refusal in refusals:
+        report.provider.append(refusal.describe())
+        try:
+            seconds = quota.next_backoff(ledger.last_back_off(refusal.label))
+            ledger.back_off(refusal.label, seconds, refusal.kind)
+            report.provider.append(f"{refusal.label}: left out of new jobs for {seconds:.0f} s (back-off)")
+        except Exception as err:  # noqa: BLE001
+            report.notes.append(f"{refusal.label}: back-off not recorded: {str(err).splitlines()[0]}")
+    refused = {r.label for r in refusals}
+    for label in usage:
+        if label not in refused and price_of(config.get(label)) is not None:
+            try:  # it worked again: the next refusal starts from the first back-off
+                if ledger.last_back_off(label) is not None:
+                    ledger.clear_back_off(label)
+            except Exception:  # noqa: BLE001
+                pass
