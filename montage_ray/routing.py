@@ -183,7 +183,9 @@ def route(job: JobFacts, offers: list[Offer], *, min_gain: float = 0.10) -> Rout
         priced = f", would cost {money(cost, o.price.currency)}" if o.price and not o.price.free else ""
         if o.price and not o.price.free:
             costs.append((o.label, cost))
-        reasons.append(f"{o.label}: remote, {without:.0f} s -> {with_it:.0f} s with it{priced}, used")
+        timing = f"{without:.0f} s -> {with_it:.0f} s with it" if without < float("inf") \
+            else f"the only label: {with_it:.0f} s"
+        reasons.append(f"{o.label}: remote, {timing}{priced}, used")
     if not chosen:
         return Route((), tuple(reasons) + ("no usable encoder",))
     return Route(tuple(o.label for o in chosen), tuple(reasons), tuple(costs))
