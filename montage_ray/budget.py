@@ -93,7 +93,7 @@ def refusals_at_start(unavailable: Iterable[Attempt]) -> list[quota.Refusal]:
     out: list[quota.Refusal] = []
     for attempt in unavailable:
         kind = quota.classify(attempt.message)
-        if kind and all(r.label != attempt.encoder for r in out):
+        if kind and attempt.encoder != "cpu" and all(r.label != attempt.encoder for r in out):
             out.append(quota.Refusal(attempt.encoder, kind, attempt.message, attempt.actor, 0))
     return out
 

@@ -30,6 +30,9 @@ import ray
 #: Where the ledger lives: the actor's namespace and name, and the internal KV namespace of its copy.
 NAMESPACE, DEFAULT_NAME = "montage-ray", "montage-ledger"
 
+#: A resource only Ray's head node has.
+HEAD_RESOURCE = "node:__internal_head__"
+
 
 @dataclass(frozen=True)
 class Spend:
@@ -105,8 +108,10 @@ class Ledger:
 
     def _actor(self) -> Any:
         if self._handle is None:
+            # on the head node: never on a paid or remote node that may go away
             self._handle = LedgerActor.options(name=self.name, namespace=NAMESPACE, lifetime="detached",
-                                               get_if_exists=True).remote(self.name)
+                                               get_if_exists=True, resources={HEAD_RESOURCE: 0.001}
+                                               ).remote(self.name)
         return self._handle
 
     # -- writes (through the actor: one at a time) -------------------------------------------------

@@ -29,7 +29,7 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
                                  r"session limit|too many (concurrent )?(encode )?sessions", re.I)),
     ("capacity", re.compile(r"out of capacity|insufficient capacity|no capacity|capacity (is )?exhausted|"
                             r"InsufficientInstanceCapacity|ZONE_RESOURCE_POOL_EXHAUSTED", re.I)),
-    ("rate-limit", re.compile(r"rate.?limit|too many requests|\b429\b|throttl", re.I)),
+    ("rate-limit", re.compile(r"rate.?limit|too many requests|HTTP(/[\d.]+)?:? ?429|\bthrottl(ed|ing)\b", re.I)),
     ("quota", re.compile(r"quota|limit exceeded", re.I)),
 )
 
@@ -77,9 +77,10 @@ class Refusal:
 
 def refuse_label(workers: Sequence[Any], worker: Any, text: str, refusals: list[Refusal]) -> Refusal | None:
     """When ``text`` (a failed try on ``worker``) is a provider's refusal: take every worker of that label out
-    of the job's rotation, record it once in ``refusals`` and return it; else None (an ordinary failure)."""
+    of the job's rotation, record it once in ``refusals`` and return it; else None (an ordinary failure, or a
+    CPU slot, which no provider limits)."""
     kind = classify(text)
-    if kind is None:
+    if kind is None or worker.label == "cpu":  # CPU slots have no provider to refuse them
         return None
     for w in workers:
         if w.label == worker.label:

@@ -69,6 +69,7 @@ def test_month_is_the_utc_calendar_month():
     ("[h264_nvenc @ 0x5] No capable devices found", None),
     ("Cannot load libcuda.so.1", None),
     ("frame count 59 != 60", None),
+    ("frame=  429 fps= 31 q=28.0 size=     256kB time=00:00:14.30", None),   # a progress line in the stderr tail
     ("", None),
     (None, None),
 ])
