@@ -22,7 +22,7 @@ from typing import Any
 
 import ray
 
-from montage_ray import metrics
+from montage_ray import metrics, quota
 from montage_ray.config import LabelConfig, resolve_spec
 from montage_ray.plan import Segment
 from montage_ray.segment_encode import (EncodeResult, JobSettings, SegmentEncodeError, encode_segment,
@@ -46,6 +46,7 @@ class EncoderActor:
         self._specs: dict[tuple, Any] = {}
         self._progress: dict[int, int] = {}   # segment index -> frames encoded so far (the running one)
         self._node = ""
+        self._served = 0  # segments taken (the stand-in quota knob counts them; see montage_ray.quota)
 
     def _spec(self, settings: JobSettings, threads: int):
         key = (settings.codec, settings.quality, settings.preset, threads)
@@ -81,6 +82,8 @@ class EncoderActor:
         node = self._node_name()
         log.info("job %s segment %d attempt %d: %d frames on %s (%s)", settings.job_id, segment.index, attempt,
                  segment.frames, self._name, spec.label)
+        self._served += 1
+        quota.standin_check(self._config, self._served)  # TESTS/SIMULATION ONLY: a stand-in refuses at "quota"
         self._progress = {segment.index: 0}
 
         def on_progress(frames: int) -> None:
