@@ -54,6 +54,7 @@ class EncodeResult:
     attempt: int = 1
     stderr: str = field(default="", repr=False)
     started: float = 0.0    # wall-clock time (epoch seconds) the encode began on its node
+    ffmpeg: str = ""        # version of the ffmpeg that encoded it (nodes may run different ones)
 
     @property
     def fps(self) -> float:
@@ -190,8 +191,9 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
                 reader.poll()
                 return bool(should_stop and should_stop())
 
+        caps = caps or ffmpeg_caps()
         try:
-            cmd = commands.encode_command(spec, src, dst, caps=caps or ffmpeg_caps(), video_args=video_args,
+            cmd = commands.encode_command(spec, src, dst, caps=caps, video_args=video_args,
                                           sar=sar, progress=progress_path)
         except EncoderError as err:  # this ffmpeg lacks what the command needs: no retry will help here
             raise failed(str(err), "failed", "") from None
@@ -211,7 +213,7 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
         segment=segment.index, frames=frames, bytes_in=len(data), bytes_out=len(encoded),
         seconds=time.monotonic() - started, encoder=spec.label, backend=spec.backend,
         resource=spec.resource, standin=spec.is_standin, node=socket.gethostname(), actor=actor,
-        attempt=attempt, stderr=done.stderr[-2000:], started=started_at)
+        attempt=attempt, stderr=done.stderr[-2000:], started=started_at, ffmpeg=caps.version)
     return result, encoded
 
 
