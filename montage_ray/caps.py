@@ -44,7 +44,7 @@ SINCE = {
 #: Options montage-ray needs in every command; an ffmpeg without one of them cannot take part.
 REQUIRED_OPTIONS = ("progress", "autorotate", "enc_time_base", "map_metadata", "bsf")  # -noautorotate: -autorotate
 
-_OPTION_LINE = re.compile(r"^\s{0,2}-([A-Za-z0-9_]+)(?:\[:<stream_spec>\])?(?=[\s<])", re.MULTILINE)
+_OPTION_LINE = re.compile(r"^\s{0,2}-([A-Za-z0-9_]+)(?=[\s<[])", re.MULTILINE)
 _VERSION = re.compile(r"ffmpeg version \D{0,2}(\d+)\.(\d+)(?:\.(\d+))?")
 
 

@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
     from montage_ray.errors import MontageError
 
     out_dir, jobs = argv[0], argv[1:]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     results = {}
     try:
         for job in jobs:

@@ -247,7 +247,8 @@ def try_encode(spec: EncoderSpec, *, ffmpeg: str, src: str, workdir: str, timeou
 #: When no candidate works, the attempt whose cause says the most is reported (earlier = more telling).
 _serial = itertools.count()
 
-_CAUSE_RANK = ("permission-denied", "driver-too-old", "session-limit", "unsupported-hardware", "crash",
+_CAUSE_RANK = ("permission-denied", "ffmpeg-version", "driver-too-old", "session-limit", "unsupported-hardware",
+               "crash",
                "timeout", "driver-missing", "no-device", "not-in-build", "unknown")
 
 
