@@ -498,3 +498,27 @@ def test_diagnose_qsv_tells_the_whole_story(tmp_path):
     if NO_GPU:
         assert done.returncode == 1 and "no-device" in out
         assert "$ LIBVA_DRIVER_NAME=iHD" in out and "init_hw_device" in out  # the command, shown anyway
+
+
+def test_explain_reads_a_bounded_tail_of_a_huge_log_and_prints_no_escape_sequences(tmp_path):
+    from montage_ray.probe.diagnose import LOG_TAIL_BYTES, read_log_tail
+
+    log = tmp_path / "huge.log"
+    with open(log, "wb") as fh:
+        fh.truncate(500 * 1024 * 1024)        # 500 MB (sparse): read whole, this takes minutes and GBs
+        fh.seek(0, 2)
+        fh.write(b"\x1b]0;owned\x07\x1b[31m[h264_vaapi @ 0x1] No usable encoding profile found.\x1b[0m\n")
+    text = read_log_tail(str(log))
+    assert len(text.encode()) <= LOG_TAIL_BYTES and "\x1b" not in text and "\x07" not in text
+    done = subprocess.run([sys.executable, "-m", "montage_ray", "probe", "--explain", str(log)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "unsupported-hardware" in done.stdout and "\x1b" not in done.stdout and "owned" not in done.stdout
+
+
+def test_explain_stays_linear_on_long_adversarial_lines():
+    from montage_ray.probe.diagnose import clean_log
+
+    line = "/dev/dri " * 200_000 + "permission denied"   # the old `/dev/\S+.*permission denied` is quadratic
+    text = clean_log(line + "\nError initializing an MFX session " + "x" * 100_000)
+    assert explain(text).cause in CAUSES   # finishes: every repetition in the table is bounded

@@ -283,23 +283,20 @@ def clean_log(text: str) -> str:
 
 def read_log_tail(path: str | None, *, limit: int = LOG_TAIL_BYTES) -> str:
     """The last ``limit`` bytes of the log at ``path`` (``None`` = stdin), decoded and cleaned
-    (:func:`clean_log`); the first, partial line of the tail is dropped."""
+    (:func:`clean_log`)."""
     import sys
 
     if path is None:
-        data = sys.stdin.buffer.read()[-limit:]  # a pipe cannot seek: read it, keep the end
-        partial = False
+        data = b""
+        while chunk := sys.stdin.buffer.read(1 << 20):  # a pipe cannot seek: keep only the last `limit` bytes
+            data = (data + chunk)[-limit:]
     else:
         with open(path, "rb") as fh:
             fh.seek(0, 2)
             size = fh.tell()
             fh.seek(max(0, size - limit))
             data = fh.read(limit)
-            partial = size > limit
-    text = data.decode("utf-8", errors="replace")
-    if partial and "\n" in text:
-        text = text.split("\n", 1)[1]
-    return clean_log(text)
+    return clean_log(data.decode("utf-8", errors="replace"))
 
 
 def explain_log(path: str | None, **kwargs) -> Diagnosis:
