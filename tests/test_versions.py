@@ -1,11 +1,14 @@
 """Every supported ffmpeg (4.2.2, Debian's 5.1, 7.0.2, 9.0.2) encodes the messy clips exactly: one Ray
 session per version (tests/version_job.py with MONTAGE_FFMPEG set), checked here with the system's tools.
-Every clip kind runs on the oldest and the newest; 9.0.2 also reads with the static ffprobe 8.0."""
+Every clip kind runs on the oldest and the newest; 9.0.2 also reads with the static ffprobe 8.0. And one job
+on a simulated cluster whose nodes run 5.1, 4.2.2 and 9.0.2 joins into one file that plays to the end."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +21,7 @@ from montage_ray.backends import cpu_spec
 from montage_ray.caps import ffmpeg_caps
 from montage_ray.segment_encode import video_output_args
 from montage_ray.probe import TEST_VIDEO, explain, make_test_clip, run_probe
+from tests import browser
 from tests import mediacheck as mc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,3 +118,53 @@ def test_probe_adapts_to_9_0_and_names_the_refused_time_base(ffmpeg_builds, tmp_
     assert done.returncode != 0
     diagnosis = explain(done.stderr, returncode=done.returncode)
     assert diagnosis.cause == "ffmpeg-version" and "demux" in diagnosis.fix, diagnosis
+
+
+def _run_bounded(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run ``args`` in its own process group; past ``timeout`` the whole group (the script and every Ray
+    process it started) is killed and the test fails with what it printed."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=30)
+        pytest.fail(f"{args[1]} {args[2]} ran past {timeout:.0f} s and was killed: {err[-3000:]}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def test_one_job_on_nodes_of_different_ffmpeg_versions_joins_exactly_and_plays(ffmpeg_builds, make_clip,
+                                                                                 tmp_path):
+    """Head (the CPU slot) on Debian's 5.1, a vaapi-labelled node on 4.2.2, an nvenc-labelled node on 9.0.2:
+    the rotated clip's segments are encoded by all three, the report names each segment's ffmpeg, and the
+    joined file has every frame, in order, with the rotation, and plays to its end in Chromium."""
+    src, dst, report_path = make_clip("rotation"), tmp_path / "mixed.mp4", tmp_path / "report.json"
+    system = shutil.which("ffmpeg")
+    done = _run_bounded([sys.executable, str(ROOT / "tests" / "version_job.py"), "--mixed", str(src), str(dst),
+                         str(report_path), system, str(ffmpeg_builds["4.2.2"]), str(ffmpeg_builds["9.0.2"])],
+                        timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    report = json.loads(report_path.read_text())
+
+    # every segment once, in order, with the version of the ffmpeg that encoded it, on its node's build
+    segs = report["segments"]
+    assert sorted(s["segment"] for s in segs) == list(range(len(segs))) and len(segs) >= 3
+    by_label = {s["resource"]: s["ffmpeg"] for s in segs}
+    assert by_label == {"cpu": ffmpeg_caps(system).version, "vaapi": "4.2.2", "nvenc": "9.0.2"}, \
+        [(s["segment"], s["resource"], s["ffmpeg"]) for s in segs]
+    assert all(len({s["ffmpeg"] for s in segs if s["node"] == node}) == 1 for node in {s["node"] for s in segs})
+    assert [[s["segment"], s["ffmpeg"]] for s in segs] == [p[:2] for p in printed["segments"]]
+
+    # exact frames, in order, the rotation kept, audio kept in sync
+    assert sum(s["frames"] for s in segs) == printed["frames"] == mc.decoded_frames(src) == mc.decoded_frames(dst)
+    mc.assert_same_frames_in_order(src, dst)
+    _check("rotation", src, dst)
+
+    if browser.CHROMIUM is None:
+        pytest.skip("chromium is not installed (scripts/test.sh installs it)")
+    outcome = browser.play_to_end(dst)
+    assert outcome.startswith("ended "), outcome
+    _, duration, frames, _dropped, size = outcome.split()
+    assert int(frames) == printed["frames"] and abs(float(duration) - 6.0) < 0.1 and size == "240x320"
