@@ -1,7 +1,8 @@
 """The encoder actor: one Ray actor per encode session, pinned to a node and a resource label.
 
 It resolves *on its node* how to run its label (the node's probe, or the encoders config, which may name
-a CPU stand-in), encodes one segment at a time with :func:`~montage_ray.segment_encode.encode_segment`,
+a CPU stand-in) and which ffmpeg runs it (:func:`~montage_ray.caps.ffmpeg_caps`: the node's own build, spelt
+its way), encodes one segment at a time with :func:`~montage_ray.segment_encode.encode_segment`,
 and answers :meth:`EncoderActor.progress` from its own thread while an encode runs. Actors are started,
 reused and stopped by :class:`~montage_ray.cluster.workers.WorkerRegistry`; a pool sends them work::
 
@@ -23,6 +24,7 @@ from typing import Any
 import ray
 
 from montage_ray import metrics, quota
+from montage_ray.caps import ffmpeg_caps
 from montage_ray.config import LabelConfig, resolve_spec
 from montage_ray.plan import Segment
 from montage_ray.segment_encode import (EncodeResult, JobSettings, SegmentEncodeError, encode_segment,
@@ -92,7 +94,8 @@ class EncoderActor:
         try:
             result, encoded = encode_segment(spec, segment, data, video_args=video_output_args(settings.video, spec),
                                              sar=settings.sar, timeout=timeout, actor=self._name, attempt=attempt,
-                                             should_stop=ctx.is_canceled, on_progress=on_progress)
+                                             should_stop=ctx.is_canceled, on_progress=on_progress,
+                                             caps=ffmpeg_caps())  # this node's ffmpeg, asked once per process
         except SegmentEncodeError as err:
             log.warning("job %s segment %d attempt %d failed on %s: %s", settings.job_id, segment.index, attempt,
                         self._name, err)
