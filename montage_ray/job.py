@@ -22,7 +22,7 @@ import uuid
 from typing import Any, Callable, Iterator
 
 from montage_ray.backends import CODECS, PRESETS
-from montage_ray.config import LabelConfig, load_encoders_config
+from montage_ray.config import LabelConfig, check_config_for_codec, load_encoders_config
 from montage_ray.dispatch import (EncoderPool, PoolOptions, Worker, join_drains, offered_labels, plan_actors,
                                   remote_labels, start_workers, wait_ready)
 from montage_ray.encode import EncodeResult, JobSettings
@@ -184,6 +184,7 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: s
     if workers is not None and workers < 1:
         raise InputError(f"workers must be at least 1, not {workers!r}")
     config = load_encoders_config(encoders_config)
+    check_config_for_codec(config, codec)
     source = check_source(src)
     target = check_destination(dst, overwrite=overwrite, source=source)
     container = container_for(target)
