@@ -57,10 +57,19 @@ class JoinPlan:
 
 
 def _concat_list(segments: Sequence[Segment], paths: Sequence[str], list_path: str) -> None:
+    """Write the concat demuxer's list. Files beside the list are named relative to it (the demuxer resolves
+    them against the list's own URL), so that a folder name with a newline or a quote never reaches a line
+    of the list; any other file is a quoted ``file:`` URL."""
     lines = ["ffconcat version 1.0"]
+    folder = os.path.dirname(os.path.abspath(list_path))
     for seg, path in zip(segments, paths):
-        # Our own temp names only (no user text), quoted as the concat demuxer expects.
-        lines.append("file '" + ffmpeg_cli.file_url(path).replace("'", "'\\''") + "'")
+        if os.path.dirname(os.path.abspath(path)) == folder:
+            name = os.path.basename(path)       # our own names: enc-000000.mp4, aligned-000001.mp4
+        else:
+            name = ffmpeg_cli.file_url(path)
+        if "\n" in name or "\r" in name:
+            raise InputError(f"cannot join a file whose path contains a line break: {path!r}")
+        lines.append("file '" + name.replace("'", "'\\''") + "'")
         lines.append(f"duration {seg.duration:.9f}")
     with open(list_path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
