@@ -17,13 +17,14 @@ nothing::
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from montage_ray import ffmpeg_cli
+from montage_ray import ffmpeg_cli, workdirs
 from montage_ray.backends import EncoderSpec
 from montage_ray.errors import EncoderError, FFmpegError
 from montage_ray.media import VideoInfo
@@ -181,6 +182,10 @@ class _ProgressFile:
                 return
 
 
+#: Prefix of an encode's scratch folder (in the system's temp folder unless a workdir is given).
+SEGMENT_PREFIX = "montage-seg-"
+
+
 def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_args: Sequence[str] = (),
                    sar: str | None = None, timeout: float = 600.0, workdir: str | None = None,
                    actor: str = "", attempt: int = 1, should_stop: Callable[[], bool] | None = None,
@@ -197,7 +202,10 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
         return SegmentEncodeError(f"segment {segment.index} on {spec.label}: {message}", reason=reason,
                                   stderr=stderr, started=started_at, seconds=time.monotonic() - started)
 
-    with tempfile.TemporaryDirectory(prefix="montage-seg-", dir=workdir) as tmp:
+    parent = workdir or tempfile.gettempdir()
+    workdirs.sweep(parent, SEGMENT_PREFIX)  # scratch folders of encodes whose process was killed
+    tmp = workdirs.make_workdir(parent, SEGMENT_PREFIX)
+    try:
         src = os.path.join(tmp, "in.nut")
         dst = os.path.join(tmp, "out.mp4")
         with open(src, "wb") as fh:
@@ -225,6 +233,8 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
             raise failed(f"wrote {frames} frames, expected {segment.frames}", "frame-count", done.stderr)
         with open(dst, "rb") as fh:
             encoded = fh.read()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     result = EncodeResult(
         segment=segment.index, frames=frames, bytes_in=len(data), bytes_out=len(encoded),
         seconds=time.monotonic() - started, encoder=spec.label, backend=spec.backend,

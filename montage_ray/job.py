@@ -16,11 +16,11 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from typing import Any, Callable, Iterator
 
+from montage_ray import workdirs
 from montage_ray.backends import CODECS, PRESETS
 from montage_ray.config import LabelConfig, check_config_for_codec, load_encoders_config
 from montage_ray.dispatch import (EncoderPool, PoolOptions, Worker, join_drains, offered_labels, plan_actors,
@@ -37,6 +37,9 @@ from montage_ray.routing import PROFILES, JobFacts, Offer, route
 from montage_ray.split import split_source
 
 log = logging.getLogger(__name__)
+
+#: Prefix of a job's hidden work folder beside the destination (see montage_ray.workdirs).
+WORKDIR_PREFIX = ".montage-ray-"
 
 #: Called after each finished segment with (segments done, segments total, the result).
 ProgressCallback = Callable[[int, int, EncodeResult], None]
@@ -212,7 +215,8 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: s
     preset = PROFILE_PRESETS.get(profile, preset)
     settings = JobSettings(codec=codec, quality=quality, preset=preset, video=media.video, job_id=job.job_id)
     log.info("job %s: %s -> %s (%d frames)", job.job_id, job.source, job.output, media.video.frames)
-    workdir = tempfile.mkdtemp(prefix=".montage-ray-", dir=os.path.dirname(target))
+    workdirs.sweep(os.path.dirname(target), WORKDIR_PREFIX)  # leftovers of killed jobs (owner gone)
+    workdir = workdirs.make_workdir(os.path.dirname(target), WORKDIR_PREFIX)
     try:
         with ray_session(address) as where:
             job.ray_address = where
