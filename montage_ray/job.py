@@ -26,7 +26,7 @@ from montage_ray.config import LabelConfig, check_config_for_codec, load_encoder
 from montage_ray.dispatch import (EncoderPool, PoolOptions, Worker, join_drains, offered_labels, plan_actors,
                                   remote_labels, start_workers, wait_ready)
 from montage_ray.encode import EncodeResult, JobSettings
-from montage_ray.errors import ClusterError, InputError
+from montage_ray.errors import ClusterError, EncoderError, FFmpegError, InputError, VerificationError
 from montage_ray.media import MediaInfo
 from montage_ray.join import container_for, join_segments, verify_output
 from montage_ray.media import check_source, inspect
@@ -216,8 +216,9 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: s
     settings = JobSettings(codec=codec, quality=quality, preset=preset, video=media.video, job_id=job.job_id)
     log.info("job %s: %s -> %s (%d frames)", job.job_id, job.source, job.output, media.video.frames)
     workdirs.sweep(os.path.dirname(target), WORKDIR_PREFIX)  # leftovers of killed jobs (owner gone)
-    workdir = workdirs.make_workdir(os.path.dirname(target), WORKDIR_PREFIX)
+    workdir = None
     try:
+        workdir = workdirs.make_workdir(os.path.dirname(target), WORKDIR_PREFIX)
         with ray_session(address) as where:
             job.ray_address = where
             t = phase("ray", t)
@@ -240,8 +241,14 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: s
         job.notes.extend(checked.notes)
         t = phase("verify", t)
         _publish(tmp_out, target, overwrite)
+    except (OSError, FFmpegError, EncoderError, VerificationError) as err:
+        full = workdirs.disk_full_error(os.path.dirname(target), err)  # one line, exit 4, not a traceback
+        if full is not None:
+            raise full from None
+        raise
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
     job.timings = timings
     job.phases = spans
     job.wall_seconds = time.monotonic() - started

@@ -121,3 +121,44 @@ def sweep(parent: str, prefix: str) -> list[str]:
             if not os.path.lexists(path):
                 removed.append(path)
     return removed
+
+
+#: Free space below which a failed write is blamed on a full filesystem even without ENOSPC in hand.
+NEARLY_FULL_BYTES = 64 * 1024
+
+
+def mount_point(path: str) -> str:
+    """The mount point of the filesystem that holds ``path``."""
+    path = os.path.realpath(path)
+    while not os.path.ismount(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def free_bytes(path: str) -> int | None:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def disk_full_error(folder: str, err: BaseException) -> "FFmpegError | None":
+    """The one-line error for a job that filled ``folder``'s filesystem, or None when ``err`` is not that.
+
+    Evidence is ENOSPC/EDQUOT from Python, ffmpeg saying "No space left on device" (its last line is often
+    just "Invalid argument"), or hardly any space left after the failure.
+    """
+    import errno
+
+    from montage_ray.errors import FFmpegError
+
+    said = (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        "No space left on device" in (getattr(err, "stderr", "") or "") + str(err))
+    free = free_bytes(folder)
+    if not said and (free is None or free >= NEARLY_FULL_BYTES):
+        return None
+    where = mount_point(folder)
+    return FFmpegError(f"no space left on the filesystem at {where!r} ({(free or 0) // 1024} KiB free), which "
+                       "holds the output's folder: a job needs about 3x the source's size free there; "
+                       "nothing was written")
