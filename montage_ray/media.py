@@ -88,6 +88,7 @@ class PacketIndex:
 
     pts: np.ndarray          # int64, decode order
     key: np.ndarray          # bool, decode order
+    last_duration: int = 0   # how long the last-shown frame lasts, in ticks, as the source says (0: unknown)
 
     def __len__(self) -> int:
         return int(self.pts.shape[0])
@@ -163,23 +164,27 @@ def check_source(path: str | os.PathLike[str]) -> str:
 def _read_packets(url: str, index: int) -> tuple[PacketIndex, str]:
     done = ffmpeg_cli.run(
         [ffmpeg_cli.ffprobe(), "-v", "error", "-fflags", "+genpts", "-select_streams", str(index),
-         "-show_entries", "packet=pts,dts,flags", "-of", "csv=p=0", url],
+         "-show_entries", "packet=pts,dts,duration,flags", "-of", "csv=p=0", url],
         timeout=PROBE_TIMEOUT)
     lines = done.stdout.split()
     n = len(lines)
     pts = np.empty(n, dtype=np.int64)
     key = np.zeros(n, dtype=bool)
+    durations = np.zeros(n, dtype=np.int64)
     for i, line in enumerate(lines):
-        fields = line.split(",")
+        fields = line.split(",")  # ffprobe's own order: pts, dts, duration, flags
         p, d = fields[0], fields[1] if len(fields) > 1 else "N/A"
+        if len(fields) > 2 and fields[2].isdigit():
+            durations[i] = int(fields[2])
         if p == "N/A":
             p = d
         if p == "N/A":  # no timestamps at all: assume decode order is display order
             pts[i] = pts[i - 1] + 1 if i else 0
         else:
             pts[i] = int(p)
-        key[i] = len(fields) > 2 and fields[2].startswith("K")
-    return PacketIndex(pts=pts, key=key), done.stderr
+        key[i] = len(fields) > 3 and fields[3].startswith("K")
+    last = int(durations[int(np.argmax(pts))]) if n else 0
+    return PacketIndex(pts=pts, key=key, last_duration=last), done.stderr
 
 
 def inspect(path: str | os.PathLike[str]) -> MediaInfo:

@@ -64,7 +64,9 @@ def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: fl
     if n == 0:
         return []
     first = int(pts.min())
-    last_end = int(pts.max()) + _frame_ticks(pts)
+    # The stream ends when its last-shown frame does: that frame's own duration where the source gives one
+    # (a VFR stream's typical gap can be far longer or shorter), else the typical gap.
+    last_end = int(pts.max()) + (packets.last_duration or _frame_ticks(pts))
     total_ticks = last_end - first
     target = max(1, int(round(segment_seconds / time_base)))
     cuts = packets.clean_cuts()

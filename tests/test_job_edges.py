@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 
 from montage_ray import encode, workdirs
@@ -93,3 +94,24 @@ def test_cli_says_disk_full_in_one_line(tiny_disk, make_clip, tmp_path):
     done = cli("encode", str(make_clip("bframes")), str(folder / "o.mp4"), "--preset", "ultrafast", cwd=tmp_path)
     assert_one_line_error(done, "no space left", str(folder))
     assert done.returncode == 4 and os.listdir(folder) == []
+
+
+@pytest.fixture(scope="module")
+def uneven_webm(tmp_path_factory):
+    """VP8/Vorbis WebM, 30 fps container clock, frames mostly 1/6 s apart and 1/30 s at the end: the
+    typical gap (1/6 s) is not how long the last frame lasts (its block duration, 1/30 s)."""
+    out = tmp_path_factory.mktemp("webm") / "uneven.webm"
+    subprocess.run([mc.FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=12",
+                    "-f", "lavfi", "-i", "sine=duration=12",
+                    "-vf", r"select='not(mod(n\,5))+gt(n\,330)',setpts='N/6/TB'", "-fps_mode", "vfr", "-r", "30",
+                    "-c:v", "libvpx", "-b:v", "300k", "-g", "30", "-c:a", "libvorbis", str(out)], check=True)
+    return out
+
+
+def test_uneven_vp8_vorbis_webm_joins_and_passes_verification(uneven_webm, tmp_path):
+    dst = tmp_path / "o.mp4"
+    report = encode(uneven_webm, dst, preset="ultrafast", segment_seconds=2)
+    assert len(report.segments) > 1
+    assert mc.decoded_frames(dst) == mc.decoded_frames(uneven_webm) and mc.decode_errors(dst) == ""
+    a, b = mc.video_times(uneven_webm), mc.video_times(dst)
+    np.testing.assert_allclose(b - b[0], a - a[0], atol=1e-3)

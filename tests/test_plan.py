@@ -121,3 +121,13 @@ def test_taper_cuts_the_tail_into_half_length_segments():
     # a 45 s clip with a 9 s tail: the segment that would reach into the tail is already cut short
     straddle = plan_segments(closed_gops(1350, 30), Fraction(1, 30), 10, taper=0.2)
     assert [s.frames for s in straddle] == [300] * 3 + [150] * 3
+
+
+def test_the_stream_ends_when_its_last_frame_does_as_the_source_says():
+    """Frames 1/6 s apart, the last one lasting 1/30 s (a WebM block duration): the end is last pts + 1/30 s."""
+    pts = np.arange(0, 60) * 167
+    tb = Fraction(1, 1000)
+    told = plan_segments(PacketIndex(pts=pts, key=np.ones(60, bool), last_duration=33), tb, 2.0)
+    assert told[-1].start_ticks + told[-1].duration_ticks == 59 * 167 + 33
+    untold = plan_segments(PacketIndex(pts=pts, key=np.ones(60, bool)), tb, 2.0)  # typical gap then
+    assert untold[-1].start_ticks + untold[-1].duration_ticks == 60 * 167
