@@ -30,7 +30,7 @@ from montage_ray.errors import ClusterError, EncoderError, FFmpegError, InputErr
 from montage_ray.media import MediaInfo
 from montage_ray.join import container_for, join_segments, verify_output
 from montage_ray.media import check_source, inspect
-from montage_ray.plan import Segment, plan_segments
+from montage_ray.plan import Segment, fit_frame, plan_segments
 from montage_ray.progress import CallbackListener, ProgressListener
 from montage_ray.report import JobReport
 from montage_ray.routing import PROFILES, JobFacts, Offer, route
@@ -213,7 +213,11 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: s
     job = JobReport(source=os.fspath(src), output=os.fspath(dst), codec=codec, frames=media.video.frames,
                     duration=0.0, profile=profile, job_id=uuid.uuid4().hex[:8], started=started_at)
     preset = PROFILE_PRESETS.get(profile, preset)
-    settings = JobSettings(codec=codec, quality=quality, preset=preset, video=media.video, job_id=job.job_id)
+    fit = fit_frame(media.video.width, media.video.height)  # odd sizes: decided here, before any encoder
+    if fit.note:
+        job.notes.append(fit.note)
+    settings = JobSettings(codec=codec, quality=quality, preset=preset, video=media.video, job_id=job.job_id,
+                           frame_filter=fit.filter)
     log.info("job %s: %s -> %s (%d frames)", job.job_id, job.source, job.output, media.video.frames)
     workdirs.sweep(os.path.dirname(target), WORKDIR_PREFIX)  # leftovers of killed jobs (owner gone)
     workdir = None

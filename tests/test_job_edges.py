@@ -115,3 +115,15 @@ def test_uneven_vp8_vorbis_webm_joins_and_passes_verification(uneven_webm, tmp_p
     assert mc.decoded_frames(dst) == mc.decoded_frames(uneven_webm) and mc.decode_errors(dst) == ""
     a, b = mc.video_times(uneven_webm), mc.video_times(dst)
     np.testing.assert_allclose(b - b[0], a - a[0], atol=1e-3)
+
+
+def test_odd_sized_yuv444p_source_is_padded_before_dispatch_and_exact(tmp_path):
+    src = tmp_path / "odd444.mp4"
+    subprocess.run([mc.FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30:duration=6",
+                    "-vf", "scale=641:361,format=yuv444p", "-c:v", "libx264", "-g", "30", str(src)], check=True)
+    dst = tmp_path / "o.mp4"
+    report = encode(src, dst, preset="ultrafast", segment_seconds=2)
+    assert report.failures == [] and len(report.segments) == 3
+    assert any("641x361 padded to 642x362" in n for n in report.notes), report.notes
+    assert mc.decoded_frames(dst) == 180 and mc.decode_errors(dst) == ""
+    assert [(s["width"], s["height"]) for s in mc.streams(dst) if s["codec_type"] == "video"] == [(642, 362)]

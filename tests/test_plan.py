@@ -131,3 +131,15 @@ def test_the_stream_ends_when_its_last_frame_does_as_the_source_says():
     assert told[-1].start_ticks + told[-1].duration_ticks == 59 * 167 + 33
     untold = plan_segments(PacketIndex(pts=pts, key=np.ones(60, bool)), tb, 2.0)  # typical gap then
     assert untold[-1].start_ticks + untold[-1].duration_ticks == 60 * 167
+
+
+@pytest.mark.parametrize("size,fit", [((640, 360), (640, 360, None)),
+                                      ((641, 361), (642, 362, "pad=642:362:0:0,fillborders=right=1:bottom=1:mode=smear")),
+                                      ((641, 360), (642, 360, "pad=642:360:0:0,fillborders=right=1:bottom=0:mode=smear")),
+                                      ((1, 1), (2, 2, "pad=2:2:0:0,fillborders=right=1:bottom=1:mode=smear"))])
+def test_odd_frame_sizes_are_padded_to_even(size, fit):
+    from montage_ray.plan import fit_frame
+
+    got = fit_frame(*size)
+    assert (got.width, got.height, got.filter) == fit
+    assert (got.note is None) == (fit[2] is None)
