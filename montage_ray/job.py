@@ -16,6 +16,8 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
 import uuid
 from typing import Any, Callable, Iterator
@@ -92,7 +94,11 @@ def ray_session(address: str | None = None) -> Iterator[str]:
     if ray.is_initialized():
         yield "connected"
         return
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+    # Ray's own warnings (the token notice on every start) only when montage_ray itself logs at INFO
+    # (`--verbose`); ERROR otherwise, so that --quiet is quiet.
+    verbose = logging.getLogger("montage_ray").isEnabledFor(logging.INFO)
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING if verbose else logging.ERROR,
+                              "log_to_driver": False}
     if address in (None, "", "local") and not os.environ.get("RAY_ADDRESS"):
         kwargs["include_dashboard"] = False
         target = "local"
@@ -106,11 +112,17 @@ def ray_session(address: str | None = None) -> Iterator[str]:
         if target not in ("auto", "local") and not inside_job:
             kwargs["runtime_env"] = {"py_modules": [os.path.dirname(montage_ray.__file__)]}
         kwargs["address"] = target
+    # ray.init installs a SIGTERM handler that exits without a word; keep the caller's (the CLI's: unwind
+    # like Ctrl-C, exit 143).
+    sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ClusterError(f"cannot connect to Ray at {target!r}: {str(err).splitlines()[0]} "
                            "(start one with `ray start --head`, or leave out --address for a local Ray)")
+    finally:
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
     try:
         yield target
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -127,3 +128,30 @@ def test_odd_sized_yuv444p_source_is_padded_before_dispatch_and_exact(tmp_path):
     assert any("641x361 padded to 642x362" in n for n in report.notes), report.notes
     assert mc.decoded_frames(dst) == 180 and mc.decode_errors(dst) == ""
     assert [(s["width"], s["height"]) for s in mc.streams(dst) if s["codec_type"] == "video"] == [(642, 362)]
+
+
+def test_quiet_run_prints_nothing_not_even_rays_token_notice(make_clip, tmp_path):
+    from tests.test_cli import cli
+
+    done = cli("encode", str(make_clip("bframes")), "o.mp4", "--quiet", "--preset", "ultrafast", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and done.stderr == ""
+    verbose = cli("encode", str(make_clip("bframes")), "v.mp4", "--verbose", "--preset", "ultrafast", cwd=tmp_path)
+    assert verbose.returncode == 0 and "montage_ray" in verbose.stderr
+
+
+def test_sigterm_exits_143_with_one_line_and_leaves_nothing(make_clip, tmp_path):
+    env = dict(os.environ, RAY_ADDRESS="")
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "montage_ray", "encode", str(make_clip("long")),
+                             str(out / "o.mp4"), "--preset", "veryslow", "--segment-seconds", "2"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # wait until segments are being encoded (the progress printer's first line), then SIGTERM
+    first = proc.stdout.readline()
+    assert first, proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines() == ["montage-ray: terminated (SIGTERM); nothing was written"], err
+    assert os.listdir(out) == []
