@@ -123,6 +123,9 @@ class MediaInfo:
     attachments: tuple[StreamInfo, ...]
     chapters: int
     packets: PacketIndex = field(repr=False)
+    cover_art: tuple[StreamInfo, ...] = ()    # attached pictures (kind "video", disposition attached_pic)
+    other_video: tuple[StreamInfo, ...] = ()  # video streams after the one encoded (not cover art)
+    data: tuple[StreamInfo, ...] = ()         # data streams (timecode, GPS, ...): not carried over
 
     def clean_cuts(self) -> np.ndarray:
         """See :meth:`PacketIndex.clean_cuts`."""
@@ -249,7 +252,12 @@ def inspect(path: str | os.PathLike[str]) -> MediaInfo:
         format_name=fmt.get("format_name", "?"), duration=_float(fmt.get("duration")),
         start_time=_float(fmt.get("start_time")), video=video, audio=others("audio"),
         subtitles=others("subtitle"), attachments=others("attachment"),
-        chapters=len(data.get("chapters", [])), packets=packets)
+        chapters=len(data.get("chapters", [])), packets=packets,
+        cover_art=tuple(StreamInfo(int(s["index"]), "video", s.get("codec_name") or "unknown") for s in streams
+                        if s.get("codec_type") == "video" and s.get("disposition", {}).get("attached_pic")),
+        other_video=tuple(StreamInfo(int(s["index"]), "video", s.get("codec_name") or "unknown")
+                          for s in video_streams[1:]),
+        data=others("data"))
 
 
 def _known(value: str | None) -> str | None:

@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     scratch = os.path.join(root, "tmp")
     os.makedirs(scratch)
     os.environ["TMPDIR"] = scratch  # the nodes' (and so the actors') temp folder: montage-seg-* land here
+    # a Ray temp folder of its own: no other Ray on this machine finds (or is found by) this cluster
+    os.environ["RAY_TMPDIR"] = os.path.join(root, "ray")
     tempfile.tempdir = None
 
     import ray

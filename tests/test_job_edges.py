@@ -155,3 +155,31 @@ def test_sigterm_exits_143_with_one_line_and_leaves_nothing(make_clip, tmp_path)
     assert proc.returncode == 143, err
     assert err.strip().splitlines() == ["montage-ray: terminated (SIGTERM); nothing was written"], err
     assert os.listdir(out) == []
+
+
+@pytest.fixture(scope="module")
+def cover_art_source(tmp_path_factory):
+    """MP4: main video, audio, a second (small) video stream and PNG cover art."""
+    folder = tmp_path_factory.mktemp("cover")
+    cover = folder / "cover.png"
+    subprocess.run([mc.FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=red:size=64x64", "-frames:v", "1",
+                    str(cover)], check=True)
+    src = folder / "covered.mp4"
+    subprocess.run([mc.FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=6",
+                    "-f", "lavfi", "-i", "sine=duration=6", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=30:duration=6",
+                    "-i", str(cover), "-map", "0", "-map", "1", "-map", "2", "-map", "3",
+                    "-c:v:0", "libx264", "-g", "30", "-c:v:1", "libx264", "-c:v:2", "png",
+                    "-disposition:v:2", "attached_pic", "-c:a", "aac", str(src)], check=True)
+    return src
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".mkv"])
+def test_cover_art_is_kept_and_every_dropped_stream_is_noted(ext, cover_art_source, tmp_path):
+    dst = tmp_path / f"o{ext}"
+    report = encode(cover_art_source, dst, preset="ultrafast", segment_seconds=2)
+    streams = mc.streams(dst)
+    pictures = [s for s in streams if s["codec_type"] == "video" and s.get("disposition", {}).get("attached_pic")]
+    assert [p["codec_name"] for p in pictures] == ["png"], streams
+    assert sum(1 for s in streams if s["codec_type"] == "video" and not s["disposition"].get("attached_pic")) == 1
+    assert any("video stream 2 (h264) dropped" in n for n in report.notes), report.notes
+    assert mc.decoded_frames(dst) == 180
