@@ -123,6 +123,8 @@ def ray_session(address: str | None = None) -> Iterator[str]:
     finally:
         if sigterm is not None:
             signal.signal(signal.SIGTERM, sigterm)
+    # a new local Ray writes its token world-readable; montage-ray keeps it to its owner
+    workdirs.make_private(os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token"))
     try:
         yield target
     finally:

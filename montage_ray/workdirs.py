@@ -162,3 +162,19 @@ def disk_full_error(folder: str, err: BaseException) -> "FFmpegError | None":
     return FFmpegError(f"no space left on the filesystem at {where!r} ({(free or 0) // 1024} KiB free), which "
                        "holds the output's folder: a job needs about 3x the source's size free there; "
                        "nothing was written")
+
+
+def make_private(path: str) -> bool:
+    """Make a file of ours readable by its owner only (Ray writes ``~/.ray/auth_token`` 0644); True if done.
+
+    Leaves alone what is not a regular file owned by this user (a link, someone else's file).
+    """
+    try:
+        info = os.lstat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+            return False
+        if info.st_mode & 0o077:
+            os.chmod(path, 0o600)
+        return True
+    except OSError:
+        return False

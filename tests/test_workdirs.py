@@ -71,3 +71,29 @@ def test_make_workdir_is_private_and_names_its_owner(tmp_path: Path):
     record = json.loads(Path(path, workdirs.OWNER_FILE).read_text())
     assert record["pid"] == os.getpid() and record["start"] == workdirs.process_start(os.getpid())
     assert workdirs.sweep(str(tmp_path), ".montage-ray-") == [] and os.path.isdir(path)
+
+
+def test_make_private_tightens_our_token_file_and_leaves_links_alone(tmp_path: Path):
+    token = tmp_path / "auth_token"
+    token.write_text("secret\n")
+    os.chmod(token, 0o644)
+    assert workdirs.make_private(str(token)) and os.stat(token).st_mode & 0o777 == 0o600
+    link = tmp_path / "link"
+    other = tmp_path / "other"
+    other.write_text("x")
+    os.chmod(other, 0o644)
+    os.symlink(other, link)
+    assert not workdirs.make_private(str(link)) and os.stat(other).st_mode & 0o777 == 0o644
+
+
+def test_a_job_leaves_rays_token_file_private(make_clip, tmp_path: Path, monkeypatch):
+    """encode() with no Ray running starts a local one, whose token file Ray writes 0644."""
+    from tests.test_cli import cli
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    done = cli("encode", str(make_clip("bframes")), "o.mp4", "--quiet", "--preset", "ultrafast", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    token = home / ".ray" / "auth_token"
+    assert token.exists() and os.stat(token).st_mode & 0o777 == 0o600
