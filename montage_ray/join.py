@@ -32,6 +32,9 @@ CONTAINERS = {".mp4": ("mp4", "mp4"), ".m4v": ("mp4", "mp4"), ".mov": ("mov", "m
 #: Audio codecs an MP4/MOV file holds as they are; anything else is encoded to AAC, once.
 MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "opus", "mp2"})
 
+#: Cover art codecs kept (MP4: an attached picture; MKV: an attachment): file extension and MIME type.
+COVER_ART = {"mjpeg": (".jpg", "image/jpeg"), "png": (".png", "image/png"), "bmp": (".bmp", "image/bmp")}
+
 
 def container_for(path: str) -> tuple[str, str]:
     """(muxer, family) for a destination path, or InputError for an extension montage-ray cannot write."""
@@ -57,10 +60,19 @@ class JoinPlan:
 
 
 def _concat_list(segments: Sequence[Segment], paths: Sequence[str], list_path: str) -> None:
+    """Write the concat demuxer's list. Files beside the list are named relative to it (the demuxer resolves
+    them against the list's own URL), so that a folder name with a newline or a quote never reaches a line
+    of the list; any other file is a quoted ``file:`` URL."""
     lines = ["ffconcat version 1.0"]
+    folder = os.path.dirname(os.path.abspath(list_path))
     for seg, path in zip(segments, paths):
-        # Our own temp names only (no user text), quoted as the concat demuxer expects.
-        lines.append("file '" + ffmpeg_cli.file_url(path).replace("'", "'\\''") + "'")
+        if os.path.dirname(os.path.abspath(path)) == folder:
+            name = os.path.basename(path)       # our own names: enc-000000.mp4, aligned-000001.mp4
+        else:
+            name = ffmpeg_cli.file_url(path)
+        if "\n" in name or "\r" in name:
+            raise InputError(f"cannot join a file whose path contains a line break: {path!r}")
+        lines.append("file '" + name.replace("'", "'\\''") + "'")
         lines.append(f"duration {seg.duration:.9f}")
     with open(list_path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
@@ -91,7 +103,42 @@ def mux_args(media: MediaInfo, family: str) -> tuple[list[str], list[str], list[
             maps += ["-map", f"1:{t.index}"]
         if media.attachments:
             codecs += ["-c:t", "copy"]
+    elif media.attachments:
+        notes.append(f"{len(media.attachments)} attachment(s) (fonts, files) dropped: MP4 cannot hold them")
+    # Cover art (attached pictures): in MP4 it follows the encoded video as v:1, v:2 ...; in MKV it is an
+    # attachment (see cover_attachments). Both hold JPEG, PNG and BMP.
+    pictures = 0
+    for c in media.cover_art:
+        if c.codec not in COVER_ART:
+            notes.append(f"cover art stream {c.index} ({c.codec}) dropped: {family} cover art is JPEG, PNG or BMP")
+        elif family == "mp4":
+            pictures += 1
+            maps += ["-map", f"1:{c.index}"]
+            codecs += [f"-c:v:{pictures}", "copy", f"-disposition:v:{pictures}", "attached_pic"]
+    for v in media.other_video:
+        notes.append(f"video stream {v.index} ({v.codec}) dropped: only the first video stream is encoded")
+    for d in media.data:
+        notes.append(f"data stream {d.index} ({d.codec}) dropped")
     return maps, codecs, notes
+
+
+def cover_attachments(media: MediaInfo, workdir: str) -> list[str]:
+    """MKV only: ``-attach`` options for the source's cover art, each copied out to a picture file first.
+
+    ffmpeg's Matroska muxer writes an attached picture only as an attachment (read back as cover art by
+    every demuxer), and an attachment can only come from a file.
+    """
+    args: list[str] = []
+    kept = len(media.attachments)  # mapped attachments come first among the output's t: streams
+    for k, c in enumerate(s for s in media.cover_art if s.codec in COVER_ART):
+        ext, mime = COVER_ART[c.codec]
+        picture = os.path.join(workdir, f"cover-{k}{ext}")
+        ffmpeg_cli.run([ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-y",
+                        "-i", ffmpeg_cli.file_url(media.path), "-map", f"0:{c.index}", "-c", "copy",
+                        "-frames:v", "1", "-f", "image2", "-update", "1", ffmpeg_cli.file_url(picture)], timeout=120)
+        args += ["-attach", ffmpeg_cli.file_url(picture), f"-metadata:s:t:{kept + k}", f"mimetype={mime}",
+                 f"-metadata:s:t:{kept + k}", f"filename=cover{ext if k == 0 else f'-{k}{ext}'}"]
+    return args
 
 
 def _first_packet(path: str) -> tuple[float, float, Fraction]:
@@ -165,6 +212,8 @@ def join_segments(media: MediaInfo, segments: Sequence[Segment], encoded: Sequen
             "-map", "0:v:0", *maps, "-c:v", "copy", *codecs,
             "-map_metadata", "1", "-map_chapters", "1", "-map_metadata:s:v:0", f"1:s:{media.video.index}"]
     args += rotation_out
+    if family == "mkv" and media.cover_art:
+        args += cover_attachments(media, workdir)
     if family == "mp4":
         args += ["-movflags", "+faststart"]
         if mixed and codec in IN_BAND_TAGS:

@@ -17,13 +17,14 @@ nothing::
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from montage_ray import ffmpeg_cli
+from montage_ray import ffmpeg_cli, workdirs
 from montage_ray.backends import EncoderSpec
 from montage_ray.errors import EncoderError, FFmpegError
 from montage_ray.media import VideoInfo
@@ -104,12 +105,15 @@ def segment_timeout(frames: int, width: int, height: int, *, min_fps_1080p: floa
 
 
 def build_command(spec: EncoderSpec, src: str, dst: str, video_args: Sequence[str],
-                  sar: str | None = None, progress: str | None = None) -> list[str]:
+                  sar: str | None = None, progress: str | None = None, frame_filter: str | None = None
+                  ) -> list[str]:
     """The ffmpeg argument list that encodes file ``src`` (NUT) into ``dst`` (MP4) with ``spec``.
 
     ``progress`` names a file that ffmpeg rewrites twice a second with ``frame=N`` lines (``-progress``).
     """
     filters = []
+    if frame_filter:  # montage_ray.plan.fit_frame's pad for odd sizes (decided once per job, before dispatch)
+        filters.append(frame_filter)
     if sar:
         filters.append(f"setsar={sar}")
     if spec.video_filter:
@@ -150,6 +154,7 @@ class JobSettings:
     preset: str
     video: VideoInfo
     job_id: str = ""        # carried into the actors' log lines
+    frame_filter: str | None = None  # plan.fit_frame's filter for sizes the encoders cannot take as they are
 
     @property
     def sar(self) -> str | None:
@@ -181,10 +186,15 @@ class _ProgressFile:
                 return
 
 
+#: Prefix of an encode's scratch folder (in the system's temp folder unless a workdir is given).
+SEGMENT_PREFIX = "montage-seg-"
+
+
 def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_args: Sequence[str] = (),
                    sar: str | None = None, timeout: float = 600.0, workdir: str | None = None,
                    actor: str = "", attempt: int = 1, should_stop: Callable[[], bool] | None = None,
-                   on_progress: Callable[[int], None] | None = None) -> tuple[EncodeResult, bytes]:
+                   on_progress: Callable[[int], None] | None = None, frame_filter: str | None = None
+                   ) -> tuple[EncodeResult, bytes]:
     """Encode one segment's packets (a NUT file's bytes) and return the result and the encoded MP4 bytes.
 
     ``on_progress(frames)`` is called about twice a second with the frames encoded so far.
@@ -197,7 +207,10 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
         return SegmentEncodeError(f"segment {segment.index} on {spec.label}: {message}", reason=reason,
                                   stderr=stderr, started=started_at, seconds=time.monotonic() - started)
 
-    with tempfile.TemporaryDirectory(prefix="montage-seg-", dir=workdir) as tmp:
+    parent = workdir or tempfile.gettempdir()
+    workdirs.sweep(parent, SEGMENT_PREFIX)  # scratch folders of encodes whose process was killed
+    tmp = workdirs.make_workdir(parent, SEGMENT_PREFIX)
+    try:
         src = os.path.join(tmp, "in.nut")
         dst = os.path.join(tmp, "out.mp4")
         with open(src, "wb") as fh:
@@ -212,7 +225,7 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
                 reader.poll()
                 return bool(should_stop and should_stop())
 
-        cmd = build_command(spec, src, dst, video_args, sar, progress=progress_path)
+        cmd = build_command(spec, src, dst, video_args, sar, progress=progress_path, frame_filter=frame_filter)
         try:
             done = ffmpeg_cli.run(cmd, timeout=timeout, env=spec.env or None, should_stop=poll)
         except ffmpeg_cli.Cancelled as err:
@@ -225,6 +238,8 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
             raise failed(f"wrote {frames} frames, expected {segment.frames}", "frame-count", done.stderr)
         with open(dst, "rb") as fh:
             encoded = fh.read()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     result = EncodeResult(
         segment=segment.index, frames=frames, bytes_in=len(data), bytes_out=len(encoded),
         seconds=time.monotonic() - started, encoder=spec.label, backend=spec.backend,

@@ -28,23 +28,24 @@ def split_timeout(media: MediaInfo) -> float:
 
 def split_source(media: MediaInfo, segments: Sequence[Segment], workdir: str) -> list[str]:
     """Write each segment's packets to ``workdir/src-NNNNNN.nut`` and return the paths in order."""
-    pattern = os.path.join(workdir, "src-%06d.nut")
+    # ffmpeg runs inside workdir and gets a relative name: the segment muxer reads its output name as a
+    # printf pattern, and the folder's own name (a user's, say "100%") must never be one.
+    pattern = "src-%06d.nut"
     args = [ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-y",
             "-fflags", "+genpts", "-noautorotate", "-i", ffmpeg_cli.file_url(media.path), "-map", f"0:{media.video.index}",
             "-c", "copy", "-map_metadata", "-1"]
     if len(segments) > 1:
         args += ["-f", "segment", "-segment_format", "nut", "-reset_timestamps", "0",
-                 "-segment_frames", ",".join(str(s.first_packet) for s in segments[1:]),
-                 ffmpeg_cli.file_url(pattern)]
+                 "-segment_frames", ",".join(str(s.first_packet) for s in segments[1:]), "file:" + pattern]
     else:
-        args += ["-f", "nut", ffmpeg_cli.file_url(pattern % 0)]
-    ffmpeg_cli.run(args, timeout=split_timeout(media))
-    paths = [pattern % i for i in range(len(segments))]
+        args += ["-f", "nut", "file:" + pattern % 0]
+    ffmpeg_cli.run(args, timeout=split_timeout(media), cwd=workdir)
+    paths = [os.path.join(workdir, pattern % i) for i in range(len(segments))]
     for seg, path in zip(segments, paths):
         got = count_packets(path) if os.path.exists(path) else 0
         if got != seg.frames:
             raise EncoderError(f"cutting segment {seg.index} gave {got} packets instead of {seg.frames}; "
                                "the source's packet table may be inconsistent (try remuxing it first)")
-    if os.path.exists(pattern % len(segments)):
+    if os.path.exists(os.path.join(workdir, pattern % len(segments))):
         raise EncoderError("cutting the source gave more segments than planned")
     return paths
