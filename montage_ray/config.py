@@ -40,6 +40,11 @@ from montage_ray.errors import EncoderError, InputError
 _FIELDS = {"backend", "standin", "preset", "threads", "readrate", "extra_args", "remote", "bandwidth_mbps",
            "expected_fps", "quality_rank"}
 
+# --- cost and budget (issue 15): money fields of a paid (remote) label, validated in _cost_settings ---
+_COST_FIELDS = {"cost_per_hour", "cost_per_gb", "budget_per_month", "currency", "min_time_saved",
+                "standin_quota_after"}
+# --- end cost and budget ---
+
 
 @dataclass(frozen=True)
 class LabelConfig:
@@ -56,6 +61,15 @@ class LabelConfig:
     bandwidth_mbps: float | None = None  # link speed to that node, when remote
     expected_fps: float | None = None   # a first guess of its speed before anything was measured
     quality_rank: int = 0               # higher is better; ``--profile master`` prefers the top rank
+    # --- cost and budget (issue 15); see montage_ray.cost and montage_ray.ledger ---
+    cost_per_hour: float | None = None  # billed while the job's actors there are busy
+    cost_per_gb: float | None = None    # billed per GB moved to and from it
+    budget_per_month: float | None = None  # cap per calendar month (UTC) in ``currency``; routing keeps to it
+    currency: str = "USD"
+    min_time_saved: float | None = None  # fast/standard use it only if it shortens the job by this share
+    standin_quota_after: int | None = None  # TESTS/SIMULATION ONLY: a CPU stand-in refuses like a provider
+    #                                         at quota (NVENC session limit) after this many segments
+    # --- end cost and budget ---
 
 
 #: Each field's accepted type and rule, for one clear line instead of a traceback deep in a job.
@@ -168,11 +182,12 @@ def load_encoders_config(path: str | os.PathLike[str] | None) -> dict[str, Label
         settings = settings or {}
         if not isinstance(settings, dict):
             raise InputError(f"{where}: settings of {label!r} must be a mapping")
-        unknown = set(settings) - _FIELDS
+        unknown = set(settings) - _FIELDS - _COST_FIELDS
         if unknown:
             raise InputError(f"{where}: unknown setting(s) {sorted(map(str, unknown))} for {label!r}")
         for name, value in settings.items():
-            _check_type(f"{where}: {label!r}", name, value)
+            if name in _TYPES:  # the cost fields are checked by _cost_settings
+                _check_type(f"{where}: {label!r}", name, value)
         backend = settings.get("backend")
         if backend is not None and backend not in BACKENDS:
             raise InputError(f"{where}: {label!r} names unknown backend {backend!r} "
@@ -185,8 +200,44 @@ def load_encoders_config(path: str | os.PathLike[str] | None) -> dict[str, Label
             label=label, backend=backend, standin=settings.get("standin", False),
             preset=settings.get("preset"), threads=settings.get("threads"), readrate=settings.get("readrate"),
             extra_args=extra, remote=settings.get("remote", False), bandwidth_mbps=settings.get("bandwidth_mbps"),
-            expected_fps=settings.get("expected_fps"), quality_rank=settings.get("quality_rank", 0))
+            expected_fps=settings.get("expected_fps"), quality_rank=settings.get("quality_rank", 0),
+            **_cost_settings(shown, label, settings))
     return out
+
+
+# --- cost and budget (issue 15) ---
+def _cost_settings(shown: str, label: str, settings: dict) -> dict:
+    """The cost fields of one label, type-checked (InputError: one line, exit 2)."""
+    out: dict = {}
+    for key in ("cost_per_hour", "cost_per_gb", "budget_per_month", "min_time_saved"):
+        value = settings.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise InputError(f"encoders config {shown!r}: {key} of {label!r} must be a number >= 0, not {value!r}")
+        if key == "min_time_saved" and value >= 1:
+            raise InputError(f"encoders config {shown!r}: min_time_saved of {label!r} is a share of the job "
+                             f"time, from 0 to below 1 (0.2 = 20 %), not {value!r}")
+        out[key] = float(value)
+    currency = settings.get("currency", "USD")
+    if not isinstance(currency, str) or not re.fullmatch(r"[A-Z]{3}", currency):
+        raise InputError(f"encoders config {shown!r}: currency of {label!r} must be a 3-letter code such as "
+                         f"USD, not {currency!r}")
+    out["currency"] = currency
+    if ("budget_per_month" in out or "cost_per_hour" in out or "cost_per_gb" in out) and "currency" not in settings:
+        raise InputError(f"encoders config {shown!r}: {label!r} has a cost or budget; name its currency "
+                         "(currency: USD)")
+    after = settings.get("standin_quota_after")
+    if after is not None:
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise InputError(f"encoders config {shown!r}: standin_quota_after of {label!r} must be a whole "
+                             f"number >= 0, not {after!r}")
+        if not settings.get("standin") and settings.get("backend") != "cpu":
+            raise InputError(f"encoders config {shown!r}: standin_quota_after of {label!r} is for CPU "
+                             "stand-ins only (tests and simulations)")
+        out["standin_quota_after"] = after
+    return out
+# --- end cost and budget ---
 
 
 def resolve_spec(label: str, config: LabelConfig | None, *, codec: str, quality: int, preset: str,

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Sequence
 
-from montage_ray import ffmpeg_cli
+from montage_ray import commands, ffmpeg_cli
+from montage_ray.caps import ffmpeg_caps
 from montage_ray.errors import FFmpegError, InputError, VerificationError
-from montage_ray.media import TEXT_SUBTITLES, MediaInfo
+from montage_ray.media import TEXT_SUBTITLES, MediaInfo, stream_rotation
 from montage_ray.plan import Segment
 
 #: Output containers by file extension: (ffmpeg muxer, family).
@@ -78,31 +79,34 @@ def _concat_list(segments: Sequence[Segment], paths: Sequence[str], list_path: s
         fh.write("\n".join(lines) + "\n")
 
 
-def mux_args(media: MediaInfo, family: str) -> tuple[list[str], list[str], list[str]]:
-    """(-map options, codec options, notes) for the source's non-video streams in this container family."""
-    maps: list[str] = []
-    codecs: list[str] = []
+def mux_args(media: MediaInfo, family: str) -> tuple[list[int], dict[str, str], list[str]]:
+    """(source stream indices to map, their options, notes) for the source's non-video streams in this
+    container family."""
+    streams: list[int] = []
+    options: list[tuple[str, str]] = []
     notes: list[str] = []
+    # output stream numbers: 0 is the video, then audio, subtitles, attachments in this order
     for n, a in enumerate(media.audio):
-        maps += ["-map", f"1:{a.index}", f"-map_metadata:s:a:{n}", f"1:s:{a.index}"]
+        streams.append(a.index)
+        options.append((f"map_metadata:s:a:{n}", f"1:s:{a.index}"))
         if family == "mp4" and a.codec not in MP4_AUDIO:
-            codecs += [f"-c:a:{n}", "aac", f"-b:a:{n}", "192k"]
+            options += [(f"c:a:{n}", "aac"), (f"b:a:{n}", "192k")]
             notes.append(f"audio stream {a.index} ({a.codec}) encoded once to AAC for {family}")
         else:
-            codecs += [f"-c:a:{n}", "copy"]
+            options.append((f"c:a:{n}", "copy"))
     kept = 0
     for s in media.subtitles:
         if family == "mkv" or s.codec in TEXT_SUBTITLES:
-            maps += ["-map", f"1:{s.index}", f"-map_metadata:s:s:{kept}", f"1:s:{s.index}"]
-            codecs += [f"-c:s:{kept}", "copy" if family == "mkv" else "mov_text"]
+            streams.append(s.index)
+            options += [(f"map_metadata:s:s:{kept}", f"1:s:{s.index}"),
+                        (f"c:s:{kept}", "copy" if family == "mkv" else "mov_text")]
             kept += 1
         else:
             notes.append(f"subtitle stream {s.index} ({s.codec}) dropped: MP4 holds text subtitles only")
     if family == "mkv":
-        for t in media.attachments:
-            maps += ["-map", f"1:{t.index}"]
+        streams += [t.index for t in media.attachments]
         if media.attachments:
-            codecs += ["-c:t", "copy"]
+            options.append(("c:t", "copy"))
     elif media.attachments:
         notes.append(f"{len(media.attachments)} attachment(s) (fonts, files) dropped: MP4 cannot hold them")
     # Cover art (attached pictures): in MP4 it follows the encoded video as v:1, v:2 ...; in MKV it is an
@@ -113,32 +117,29 @@ def mux_args(media: MediaInfo, family: str) -> tuple[list[str], list[str], list[
             notes.append(f"cover art stream {c.index} ({c.codec}) dropped: {family} cover art is JPEG, PNG or BMP")
         elif family == "mp4":
             pictures += 1
-            maps += ["-map", f"1:{c.index}"]
-            codecs += [f"-c:v:{pictures}", "copy", f"-disposition:v:{pictures}", "attached_pic"]
+            streams.append(c.index)
+            options += [(f"c:v:{pictures}", "copy"), (f"disposition:v:{pictures}", "attached_pic")]
     for v in media.other_video:
         notes.append(f"video stream {v.index} ({v.codec}) dropped: only the first video stream is encoded")
     for d in media.data:
         notes.append(f"data stream {d.index} ({d.codec}) dropped")
-    return maps, codecs, notes
+    return streams, commands.stream_options(options), notes
 
 
-def cover_attachments(media: MediaInfo, workdir: str) -> list[str]:
-    """MKV only: ``-attach`` options for the source's cover art, each copied out to a picture file first.
+def cover_attachments(media: MediaInfo, workdir: str) -> list[commands.Attachment]:
+    """MKV only: the source's cover art as attachments, each copied out to a picture file in ``workdir`` first.
 
     ffmpeg's Matroska muxer writes an attached picture only as an attachment (read back as cover art by
     every demuxer), and an attachment can only come from a file.
     """
-    args: list[str] = []
+    out: list[commands.Attachment] = []
     kept = len(media.attachments)  # mapped attachments come first among the output's t: streams
     for k, c in enumerate(s for s in media.cover_art if s.codec in COVER_ART):
         ext, mime = COVER_ART[c.codec]
         picture = os.path.join(workdir, f"cover-{k}{ext}")
-        ffmpeg_cli.run([ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-y",
-                        "-i", ffmpeg_cli.file_url(media.path), "-map", f"0:{c.index}", "-c", "copy",
-                        "-frames:v", "1", "-f", "image2", "-update", "1", ffmpeg_cli.file_url(picture)], timeout=120)
-        args += ["-attach", ffmpeg_cli.file_url(picture), f"-metadata:s:t:{kept + k}", f"mimetype={mime}",
-                 f"-metadata:s:t:{kept + k}", f"filename=cover{ext if k == 0 else f'-{k}{ext}'}"]
-    return args
+        ffmpeg_cli.run(commands.cover_picture_command(media.path, c.index, picture, caps=ffmpeg_caps()), timeout=120)
+        out.append(commands.Attachment(picture, kept + k, mime, f"cover{ext if k == 0 else f'-{k}{ext}'}"))
+    return out
 
 
 def _first_packet(path: str) -> tuple[float, float, Fraction]:
@@ -170,9 +171,7 @@ def align_decode_delays(encoded: Sequence[str], workdir: str) -> list[str]:
             out.append(path)
             continue
         moved = os.path.join(workdir, f"aligned-{i:06d}.mp4")
-        ffmpeg_cli.run([ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-y",
-                        "-i", ffmpeg_cli.file_url(path), "-map", "0:v:0", "-c", "copy",
-                        "-bsf:v", f"setts=dts=DTS-{shift}", "-f", "mp4", ffmpeg_cli.file_url(moved)], timeout=120)
+        ffmpeg_cli.run(commands.align_command(path, moved, shift, caps=ffmpeg_caps()), timeout=120)
         out.append(moved)
     return out
 
@@ -197,28 +196,12 @@ def join_segments(media: MediaInfo, segments: Sequence[Segment], encoded: Sequen
     # The concat demuxer starts the video at 0; the source starts every stream at its own time. Shift the
     # video by how far its first frame was from the file's start so that A/V offset is kept exactly.
     offset = segments[0].start - media.start_time
-    maps, codecs, notes = mux_args(media, family)
-    rotation_in: list[str] = []
-    rotation_out: list[str] = []
-    if media.video.rotation:
-        if ffmpeg_cli.supports_option("display_rotation"):  # ffmpeg 6 and later
-            rotation_in = ["-display_rotation:v:0", str(media.video.rotation)]
-        else:  # ffmpeg 5: the rotate tag becomes a display matrix on stream copy
-            rotation_out = ["-metadata:s:v:0", f"rotate={media.video.rotation % 360}"]
-    args = [ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-y",
-            "-f", "concat", "-safe", "0", "-itsoffset", f"{offset:.9f}", *rotation_in,
-            "-i", ffmpeg_cli.file_url(list_path),
-            "-noautorotate", "-i", ffmpeg_cli.file_url(media.path),
-            "-map", "0:v:0", *maps, "-c:v", "copy", *codecs,
-            "-map_metadata", "1", "-map_chapters", "1", "-map_metadata:s:v:0", f"1:s:{media.video.index}"]
-    args += rotation_out
-    if family == "mkv" and media.cover_art:
-        args += cover_attachments(media, workdir)
-    if family == "mp4":
-        args += ["-movflags", "+faststart"]
-        if mixed and codec in IN_BAND_TAGS:
-            args += ["-tag:v", IN_BAND_TAGS[codec]]
-    args += ["-f", muxer, ffmpeg_cli.file_url(dst_tmp)]
+    streams, options, notes = mux_args(media, family)
+    attach = cover_attachments(media, workdir) if family == "mkv" and media.cover_art else []
+    args = commands.join_command(list_path, media.path, dst_tmp, caps=ffmpeg_caps(), offset=offset,
+                                 video_index=media.video.index, rotation=media.video.rotation, streams=streams,
+                                 stream_options=options, muxer=muxer, mp4=family == "mp4",
+                                 tag=IN_BAND_TAGS.get(codec or "") if mixed else None, attach=attach)
     ffmpeg_cli.run(args, timeout=timeout or 120.0 + media.size / 20e6)
     rate = media.video.frame_rate
     frame_duration = float(1 / rate) if rate else 0.04
@@ -248,15 +231,10 @@ def verify_output(path: str, plan: JoinPlan, *, decode: bool = True, timeout: fl
     With ``decode`` every video frame is decoded (ffprobe ``-count_frames``) and any decoder message fails
     verification; without it, packets are counted. Raises :class:`VerificationError` on any mismatch.
     """
-    count = "-count_frames" if decode else "-count_packets"
     field_name = "nb_read_frames" if decode else "nb_read_packets"
     try:
-        done = ffmpeg_cli.run(
-            [ffmpeg_cli.ffprobe(), "-v", "error", "-threads", str(os.cpu_count() or 1), "-of", "json",
-             "-select_streams", "v:0", count,
-             "-show_entries", f"stream={field_name},duration,start_time:format=nb_streams",
-             ffmpeg_cli.file_url(path)], timeout=timeout)
-        listing = ffmpeg_cli.probe_json(["-show_entries", "stream=codec_type:stream_side_data=rotation",
+        done = ffmpeg_cli.run(commands.verify_command(ffmpeg_cli.ffprobe(), path, decode=decode), timeout=timeout)
+        listing = ffmpeg_cli.probe_json(["-show_entries", "stream=codec_type:stream_side_data=rotation:stream_tags=rotate",
                                          ffmpeg_cli.file_url(path)], timeout=60)
     except FFmpegError as err:
         raise VerificationError(f"the joined output cannot be read back: {err}") from None
@@ -278,8 +256,7 @@ def verify_output(path: str, plan: JoinPlan, *, decode: bool = True, timeout: fl
     rotation = 0
     for entry in listing.get("streams", []):
         if entry.get("codec_type") == "video":
-            for side in entry.get("side_data_list", []) or []:
-                rotation = int(round(float(side.get("rotation", 0) or 0)))
+            rotation = stream_rotation(entry)
             break
     notes: tuple[str, ...] = ()
     if rotation != plan.rotation:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from montage_ray import ffmpeg_cli
+from montage_ray import commands, ffmpeg_cli
+from montage_ray.caps import ffmpeg_caps
 from montage_ray.segment_encode import count_packets
 from montage_ray.errors import EncoderError
 from montage_ray.media import MediaInfo
@@ -28,17 +29,12 @@ def split_timeout(media: MediaInfo) -> float:
 
 def split_source(media: MediaInfo, segments: Sequence[Segment], workdir: str) -> list[str]:
     """Write each segment's packets to ``workdir/src-NNNNNN.nut`` and return the paths in order."""
-    # ffmpeg runs inside workdir and gets a relative name: the segment muxer reads its output name as a
-    # printf pattern, and the folder's own name (a user's, say "100%") must never be one.
+    # ffmpeg runs inside workdir and gets a relative name (see commands.cut_command): the segment muxer
+    # reads its output name as a printf pattern, and the folder's own name (a user's, say "100%") must never
+    # be one.
     pattern = "src-%06d.nut"
-    args = [ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-y",
-            "-fflags", "+genpts", "-noautorotate", "-i", ffmpeg_cli.file_url(media.path), "-map", f"0:{media.video.index}",
-            "-c", "copy", "-map_metadata", "-1"]
-    if len(segments) > 1:
-        args += ["-f", "segment", "-segment_format", "nut", "-reset_timestamps", "0",
-                 "-segment_frames", ",".join(str(s.first_packet) for s in segments[1:]), "file:" + pattern]
-    else:
-        args += ["-f", "nut", "file:" + pattern % 0]
+    args = commands.cut_command(media.path, media.video.index, [s.first_packet for s in segments[1:]], pattern,
+                                caps=ffmpeg_caps())
     ffmpeg_cli.run(args, timeout=split_timeout(media), cwd=workdir)
     paths = [os.path.join(workdir, pattern % i) for i in range(len(segments))]
     for seg, path in zip(segments, paths):

@@ -144,7 +144,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _submit_when_ready(client, request: dict, patience: float = 60.0) -> str:
+def _submit_when_ready(client, request: dict, patience: float = 180.0) -> str:
     """Submit; a head that has just started answers "No available agent" until its job agent is up."""
     deadline = time.monotonic() + patience
     while True:

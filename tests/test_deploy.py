@@ -422,7 +422,7 @@ def test_submit_job_encodes_with_token_auth(token_cluster):
             "encode", str(src), str(dst), "--preset", "ultrafast", "--segment-seconds", "1",
             "--workers", "1", "--verify", "packets"]
     try:
-        run = _submit(token_cluster, *args, timeout=90)
+        run = _submit(token_cluster, *args, timeout=300)
     except subprocess.TimeoutExpired as err:
         from ray.job_submission import JobSubmissionClient
 
