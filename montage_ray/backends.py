@@ -281,3 +281,52 @@ def cpu_spec(codec: str = "h264", *, quality: int = 23, preset: str = "medium", 
     """The CPU backend resolved for a job; with ``standin_for`` it serves that hardware label."""
     return BACKENDS["cpu"].spec(codec, quality=quality, preset=preset, threads=threads,
                                 standin_for=standin_for)
+
+
+#: Encoder options an encoders YAML may add (``extra_args``), besides :data:`COMMON_TUNING`: each
+#: encoder's own tuning knobs, vetted from ``ffmpeg -h encoder=NAME``. Left out on purpose: options that
+#: name files (``-stats``, ``-passlogfile``), load code (``-load_plugin``), or that montage-ray sets itself
+#: so that segments join (``-profile``, ``-level``, ``-preset``, the quality knobs).
+ENCODER_TUNING: dict[str, frozenset[str]] = {
+    "libx264": frozenset({"-tune", "-x264-params", "-rc-lookahead", "-aq-mode", "-aq-strength", "-psy",
+                          "-psy-rd", "-weightb", "-weightp", "-b-pyramid", "-mixed-refs", "-fast-pskip",
+                          "-mbtree", "-deblock", "-partitions", "-direct-pred", "-me_method", "-motion-est",
+                          "-coder", "-b_strategy", "-chromaoffset", "-noise_reduction", "-b-bias",
+                          "-intra-refresh", "-forced-idr", "-aud", "-nal-hrd", "-cplxblur", "-crf_max"}),
+    "libx265": frozenset({"-tune", "-x265-params", "-forced-idr"}),
+    "libsvtav1": frozenset({"-svtav1-params", "-la_depth", "-hielevel", "-tier", "-sc_detection",
+                            "-tile_columns", "-tile_rows"}),
+    **{name: frozenset({"-low_power", "-idr_interval", "-b_depth", "-async_depth", "-max_frame_size",
+                        "-rc_mode", "-aud", "-sei", "-coder", "-tier", "-tiles", "-quality"})
+       for name in ("h264_vaapi", "hevc_vaapi", "av1_vaapi")},
+    **{name: frozenset({"-async_depth", "-avbr_accuracy", "-avbr_convergence", "-forced_idr", "-low_power",
+                        "-rdo", "-max_frame_size", "-max_slice_size", "-mbbrc", "-extbrc", "-adaptive_i",
+                        "-adaptive_b", "-p_strategy", "-b_strategy", "-dblk_idc", "-look_ahead",
+                        "-look_ahead_depth", "-idr_interval", "-gpb", "-tile_cols", "-tile_rows", "-aud"})
+       for name in ("h264_qsv", "hevc_qsv", "av1_qsv")},
+    **{name: frozenset({"-tune", "-rc", "-rc-lookahead", "-surfaces", "-gpu", "-delay", "-no-scenecut",
+                        "-forced-idr", "-b_adapt", "-spatial-aq", "-spatial_aq", "-temporal-aq", "-temporal_aq",
+                        "-zerolatency", "-nonref_p", "-strict_gop", "-aq-strength", "-weighted_pred",
+                        "-b_ref_mode", "-multipass", "-dpb_size", "-tier", "-coder", "-aud"})
+       for name in ("h264_nvenc", "hevc_nvenc", "av1_nvenc")},
+    **{name: frozenset() for name in ("h264_nvmpi", "hevc_nvmpi", "h264_nvv4l2", "hevc_nvv4l2")},
+    "h264_v4l2m2m": frozenset({"-num_output_buffers", "-num_capture_buffers"}),
+}
+
+#: Generic encoder options every backend takes (GOP and rate control), each with one value.
+COMMON_TUNING = frozenset({"-g", "-bf", "-refs", "-keyint_min", "-sc_threshold", "-b:v", "-maxrate",
+                           "-bufsize", "-qmin", "-qmax", "-qcomp"})
+
+#: Keys inside ``-x264-params``/``-x265-params``/``-svtav1-params`` that read or write files.
+FILE_PARAMS = frozenset({"stats", "qpfile", "cqmfile", "dump-yuv", "csv", "analysis-save", "analysis-load",
+                         "analysis-reuse-file", "lambda-file", "scaling-list", "zonefile", "zones-file",
+                         "dolby-vision-rpu", "recon", "fgs-table", "stat-file", "output-stat", "input",
+                         "output", "passlogfile", "roi-map-file", "log-file", "pass", "slow-firstpass"})
+
+
+def tuning_options(backend: str, codec: str | None = None) -> frozenset[str]:
+    """Options an encoders YAML may pass to ``backend`` (for ``codec``, or for any codec it encodes)."""
+    row = BACKENDS[backend]
+    codecs = [codec] if codec else list(row.encoders)
+    names = [n for c in codecs if c in row.encoders for n in row.encoder_names(c)]
+    return COMMON_TUNING.union(*(ENCODER_TUNING.get(n, frozenset()) for n in names))

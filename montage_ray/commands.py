@@ -25,6 +25,7 @@ ffmpeg-python puts global options after the outputs and keeps only one value per
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import ffmpeg as ffmpeg_python
@@ -105,8 +106,12 @@ def _compile(head: list[str], stream: Any) -> list[str]:
 # ------------------------------------------------------------------------------------------------------
 
 def encode_command(spec: Any, src: str, dst: str, *, caps: FFmpegCaps, video_args: Sequence[str] = (),
-                   sar: str | None = None, progress: str | None = None, loglevel: str = "error") -> list[str]:
+                   sar: str | None = None, progress: str | None = None, loglevel: str = "error",
+                   frame_filter: str | None = None) -> list[str]:
     """Encode file ``src`` (NUT) into ``dst`` (MP4) with ``spec`` (an EncoderSpec) on ``caps``'s ffmpeg.
+
+    ``frame_filter`` comes first in the filter chain: the job's frame fit (:func:`montage_ray.plan.fit_frame`
+    pads an odd size to what 4:2:0 can hold), decided once per job before any encoder starts.
 
     The output keeps every frame's presentation time (``-fps_mode passthrough``, ``-vsync passthrough``
     before 5.1) in the source's time base (``-enc_time_base -1``, ``demux`` from 9.0); MP4 keeps every
@@ -122,7 +127,7 @@ def encode_command(spec: Any, src: str, dst: str, *, caps: FFmpegCaps, video_arg
         raise EncoderError(caps.missing("readrate", "throttled stand-ins (readrate in the encoders file)"))
     if progress and not caps.progress:
         progress = None
-    filters = ([f"setsar={sar}"] if sar else []) + ([spec.video_filter] if spec.video_filter else [])
+    filters = [f for f in (frame_filter, f"setsar={sar}" if sar else None, spec.video_filter) if f]
     # -noautorotate is an input option without a value: ffmpeg-python writes a None-valued keyword as a bare
     # flag before -i, which is what ffmpeg needs (the pixels are never rotated; the join sets the matrix).
     source = ffmpeg_python.input(file_url(src), noautorotate=None, **input_kwargs)
@@ -153,7 +158,14 @@ def probe_encode_command(spec: Any, src: str, dst: str, *, caps: FFmpegCaps, vid
 def cut_command(source: str, stream_index: int, first_packets: Sequence[int], pattern: str, *,
                 caps: FFmpegCaps) -> list[str]:
     """Stream-copy video stream ``stream_index`` of ``source`` into NUT files named by ``pattern``
-    (``%06d``), cutting before each of ``first_packets`` (a single file at ``pattern % 0`` when empty)."""
+    (``%06d``), cutting before each of ``first_packets`` (a single file at ``pattern % 0`` when empty).
+
+    ``pattern`` is a bare file name, and the command runs in the folder the pieces go to
+    (``ffmpeg_cli.run(..., cwd=folder)``): the segment muxer reads its whole output name as a printf
+    pattern, and a folder's name (a user's, say ``100%``) must never be one.
+    """
+    if os.path.basename(pattern) != pattern or not pattern or pattern.startswith("-"):
+        raise ValueError(f"cut_command wants a bare file name as its pattern, not {pattern!r}")
     src = ffmpeg_python.input(file_url(source), fflags="+genpts", noautorotate=None)
     out: dict[str, Any] = {"c": "copy", "map_metadata": "-1"}
     if first_packets:
@@ -163,7 +175,8 @@ def cut_command(source: str, stream_index: int, first_packets: Sequence[int], pa
     else:
         out["f"] = "nut"
         target = pattern % 0
-    return _compile(_globals(caps.path), ffmpeg_python.output(src[str(stream_index)], file_url(target), **out))
+    # "file:" + the relative name (file_url would make it absolute, folder and all)
+    return _compile(_globals(caps.path), ffmpeg_python.output(src[str(stream_index)], "file:" + target, **out))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -179,11 +192,30 @@ def align_command(src: str, dst: str, shift: int, *, caps: FFmpegCaps) -> list[s
     return _compile(_globals(caps.path), stream)
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """A file attached to a Matroska output (``-attach``): the source's cover art, copied out to ``path``."""
+
+    path: str
+    number: int         # its output stream number among the attachments (t:N), after the mapped ones
+    mimetype: str
+    filename: str
+
+
+def cover_picture_command(source: str, stream_index: int, dst: str, *, caps: FFmpegCaps) -> list[str]:
+    """Copy the attached picture (cover art) stream ``stream_index`` of ``source`` out to the image ``dst``."""
+    src = ffmpeg_python.input(file_url(source))
+    stream = ffmpeg_python.output(src[str(stream_index)], file_url(dst), c="copy", **{"frames:v": "1"},
+                                  f="image2", update="1")
+    return _compile(_globals(caps.path), stream)
+
+
 def join_command(concat_list: str, source: str, dst: str, *, caps: FFmpegCaps, offset: float,
                  video_index: int, rotation: int, streams: Sequence[int], stream_options: dict[str, Any],
-                 muxer: str, mp4: bool, tag: str | None = None) -> list[str]:
+                 muxer: str, mp4: bool, tag: str | None = None, attach: Sequence[Attachment] = ()) -> list[str]:
     """Concatenate the encoded segments listed in ``concat_list`` and mux the source's ``streams`` (audio,
-    subtitles, attachments, by index) from ``source`` into ``dst``, with ``stream_options`` for them.
+    subtitles, attachments, cover art, by index) from ``source`` into ``dst``, with ``stream_options`` for
+    them, and the files of ``attach`` as attachments (Matroska's cover art).
 
     The video is shifted by ``offset`` seconds (the source's first frame relative to its start) and gets the
     source's display ``rotation``: with ``-display_rotation`` on the concat input (7.0+), else with the
@@ -215,6 +247,14 @@ def join_command(concat_list: str, source: str, dst: str, *, caps: FFmpegCaps, o
         # input (ffmpeg-python puts every input before the first -map).
         at = args.index("-map")
         args[at:at] = ["-noautorotate", "-i", file_url(source)]
+    if attach:
+        # -attach repeats, and each attachment takes two -metadata:s:t:N values: more than ffmpeg-python's
+        # one value per option name holds, so they go in by hand, before the output's name
+        at = len(args) - 1 - args[::-1].index(file_url(dst))
+        for a in attach:
+            args[at:at] = ["-attach", file_url(a.path), f"-metadata:s:t:{a.number}", f"mimetype={a.mimetype}",
+                           f"-metadata:s:t:{a.number}", f"filename={a.filename}"]
+            at += 6
     return args
 
 

@@ -66,3 +66,12 @@ class VerificationError(MontageError):
     """The joined output did not pass verification; it was not written to the destination."""
 
     exit_code = 7
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM): unwinds and cleans up exactly as Ctrl-C does.
+
+    Not a :class:`MontageError` (nothing went wrong with the job); the CLI exits with 143 (128 + 15).
+    """
+
+    exit_code = 143

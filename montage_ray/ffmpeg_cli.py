@@ -17,6 +17,7 @@ File names from users never reach ffmpeg as they are: :func:`file_url` turns the
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import re
@@ -91,13 +92,30 @@ def file_url(path: str | os.PathLike[str]) -> str:
     return "file:" + os.path.abspath(os.fspath(path))
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to kill this child when the process that started it dies (no orphaned ffmpeg)."""
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up once in the parent: never dlopen() between fork and exec."""
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+#: Resolved at import. A child forked from a threaded process (a Ray worker) may only make plain system
+#: calls before exec: another thread may have held the dynamic loader's or malloc's lock at the fork, and
+#: ``ctypes.CDLL`` in the child (as this module did before) could wait on it forever.
+_PRCTL = _load_prctl() if os.name == "posix" and os.uname().sysname == "Linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to kill this child when the thread that started it dies (no orphaned ffmpeg).
+
+    Only two system calls through a function pointer resolved before the fork: no import, no dlopen, no
+    lock. If the parent died before prctl took effect, the child exits at once instead of running orphaned.
+    """
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)  # type: ignore[misc]
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def tail(text: str, limit: int = STDERR_TAIL_CHARS) -> str:
@@ -130,7 +148,8 @@ def run(args: Sequence[str], *, timeout: float, check: bool = True, input_bytes:
         proc = subprocess.Popen(
             args, stdin=subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env, cwd=cwd,
-            start_new_session=True, preexec_fn=_die_with_parent if os.name == "posix" else None)
+            start_new_session=True,  # setsid() in C, safe after fork: its own process group to kill
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()) if _PRCTL is not None else None)
     except FileNotFoundError as err:
         raise FFmpegNotFound(f"cannot run {args[0]!r}: {err.strerror}") from err
     except PermissionError as err:

@@ -20,24 +20,25 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from montage_ray import workdirs
 from montage_ray.budget import Bill, BudgetView, price_of, refusals_at_start, settle
 from montage_ray.cluster.nodes import offered_labels, offers, placements, remote_labels
 from montage_ray.cluster.pool import EncoderPool, PoolOptions
 from montage_ray.cluster.session import RaySession, ray_session
 from montage_ray.cluster.workers import Worker
 from montage_ray.config import LabelConfig
-from montage_ray.errors import ClusterError, EncoderError, InputError
+from montage_ray.errors import ClusterError, EncoderError, FFmpegError, InputError, VerificationError
 from montage_ray.files import publish
 from montage_ray.join import join_segments, verify_output
 from montage_ray.media import MediaInfo, inspect
 from montage_ray.options import EncodeOptions, ValidJob
-from montage_ray.plan import Segment, is_small_job, plan_segments, segment_length, small_job_seconds
+from montage_ray.plan import (FrameFit, Segment, fit_frame, is_small_job, plan_segments, segment_length,
+                              small_job_seconds)
 from montage_ray.progress import CallbackListener, ProgressListener
 from montage_ray.quota import Refusal
 from montage_ray.report import FailedAttempt, JobReport
@@ -46,6 +47,9 @@ from montage_ray.segment_encode import EncodeResult, JobSettings
 from montage_ray.split import split_source
 
 log = logging.getLogger(__name__)
+
+#: Prefix of a job's hidden work folder beside the destination (see :mod:`montage_ray.workdirs`).
+WORKDIR_PREFIX = ".montage-ray-"
 
 #: Called after each finished segment with (segments done, segments total, the result).
 ProgressCallback = Callable[[int, int, EncodeResult], None]
@@ -73,12 +77,15 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
     clock.skip()
     media = inspect(job.source)                                                 # inspect
     clock.lap("probe")
+    fit = fit_frame(media.video.width, media.video.height)  # odd sizes: decided here, before any encoder
     job_id = uuid.uuid4().hex[:8]
-    preset = PROFILE_PRESETS.get(opts.profile, opts.preset)
-    settings = JobSettings(codec=opts.codec, quality=opts.quality, preset=preset, video=media.video, job_id=job_id)
+    settings = job_settings(media, opts, fit, job_id)
     log.info("job %s: %s -> %s (%d frames)", job_id, src, dst, media.video.frames)
-    workdir = tempfile.mkdtemp(prefix=".montage-ray-", dir=os.path.dirname(job.target))
+    folder = os.path.dirname(job.target)
+    workdirs.sweep(folder, WORKDIR_PREFIX)  # leftovers of killed jobs (whose owner is gone)
+    workdir = None
     try:
+        workdir = workdirs.make_workdir(folder, WORKDIR_PREFIX)
         with ray_session(opts.address) as session:                              # session
             clock.lap("ray")
             decision = route_job(media, job)                                    # offers/route
@@ -103,16 +110,22 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
         checked = verify_output(tmp_out, joined, decode=(opts.verify == "decode"))  # verify
         clock.lap("verify")
         publish(tmp_out, job.target, overwrite=opts.overwrite)                  # publish
+    except (OSError, FFmpegError, EncoderError, VerificationError) as err:
+        full = workdirs.disk_full_error(folder, err)  # a full disk: one line, exit 4, not a traceback
+        if full is not None:
+            raise full from None
+        raise
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
     report = JobReport(
         source=os.fspath(src), output=os.fspath(dst), codec=opts.codec, frames=media.video.frames,
         duration=sum(s.duration for s in segments), job_id=job_id, started=clock.started_at,
         wall_seconds=clock.elapsed(), timings=clock.timings, phases=clock.spans, segments=encoded.results,
         failures=crew.unavailable + encoded.failures, encoders=sorted({w.encoder for w in encoded.workers}),
-        notes=[*joined.notes, *checked.notes, *bill.notes], ray_address=session.address, profile=opts.profile,
-        route=list(decision.reasons), duplicates=encoded.duplicates, cost=bill.cost,
-        provider=[*bill.provider, *encoded.provider],
+        notes=[*([fit.note] if fit.note else []), *joined.notes, *checked.notes, *bill.notes],
+        ray_address=session.address, profile=opts.profile, route=list(decision.reasons),
+        duplicates=encoded.duplicates, cost=bill.cost, provider=[*bill.provider, *encoded.provider],
         workers=[{"name": w.name, "label": w.label, "encoder": w.encoder, "host": w.hostname, "node": w.node,
                   "pid": w.pid} for w in encoded.workers])
     write_extras(report, job)
@@ -120,6 +133,14 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
 
 
 # -- the phases -----------------------------------------------------------------------------------------
+
+
+def job_settings(media: MediaInfo, opts: EncodeOptions, fit: FrameFit, job_id: str) -> JobSettings:
+    """What every encoder actor of this job needs besides its segment: codec, quality, the profile's
+    preset, the source's video facts and the frame fit (:func:`~montage_ray.plan.fit_frame`)."""
+    preset = PROFILE_PRESETS.get(opts.profile, opts.preset)
+    return JobSettings(codec=opts.codec, quality=opts.quality, preset=preset, video=media.video, job_id=job_id,
+                       frame_filter=fit.filter)
 
 
 def route_job(media: MediaInfo, job: ValidJob) -> Route:

@@ -33,6 +33,9 @@ CONTAINERS = {".mp4": ("mp4", "mp4"), ".m4v": ("mp4", "mp4"), ".mov": ("mov", "m
 #: Audio codecs an MP4/MOV file holds as they are; anything else is encoded to AAC, once.
 MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "opus", "mp2"})
 
+#: Cover art codecs kept (MP4: an attached picture; MKV: an attachment): file extension and MIME type.
+COVER_ART = {"mjpeg": (".jpg", "image/jpeg"), "png": (".png", "image/png"), "bmp": (".bmp", "image/bmp")}
+
 
 def container_for(path: str) -> tuple[str, str]:
     """(muxer, family) for a destination path, or InputError for an extension montage-ray cannot write."""
@@ -58,10 +61,19 @@ class JoinPlan:
 
 
 def _concat_list(segments: Sequence[Segment], paths: Sequence[str], list_path: str) -> None:
+    """Write the concat demuxer's list. Files beside the list are named relative to it (the demuxer resolves
+    them against the list's own URL), so that a folder name with a newline or a quote never reaches a line
+    of the list; any other file is a quoted ``file:`` URL."""
     lines = ["ffconcat version 1.0"]
+    folder = os.path.dirname(os.path.abspath(list_path))
     for seg, path in zip(segments, paths):
-        # Our own temp names only (no user text), quoted as the concat demuxer expects.
-        lines.append("file '" + ffmpeg_cli.file_url(path).replace("'", "'\\''") + "'")
+        if os.path.dirname(os.path.abspath(path)) == folder:
+            name = os.path.basename(path)       # our own names: enc-000000.mp4, aligned-000001.mp4
+        else:
+            name = ffmpeg_cli.file_url(path)
+        if "\n" in name or "\r" in name:
+            raise InputError(f"cannot join a file whose path contains a line break: {path!r}")
+        lines.append("file '" + name.replace("'", "'\\''") + "'")
         lines.append(f"duration {seg.duration:.9f}")
     with open(list_path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
@@ -95,7 +107,39 @@ def mux_args(media: MediaInfo, family: str) -> tuple[list[int], dict[str, str], 
         streams += [t.index for t in media.attachments]
         if media.attachments:
             options.append(("c:t", "copy"))
+    elif media.attachments:
+        notes.append(f"{len(media.attachments)} attachment(s) (fonts, files) dropped: MP4 cannot hold them")
+    # Cover art (attached pictures): in MP4 it follows the encoded video as v:1, v:2 ...; in MKV it is an
+    # attachment (see cover_attachments). Both hold JPEG, PNG and BMP.
+    pictures = 0
+    for c in media.cover_art:
+        if c.codec not in COVER_ART:
+            notes.append(f"cover art stream {c.index} ({c.codec}) dropped: {family} cover art is JPEG, PNG or BMP")
+        elif family == "mp4":
+            pictures += 1
+            streams.append(c.index)
+            options += [(f"c:v:{pictures}", "copy"), (f"disposition:v:{pictures}", "attached_pic")]
+    for v in media.other_video:
+        notes.append(f"video stream {v.index} ({v.codec}) dropped: only the first video stream is encoded")
+    for d in media.data:
+        notes.append(f"data stream {d.index} ({d.codec}) dropped")
     return streams, commands.stream_options(options), notes
+
+
+def cover_attachments(media: MediaInfo, workdir: str) -> list[commands.Attachment]:
+    """MKV only: the source's cover art as attachments, each copied out to a picture file in ``workdir`` first.
+
+    ffmpeg's Matroska muxer writes an attached picture only as an attachment (read back as cover art by
+    every demuxer), and an attachment can only come from a file.
+    """
+    out: list[commands.Attachment] = []
+    kept = len(media.attachments)  # mapped attachments come first among the output's t: streams
+    for k, c in enumerate(s for s in media.cover_art if s.codec in COVER_ART):
+        ext, mime = COVER_ART[c.codec]
+        picture = os.path.join(workdir, f"cover-{k}{ext}")
+        ffmpeg_cli.run(commands.cover_picture_command(media.path, c.index, picture, caps=ffmpeg_caps()), timeout=120)
+        out.append(commands.Attachment(picture, kept + k, mime, f"cover{ext if k == 0 else f'-{k}{ext}'}"))
+    return out
 
 
 def _first_packet(path: str) -> tuple[float, float, Fraction]:
@@ -153,10 +197,11 @@ def join_segments(media: MediaInfo, segments: Sequence[Segment], encoded: Sequen
     # video by how far its first frame was from the file's start so that A/V offset is kept exactly.
     offset = segments[0].start - media.start_time
     streams, options, notes = mux_args(media, family)
+    attach = cover_attachments(media, workdir) if family == "mkv" and media.cover_art else []
     args = commands.join_command(list_path, media.path, dst_tmp, caps=ffmpeg_caps(), offset=offset,
                                  video_index=media.video.index, rotation=media.video.rotation, streams=streams,
                                  stream_options=options, muxer=muxer, mp4=family == "mp4",
-                                 tag=IN_BAND_TAGS.get(codec or "") if mixed else None)
+                                 tag=IN_BAND_TAGS.get(codec or "") if mixed else None, attach=attach)
     ffmpeg_cli.run(args, timeout=timeout or 120.0 + media.size / 20e6)
     rate = media.video.frame_rate
     frame_duration = float(1 / rate) if rate else 0.04

@@ -87,6 +87,7 @@ class PacketIndex:
 
     pts: np.ndarray          # int64, decode order
     key: np.ndarray          # bool, decode order
+    last_duration: int = 0   # how long the last-shown frame lasts, in ticks, as the source says (0: unknown)
 
     def __len__(self) -> int:
         return int(self.pts.shape[0])
@@ -121,6 +122,9 @@ class MediaInfo:
     attachments: tuple[StreamInfo, ...]
     chapters: int
     packets: PacketIndex = field(repr=False)
+    cover_art: tuple[StreamInfo, ...] = ()    # attached pictures (kind "video", disposition attached_pic)
+    other_video: tuple[StreamInfo, ...] = ()  # video streams after the one encoded (not cover art)
+    data: tuple[StreamInfo, ...] = ()         # data streams (timecode, GPS, ...): not carried over
 
     def clean_cuts(self) -> np.ndarray:
         """See :meth:`PacketIndex.clean_cuts`."""
@@ -147,23 +151,27 @@ def stream_rotation(stream: dict[str, Any]) -> int:
 def _read_packets(url: str, index: int) -> tuple[PacketIndex, str]:
     done = ffmpeg_cli.run(
         [ffmpeg_cli.ffprobe(), "-v", "error", "-fflags", "+genpts", "-select_streams", str(index),
-         "-show_entries", "packet=pts,dts,flags", "-of", "csv=p=0", url],
+         "-show_entries", "packet=pts,dts,duration,flags", "-of", "csv=p=0", url],
         timeout=PROBE_TIMEOUT)
     lines = done.stdout.split()
     n = len(lines)
     pts = np.empty(n, dtype=np.int64)
     key = np.zeros(n, dtype=bool)
+    durations = np.zeros(n, dtype=np.int64)
     for i, line in enumerate(lines):
-        fields = line.split(",")
+        fields = line.split(",")  # ffprobe's own order: pts, dts, duration, flags
         p, d = fields[0], fields[1] if len(fields) > 1 else "N/A"
+        if len(fields) > 2 and fields[2].isdigit():
+            durations[i] = int(fields[2])
         if p == "N/A":
             p = d
         if p == "N/A":  # no timestamps at all: assume decode order is display order
             pts[i] = pts[i - 1] + 1 if i else 0
         else:
             pts[i] = int(p)
-        key[i] = len(fields) > 2 and fields[2].startswith("K")
-    return PacketIndex(pts=pts, key=key), done.stderr
+        key[i] = len(fields) > 3 and fields[3].startswith("K")
+    last = int(durations[int(np.argmax(pts))]) if n else 0
+    return PacketIndex(pts=pts, key=key, last_duration=last), done.stderr
 
 
 def inspect(path: str | os.PathLike[str]) -> MediaInfo:
@@ -227,7 +235,12 @@ def inspect(path: str | os.PathLike[str]) -> MediaInfo:
         format_name=fmt.get("format_name", "?"), duration=_float(fmt.get("duration")),
         start_time=_float(fmt.get("start_time")), video=video, audio=others("audio"),
         subtitles=others("subtitle"), attachments=others("attachment"),
-        chapters=len(data.get("chapters", [])), packets=packets)
+        chapters=len(data.get("chapters", [])), packets=packets,
+        cover_art=tuple(StreamInfo(int(s["index"]), "video", s.get("codec_name") or "unknown") for s in streams
+                        if s.get("codec_type") == "video" and s.get("disposition", {}).get("attached_pic")),
+        other_video=tuple(StreamInfo(int(s["index"]), "video", s.get("codec_name") or "unknown")
+                          for s in video_streams[1:]),
+        data=others("data"))
 
 
 def _known(value: str | None) -> str | None:

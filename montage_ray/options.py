@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from montage_ray.backends import CODECS, PRESETS
-from montage_ray.config import LabelConfig, load_encoders_config
+from montage_ray.config import LabelConfig, check_config_for_codec, load_encoders_config
 from montage_ray.errors import InputError
 from montage_ray.join import container_for
 from montage_ray.routing import PROFILES
@@ -87,6 +87,7 @@ class EncodeOptions:
         extra files; return the job's resolved paths. Raises InputError (one line) for the first problem."""
         self.check_values()
         config = load_encoders_config(self.encoders_config)
+        check_config_for_codec(config, self.codec)  # extra_args vetted for the encoder that serves this codec
         source = check_source(src)
         target = check_destination(dst, overwrite=self.overwrite, source=source)
         extras: dict[str, str | None] = {}

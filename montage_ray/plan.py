@@ -118,7 +118,9 @@ def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: fl
     if n == 0:
         return []
     first = int(pts.min())
-    last_end = int(pts.max()) + _frame_ticks(pts)
+    # The stream ends when its last-shown frame does: that frame's own duration where the source gives one
+    # (a VFR stream's typical gap can be far longer or shorter), else the typical gap.
+    last_end = int(pts.max()) + (packets.last_duration or _frame_ticks(pts))
     total_ticks = last_end - first
     target = max(1, int(round(segment_seconds / time_base)))
     cuts = packets.clean_cuts()
@@ -151,3 +153,31 @@ def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: fl
                 start_ticks=start_ticks[i], duration_ticks=start_ticks[i + 1] - start_ticks[i])
         for i in range(len(starts))
     ]
+
+
+@dataclass(frozen=True)
+class FrameFit:
+    """The frame size the encoders get, and the filter that makes it (None: the source's own size)."""
+
+    width: int
+    height: int
+    filter: str | None = None
+    note: str | None = None
+
+
+def fit_frame(width: int, height: int) -> FrameFit:
+    """Decide, before any encoder starts, the frame size every encoder can take.
+
+    Every output is 4:2:0 (yuv420p, nv12 on hardware: see :func:`montage_ray.segment_encode.video_output_args`),
+    which cannot hold an odd width or height. Such a frame is **padded** by one pixel, the last column or
+    row repeated (``fillborders`` smear): every source pixel is kept, where cropping would drop a row of
+    picture; the job's report says so. Even sizes pass untouched::
+
+        fit_frame(641, 361).filter   # 'pad=642:362:0:0,fillborders=right=1:bottom=1:mode=smear'
+    """
+    w, h = width + width % 2, height + height % 2
+    if (w, h) == (width, height):
+        return FrameFit(width, height)
+    return FrameFit(w, h, f"pad={w}:{h}:0:0,fillborders=right={w - width}:bottom={h - height}:mode=smear",
+                    f"frame size {width}x{height} padded to {w}x{h} (4:2:0 video needs even sizes); "
+                    "the added column/row repeats the picture's edge")

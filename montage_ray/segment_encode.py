@@ -18,13 +18,14 @@ nothing::
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from montage_ray import commands, ffmpeg_cli
+from montage_ray import commands, ffmpeg_cli, workdirs
 from montage_ray.caps import FFmpegCaps, ffmpeg_caps
 from montage_ray.backends import EncoderSpec
 from montage_ray.errors import EncoderError, FFmpegError
@@ -127,6 +128,7 @@ class JobSettings:
     preset: str
     video: VideoInfo
     job_id: str = ""        # carried into the actors' log lines
+    frame_filter: str | None = None  # plan.fit_frame's filter for sizes the encoders cannot take as they are
 
     @property
     def sar(self) -> str | None:
@@ -158,10 +160,14 @@ class _ProgressFile:
                 return
 
 
+#: Prefix of an encode's scratch folder (in the system's temp folder unless a workdir is given).
+SEGMENT_PREFIX = "montage-seg-"
+
+
 def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_args: Sequence[str] = (),
                    sar: str | None = None, timeout: float = 600.0, workdir: str | None = None,
                    actor: str = "", attempt: int = 1, should_stop: Callable[[], bool] | None = None,
-                   on_progress: Callable[[int], None] | None = None,
+                   on_progress: Callable[[int], None] | None = None, frame_filter: str | None = None,
                    caps: FFmpegCaps | None = None) -> tuple[EncodeResult, bytes]:
     """Encode one segment's packets (a NUT file's bytes) and return the result and the encoded MP4 bytes.
 
@@ -176,7 +182,10 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
         return SegmentEncodeError(f"segment {segment.index} on {spec.label}: {message}", reason=reason,
                                   stderr=stderr, started=started_at, seconds=time.monotonic() - started)
 
-    with tempfile.TemporaryDirectory(prefix="montage-seg-", dir=workdir) as tmp:
+    parent = workdir or tempfile.gettempdir()
+    workdirs.sweep(parent, SEGMENT_PREFIX)  # scratch folders of encodes whose process was killed
+    tmp = workdirs.make_workdir(parent, SEGMENT_PREFIX)
+    try:
         src = os.path.join(tmp, "in.nut")
         dst = os.path.join(tmp, "out.mp4")
         with open(src, "wb") as fh:
@@ -194,7 +203,7 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
         caps = caps or ffmpeg_caps()
         try:
             cmd = commands.encode_command(spec, src, dst, caps=caps, video_args=video_args,
-                                          sar=sar, progress=progress_path)
+                                          sar=sar, progress=progress_path, frame_filter=frame_filter)
         except EncoderError as err:  # this ffmpeg lacks what the command needs: no retry will help here
             raise failed(str(err), "failed", "") from None
         try:
@@ -209,6 +218,8 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
             raise failed(f"wrote {frames} frames, expected {segment.frames}", "frame-count", done.stderr)
         with open(dst, "rb") as fh:
             encoded = fh.read()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     result = EncodeResult(
         segment=segment.index, frames=frames, bytes_in=len(data), bytes_out=len(encoded),
         seconds=time.monotonic() - started, encoder=spec.label, backend=spec.backend,

@@ -29,16 +29,19 @@ def split_timeout(media: MediaInfo) -> float:
 
 def split_source(media: MediaInfo, segments: Sequence[Segment], workdir: str) -> list[str]:
     """Write each segment's packets to ``workdir/src-NNNNNN.nut`` and return the paths in order."""
-    pattern = os.path.join(workdir, "src-%06d.nut")
+    # ffmpeg runs inside workdir and gets a relative name (see commands.cut_command): the segment muxer
+    # reads its output name as a printf pattern, and the folder's own name (a user's, say "100%") must never
+    # be one.
+    pattern = "src-%06d.nut"
     args = commands.cut_command(media.path, media.video.index, [s.first_packet for s in segments[1:]], pattern,
                                 caps=ffmpeg_caps())
-    ffmpeg_cli.run(args, timeout=split_timeout(media))
-    paths = [pattern % i for i in range(len(segments))]
+    ffmpeg_cli.run(args, timeout=split_timeout(media), cwd=workdir)
+    paths = [os.path.join(workdir, pattern % i) for i in range(len(segments))]
     for seg, path in zip(segments, paths):
         got = count_packets(path) if os.path.exists(path) else 0
         if got != seg.frames:
             raise EncoderError(f"cutting segment {seg.index} gave {got} packets instead of {seg.frames}; "
                                "the source's packet table may be inconsistent (try remuxing it first)")
-    if os.path.exists(pattern % len(segments)):
+    if os.path.exists(os.path.join(workdir, pattern % len(segments))):
         raise EncoderError("cutting the source gave more segments than planned")
     return paths

@@ -15,6 +15,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -221,10 +222,15 @@ def test_no_privileged_pods_and_devices_through_plugins(raycluster):
     pods = [spec["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in spec["workerGroupSpecs"]]
     for pod in pods:
         assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod.get("automountServiceAccountToken") is False  # no Kubernetes API credentials in a Ray pod
+        writable = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v or "persistentVolumeClaim" in v}
         for container in pod["containers"]:
             security = container.get("securityContext", {})
             assert security.get("privileged") is not True
             assert security.get("allowPrivilegeEscalation") is False
+            assert security.get("readOnlyRootFilesystem") is True
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+            assert mounts.get("/tmp") in writable, "Ray and montage-ray need a writable /tmp"
         assert not any("hostPath" in v for v in pod.get("volumes", []))
     groups = {g["groupName"]: g["template"]["spec"] for g in spec["workerGroupSpecs"]}
     dri = groups["vaapi-qsv"]
@@ -448,6 +454,17 @@ def test_submit_job_without_the_token_is_refused(token_cluster):
     run = _submit(token_cluster, "--", "--help", env_extra={"RAY_AUTH_MODE": "disabled"}, timeout=60)
     assert run.returncode == 3, run.stdout + run.stderr
     assert "submitted" not in run.stderr
+
+
+def test_image_pins_the_jetson_ffmpeg_source_to_a_commit():
+    text = (ROOT / "Dockerfile.gpu").read_text()
+    ref = re.search(r"^ARG JETSON_FFMPEG_REF=(\S+)$", text, re.M).group(1)
+    assert re.fullmatch(r"[0-9a-f]{40}", ref), f"JETSON_FFMPEG_REF={ref} is a moving branch, not a commit"
+
+
+def test_cluster_yaml_makes_the_copied_token_private(cluster_config):
+    commands = " ; ".join(cluster_config.get("initialization_commands", []) + cluster_config["setup_commands"])
+    assert "chmod 600 ~/.ray/auth_token" in commands
 
 
 # --------------------------------------------------------------------------------------------------

@@ -121,3 +121,25 @@ def test_taper_cuts_the_tail_into_half_length_segments():
     # a 45 s clip with a 9 s tail: the segment that would reach into the tail is already cut short
     straddle = plan_segments(closed_gops(1350, 30), Fraction(1, 30), 10, taper=0.2)
     assert [s.frames for s in straddle] == [300] * 3 + [150] * 3
+
+
+def test_the_stream_ends_when_its_last_frame_does_as_the_source_says():
+    """Frames 1/6 s apart, the last one lasting 1/30 s (a WebM block duration): the end is last pts + 1/30 s."""
+    pts = np.arange(0, 60) * 167
+    tb = Fraction(1, 1000)
+    told = plan_segments(PacketIndex(pts=pts, key=np.ones(60, bool), last_duration=33), tb, 2.0)
+    assert told[-1].start_ticks + told[-1].duration_ticks == 59 * 167 + 33
+    untold = plan_segments(PacketIndex(pts=pts, key=np.ones(60, bool)), tb, 2.0)  # typical gap then
+    assert untold[-1].start_ticks + untold[-1].duration_ticks == 60 * 167
+
+
+@pytest.mark.parametrize("size,fit", [((640, 360), (640, 360, None)),
+                                      ((641, 361), (642, 362, "pad=642:362:0:0,fillborders=right=1:bottom=1:mode=smear")),
+                                      ((641, 360), (642, 360, "pad=642:360:0:0,fillborders=right=1:bottom=0:mode=smear")),
+                                      ((1, 1), (2, 2, "pad=2:2:0:0,fillborders=right=1:bottom=1:mode=smear"))])
+def test_odd_frame_sizes_are_padded_to_even(size, fit):
+    from montage_ray.plan import fit_frame
+
+    got = fit_frame(*size)
+    assert (got.width, got.height, got.filter) == fit
+    assert (got.note is None) == (fit[2] is None)

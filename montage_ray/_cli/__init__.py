@@ -8,10 +8,12 @@ stderr and its exit code; a traceback is printed only for a real bug.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from typing import Sequence
 
-from montage_ray.errors import MontageError
+from montage_ray.errors import MontageError, Terminated
 
 from . import budget_cmd, encode_cmd, probe_cmd
 
@@ -28,14 +30,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C (work folder removed, ffmpeg and Ray stopped), then one line and 143.
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.run(args) or 0)
     except MontageError as err:
         print(f"montage-ray: error: {err}", file=sys.stderr)
         return err.exit_code
+    except Terminated:
+        print("montage-ray: terminated (SIGTERM); nothing was written", file=sys.stderr)
+        return Terminated.exit_code
     except KeyboardInterrupt:
         print("montage-ray: interrupted", file=sys.stderr)
         return 130

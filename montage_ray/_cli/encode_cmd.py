@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from montage_ray.backends import CODECS, PRESETS
@@ -43,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="draw who encoded what and when (one row per encoder, a bar per attempt) as PNG")
     p.add_argument("--quiet", action="store_true",
                    help="print nothing but errors (no progress bar, no summary)")
+    p.add_argument("--verbose", action="store_true",
+                   help="log what the job does, and let Ray's own warnings through (silenced otherwise)")
     p.set_defaults(run=run)
 
 
@@ -58,6 +61,10 @@ def options_from_args(args: argparse.Namespace) -> EncodeOptions:
 def run(args: argparse.Namespace) -> int:
     from montage_ray.job import encode
     from montage_ray.progress import ProgressPrinter
+
+    if args.verbose:  # montage_ray's INFO log on stderr; ray_session then lets Ray's warnings through too
+        logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
+        logging.getLogger("montage_ray").setLevel(logging.INFO)
 
     # A bar redrawn in place on a terminal; one plain line per segment when stdout is a file or a pipe.
     report = encode(args.src, args.dst, options_from_args(args),

@@ -95,6 +95,7 @@ class EncoderActor:
             result, encoded = encode_segment(spec, segment, data, video_args=video_output_args(settings.video, spec),
                                              sar=settings.sar, timeout=timeout, actor=self._name, attempt=attempt,
                                              should_stop=ctx.is_canceled, on_progress=on_progress,
+                                             frame_filter=settings.frame_filter,
                                              caps=ffmpeg_caps())  # this node's ffmpeg, asked once per process
         except SegmentEncodeError as err:
             log.warning("job %s segment %d attempt %d failed on %s: %s", settings.job_id, segment.index, attempt,

@@ -22,10 +22,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from montage_ray import workdirs
 from montage_ray.cluster.workers import WorkerRegistry
 from montage_ray.errors import ClusterError
 
@@ -120,6 +123,26 @@ def _resolve(address: str) -> str:
     return found
 
 
+def ray_log_level() -> int:
+    """Ray's own log level: its warnings (the token notice on every start) only when montage_ray itself logs
+    at INFO (``--verbose``); ERROR otherwise, so that ``--quiet`` is quiet."""
+    return logging.WARNING if logging.getLogger("montage_ray").isEnabledFor(logging.INFO) else logging.ERROR
+
+
+def _init(ray: Any, **kwargs: Any) -> None:
+    """``ray.init(**kwargs)``, keeping the caller's SIGTERM handler (ray.init installs one that exits without a
+    word; the CLI's unwinds like Ctrl-C and exits 143), then the token file made private to its owner."""
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        ray.init(logging_level=ray_log_level(), log_to_driver=False, **kwargs)
+    finally:
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
+    # a new local Ray writes its token world-readable (0644); montage-ray keeps it to its owner
+    workdirs.make_private(os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token"))
+
+
 def _start_private(ray: Any) -> None:
     """A local Ray for this process only, every part of it listening on 127.0.0.1."""
     from ray._private import ray_constants
@@ -128,8 +151,7 @@ def _start_private(ray: Any) -> None:
     saved = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=False)
+        _init(ray, address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved
 
@@ -137,7 +159,7 @@ def _start_private(ray: Any) -> None:
 def _connect(ray: Any, address: str, *, ship: bool) -> None:
     import montage_ray
 
-    kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING, "log_to_driver": False}
+    kwargs: dict[str, Any] = {"address": address}
     # A cluster gets this package shipped to it (not this machine's own ``ray start``: ``ship`` False), unless
     # this driver already runs as a Ray job (whose runtime_env brought the package, and which Ray would
     # refuse to merge with another).
@@ -150,7 +172,7 @@ def _connect(ray: Any, address: str, *, ship: bool) -> None:
     except ImportError:  # pragma: no cover - Ray before token authentication
         AuthenticationError = PermissionError  # type: ignore[misc,assignment]
     try:
-        ray.init(**kwargs)
+        _init(ray, **kwargs)
     except Exception as err:  # noqa: BLE001 - Ray raises many kinds here; each becomes one line
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if isinstance(err, AuthenticationError) or "auth" in str(err).lower() or "token" in str(err).lower():

@@ -1,0 +1,61 @@
+"""ffmpeg_cli: children die with the process that started them; nothing unsafe runs between fork and exec."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+from montage_ray import ffmpeg_cli
+
+
+def _pids_with(marker: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    if marker.encode() in fh.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def test_ffmpeg_started_from_a_thread_of_a_threaded_process_dies_with_it():
+    marker = f"sine=frequency={1000 + uuid.uuid4().int % 1000}:sample_rate=8123"
+    code = f"""
+import threading, time
+from montage_ray import ffmpeg_cli
+busy = [threading.Thread(target=lambda: [sum(range(1000)) for _ in iter(int, 1)], daemon=True) for _ in range(4)]
+for t in busy: t.start()
+def go():
+    ffmpeg_cli.run([ffmpeg_cli.ffmpeg(), "-v", "error", "-re", "-f", "lavfi", "-i", {marker!r}, "-f", "null", "-"],
+                   timeout=600, check=False)
+threading.Thread(target=go).start()
+print("started", flush=True)
+time.sleep(600)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "started"
+        deadline = time.monotonic() + 60
+        while not _pids_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _pids_with(marker), "ffmpeg never started"
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 60
+    while _pids_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _pids_with(marker) == [], "ffmpeg outlived the process that started it"
+
+
+def test_nothing_is_loaded_or_imported_between_fork_and_exec():
+    names = ffmpeg_cli._die_with_parent.__code__.co_names
+    assert "CDLL" not in names and "ctypes" not in names and "import" not in str(names)
+    assert ffmpeg_cli._PRCTL is not None  # Linux: resolved once, in the parent
