@@ -1,8 +1,10 @@
 """One encode job from source to verified destination, as a straight list of phases.
 
 :func:`encode` is the public entry point behind :func:`montage_ray.encode` and ``montage-ray encode``. It
-reads top to bottom: validate -> inspect -> session -> offers/route -> workers -> plan -> cut -> encode ->
-join -> verify -> publish, each phase a function that returns what the next needs; the
+reads top to bottom: validate -> inspect (in a thread, while Ray starts) -> session -> offers/route ->
+workers -> plan -> cut + encode (pipelined: the cutter runs in the background and each piece goes to the
+pool the moment it is cut) -> join -> verify (structure + the joins decoded here; each actor decoded its
+own segment) -> publish, each phase a function that returns what the next needs; the
 :class:`~montage_ray.report.JobReport` is built at the end from what the phases returned. Only a verified
 file is ever renamed to the destination::
 
@@ -16,12 +18,14 @@ file is ever renamed to the destination::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -39,7 +43,7 @@ from montage_ray.progress import CallbackListener, ProgressListener
 from montage_ray.report import FailedAttempt, JobReport
 from montage_ray.routing import JobFacts, Route, route
 from montage_ray.segment_encode import EncodeResult, JobSettings
-from montage_ray.split import split_source
+from montage_ray.split import Cut, start_cut
 
 log = logging.getLogger(__name__)
 
@@ -67,32 +71,43 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
     job = (options or EncodeOptions()).replace(**kwargs).validate(src, dst)      # validate
     opts = job.options
     clock.skip()
-    media = inspect(job.source)                                                 # inspect
-    clock.lap("probe")
     job_id = uuid.uuid4().hex[:8]
     preset = PROFILE_PRESETS.get(opts.profile, opts.preset)
-    settings = JobSettings(codec=opts.codec, quality=opts.quality, preset=preset, video=media.video, job_id=job_id)
-    log.info("job %s: %s -> %s (%d frames)", job_id, src, dst, media.video.frames)
     workdir = tempfile.mkdtemp(prefix=".montage-ray-", dir=os.path.dirname(job.target))
     try:
-        with ray_session(opts.address) as session:                              # session
+        with contextlib.ExitStack() as in_session:
+            with ThreadPoolExecutor(1, thread_name_prefix="inspect") as side:
+                inspecting = side.submit(inspect, job.source)                   # inspect, while ...
+                try:
+                    session = in_session.enter_context(ray_session(opts.address))  # ... Ray starts
+                except BaseException:
+                    inspecting.result()  # a bad input says so before a cluster problem does
+                    raise
             clock.lap("ray")
+            media = inspecting.result()
+            clock.lap("probe")
+            settings = JobSettings(codec=opts.codec, quality=opts.quality, preset=preset, video=media.video,
+                                   job_id=job_id, verify=opts.verify)
+            log.info("job %s: %s -> %s (%d frames)", job_id, src, dst, media.video.frames)
             decision = route_job(media, job)                                    # offers/route
             crew = start_workers(session, decision, media, job, settings)       # workers
             segments = plan_job(media, opts, crew.ready)                        # plan
             ready = crew.ready[:max(1, len(segments))]
             clock.lap("plan")
-            pieces = split_source(media, segments, workdir)                     # cut
-            clock.lap("split")
-            encoded = encode_segments(segments, pieces, workdir, ready, settings, session,  # encode
-                                      pool_options, _listener(progress))
+            cut = start_cut(media, segments, workdir)                           # cut, in the background
+            try:
+                encoded = encode_segments(segments, cut, ready, settings, session,  # encode as pieces come
+                                          pool_options, _listener(progress))
+            finally:
+                cut.close()
             clock.lap("encode")
         clock.lap("ray")  # start-up above, shut-down (of a Ray started here) now
         tmp_out = os.path.join(workdir, "joined" + os.path.splitext(job.target)[1])
         joined = join_segments(media, segments, encoded.paths, tmp_out, workdir, container=job.container,  # join
                                mixed=len({r.encoder for r in encoded.results}) > 1, codec=opts.codec)
         clock.lap("join")
-        checked = verify_output(tmp_out, joined, decode=(opts.verify == "decode"))  # verify
+        # each actor decoded its own segment in full (--verify decode): here the structure and the joins
+        checked = verify_output(tmp_out, joined, decode=False)                  # verify
         clock.lap("verify")
         publish(tmp_out, job.target, overwrite=opts.overwrite)                  # publish
     finally:
@@ -168,10 +183,13 @@ class Encoded:
     duplicates: int
 
 
-def encode_segments(segments: list[Segment], pieces: list[str], workdir: str, workers: list[Worker],
-                    settings: JobSettings, session: RaySession, pool_options: PoolOptions | None,
+def encode_segments(segments: list[Segment], cut: Cut, workers: list[Worker], settings: JobSettings,
+                    session: RaySession, pool_options: PoolOptions | None,
                     listener: ProgressListener | None) -> Encoded:
-    """Run every segment through the pool, writing each encoded piece as it arrives."""
+    """Run every segment through the pool as the cutter finishes it, writing each encoded piece as it arrives
+    (beside the pieces of ``cut``). The pool takes a segment the moment :meth:`Cut.ready` lists it."""
+    pieces = cut.paths
+    workdir = os.path.dirname(cut.pattern)
     paths = [os.path.join(workdir, f"enc-{i:06d}.mp4") for i in range(len(segments))]
     pool = EncoderPool(workers, pool_options, registry=session.registry)
     results: list[EncodeResult] = []
@@ -194,7 +212,7 @@ def encode_segments(segments: list[Segment], pieces: list[str], workdir: str, wo
     if listener:
         listener.start(frames=sum(s.frames for s in segments), segments=len(segments), encoders=len(workers))
     try:
-        for seg, result, data in pool.run(segments, load=load, settings=settings,
+        for seg, result, data in pool.run(segments, load=load, settings=settings, ready=cut.ready,
                                           on_tick=on_tick if listener else None):
             with open(paths[seg.index], "wb") as fh:
                 fh.write(data)

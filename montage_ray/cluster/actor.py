@@ -89,7 +89,8 @@ class EncoderActor:
         try:
             result, encoded = encode_segment(spec, segment, data, video_args=video_output_args(settings.video, spec),
                                              sar=settings.sar, timeout=timeout, actor=self._name, attempt=attempt,
-                                             should_stop=ctx.is_canceled, on_progress=on_progress)
+                                             should_stop=ctx.is_canceled, on_progress=on_progress,
+                                             decode=settings.verify == "decode", threads=threads)
         except SegmentEncodeError as err:
             log.warning("job %s segment %d attempt %d failed on %s: %s", settings.job_id, segment.index, attempt,
                         self._name, err)
