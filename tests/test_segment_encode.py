@@ -109,3 +109,33 @@ def test_quality_means_the_same_on_every_cpu_encoder(tmp_path):
     for codec in ("h264", "hevc", "av1"):
         assert psnr[codec, 18] > psnr[codec, 23] + 2 > psnr[codec, 28] + 4, psnr
     assert psnr["h264", 23] > 33  # a sane picture, not a broken comparison
+
+
+def test_the_actor_side_check_catches_a_truncated_or_damaged_segment(pieces, tmp_path):
+    from montage_ray.segment_encode import check_encoded
+
+    info, segments, paths = pieces
+    result, encoded = encode_segment(cpu_spec("h264", preset="ultrafast"), segments[1], open(paths[1], "rb").read())
+    good = tmp_path / "good.mp4"
+    good.write_bytes(encoded)
+    assert check_encoded(str(good), 60, decode=True) == ""
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(encoded[: len(encoded) * 2 // 3])
+    assert check_encoded(str(truncated), 60, decode=False) != ""
+    damaged = bytearray(encoded)
+    mdat, moov = damaged.find(b"mdat"), damaged.find(b"moov")
+    end = moov if moov > mdat else len(damaged)
+    for at in range(mdat + 2000, end - 100, 997):  # scribble over the coded pictures, not the index
+        damaged[at:at + 16] = b"\xff" * 16
+    bad = tmp_path / "damaged.mp4"
+    bad.write_bytes(bytes(damaged))
+    assert check_encoded(str(bad), 60, decode=False) == ""  # the packets are all there ...
+    assert "decod" in check_encoded(str(bad), 60, decode=True)  # ... but they do not decode cleanly
+
+
+def test_a_piece_cut_wrong_is_a_bad_input_not_an_encoder_failure(pieces):
+    info, segments, paths = pieces
+    wrong = replace(segments[0], end_packet=segments[0].end_packet + 5)  # the plan says 65 packets, the piece has 60
+    with pytest.raises(SegmentEncodeError) as caught:
+        encode_segment(cpu_spec("h264", preset="ultrafast"), wrong, open(paths[0], "rb").read())
+    assert caught.value.reason == "bad-input" and "given 60 packets instead of 65" in str(caught.value)
