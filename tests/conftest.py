@@ -108,7 +108,8 @@ def ray_cluster():
     import ray
 
     # metrics reach the node's exporter within a second (default 10 s), for the metrics test
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+    # address="local": a Ray of its own, never one that Ray's temp dir names (a `ray start` left there)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
              _system_config={"metrics_report_interval_ms": 1000})
     yield ray
     ray.shutdown()
