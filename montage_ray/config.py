@@ -24,10 +24,10 @@ from dataclasses import dataclass, replace
 
 import yaml
 
-from montage_ray.backends import BACKENDS, PRESETS, EncoderSpec
+from montage_ray.backends import BACKENDS, PASSTHROUGH, PASSTHROUGH_LABEL, PRESETS, EncoderSpec
 from montage_ray.errors import EncoderError, InputError
 
-_FIELDS = {"backend", "standin", "preset", "threads", "readrate", "extra_args", "remote", "bandwidth_mbps",
+_FIELDS = {"backend", "standin", "passthrough", "preset", "threads", "readrate", "extra_args", "remote", "bandwidth_mbps",
            "expected_fps", "quality_rank"}
 
 
@@ -46,6 +46,7 @@ class LabelConfig:
     bandwidth_mbps: float | None = None  # link speed to that node, when remote
     expected_fps: float | None = None   # a first guess of its speed before anything was measured
     quality_rank: int = 0               # higher is better; ``--profile master`` prefers the top rank
+    passthrough: bool = False           # a stand-in that stream-copies (no encode): driver benchmarks only
 
 
 def load_encoders_config(path: str | os.PathLike[str] | None) -> dict[str, LabelConfig]:
@@ -82,7 +83,11 @@ def load_encoders_config(path: str | os.PathLike[str] | None) -> dict[str, Label
             preset=settings.get("preset"), threads=settings.get("threads"), readrate=settings.get("readrate"),
             extra_args=tuple(str(a) for a in settings.get("extra_args", ())),
             remote=bool(settings.get("remote", False)), bandwidth_mbps=settings.get("bandwidth_mbps"),
-            expected_fps=settings.get("expected_fps"), quality_rank=int(settings.get("quality_rank", 0)))
+            expected_fps=settings.get("expected_fps"), quality_rank=int(settings.get("quality_rank", 0)),
+            passthrough=bool(settings.get("passthrough", False)))
+        if out[str(label)].passthrough and (label == "cpu" or not out[str(label)].standin):
+            raise InputError(f"encoders config {shown!r}: {label!r}: passthrough is only for a stand-in label "
+                             "(standin: true, not cpu)")
     return out
 
 
@@ -95,7 +100,10 @@ def resolve_spec(label: str, config: LabelConfig | None, *, codec: str, quality:
     standin = backend == "cpu" and label != "cpu"
     if config and config.standin and backend != "cpu":
         raise EncoderError(f"label {label!r}: a stand-in must use the cpu backend, not {backend!r}")
-    if backend == "cpu":
+    if config and config.passthrough:
+        spec = replace(PASSTHROUGH.spec(codec, threads=threads, standin_for=label), copies=True,
+                       label=PASSTHROUGH_LABEL.format(label=label))
+    elif backend == "cpu":
         spec = BACKENDS["cpu"].spec(codec, quality=quality, preset=preset, threads=threads,
                                     standin_for=label if standin else None)
     else:

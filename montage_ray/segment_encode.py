@@ -111,10 +111,12 @@ def build_command(spec: EncoderSpec, src: str, dst: str, video_args: Sequence[st
     ``progress`` names a file that ffmpeg rewrites twice a second with ``frame=N`` lines (``-progress``).
     """
     filters = []
-    if sar:
+    if sar and not spec.copies:
         filters.append(f"setsar={sar}")
-    if spec.video_filter:
+    if spec.video_filter and not spec.copies:
         filters.append(spec.video_filter)
+    if spec.copies:  # the pass-through stand-in: the packets as they are
+        video_args = ()
     args = [ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-y"]
     if progress:
         args += ["-progress", ffmpeg_cli.file_url(progress)]
@@ -124,8 +126,8 @@ def build_command(spec: EncoderSpec, src: str, dst: str, video_args: Sequence[st
     # MP4 keeps every packet's DTS and the source time base exactly (NUT re-derives DTS, which breaks joins
     # of encoders with different reorder depths); dump_extra repeats the parameter sets at every keyframe
     # so that segments from differently configured encoders decode after one another.
-    args += [*spec.codec_args, *video_args,
-             "-fps_mode", "passthrough", "-enc_time_base", "-1", "-bsf:v", "dump_extra",
+    args += [*spec.codec_args, *video_args, "-fps_mode", "passthrough", "-enc_time_base", "-1",
+             *(() if spec.copies else ("-bsf:v", "dump_extra")),  # copied packets keep their own framing
              "-an", "-sn", "-dn", "-map_metadata", "-1", "-f", "mp4", ffmpeg_cli.file_url(dst)]
     return args
 
