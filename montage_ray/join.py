@@ -299,20 +299,22 @@ def check_structure(path: str, plan: JoinPlan) -> Structure:
                      first_time=float(shown[0] * tb), rotation=rotation, notes=notes)
 
 
-#: Seconds decoded around each join: from this long before it (from the keyframe there) ...
-JOIN_BEFORE = 0.5
-#: ... to this long after it.
-JOIN_AFTER = 1.0
+#: Frames decoded before each join (the decode starts at the keyframe before them: the previous segment's
+#: last GOP) ...
+JOIN_FRAMES_BEFORE = 2
+#: ... and seconds after it (the next segment's first frames, its reordering included).
+JOIN_AFTER = 0.5
 
 
 def decode_joins(path: str, plan: JoinPlan, first_time: float, *, timeout: float = 600.0) -> int:
     """Decode a short window around every join in one ffprobe run; any decoder message fails. Frames decoded."""
     if not plan.joins:
         return 0
-    intervals = ",".join(f"{max(0.0, first_time + j - JOIN_BEFORE):.6f}%+{JOIN_BEFORE + JOIN_AFTER:.6f}"
-                         for j in plan.joins)
+    before = JOIN_FRAMES_BEFORE * plan.frame_duration
+    intervals = ",".join(f"{max(0.0, first_time + j - before):.6f}%+{before + JOIN_AFTER:.6f}" for j in plan.joins)
     try:
-        data = ffmpeg_cli.run([ffmpeg_cli.ffprobe(), "-v", "error", "-of", "json", "-select_streams", "v:0",
+        data = ffmpeg_cli.run([ffmpeg_cli.ffprobe(), "-v", "error", "-threads", str(os.cpu_count() or 1),
+                               "-of", "json", "-select_streams", "v:0",
                                "-read_intervals", intervals, "-count_frames", "-show_entries", "stream=nb_read_frames",
                                ffmpeg_cli.file_url(path)], timeout=timeout)
     except FFmpegError as err:
