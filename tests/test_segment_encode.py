@@ -74,6 +74,23 @@ def test_run_kills_the_process_group_on_timeout():
     assert caught.value.timed_out
 
 
+def test_a_started_process_keeps_the_same_rules_in_the_background(tmp_path):
+    """ffmpeg_cli.start: the timeout is enforced by poll/wait, the group is killed, a failure carries its
+    stderr line, and watch() sees every process started."""
+    with ffmpeg_cli.watch() as started:
+        slow = ffmpeg_cli.start([ffmpeg_cli.ffmpeg(), "-v", "error", "-re", "-f", "lavfi", "-i",
+                                 "testsrc2=duration=60", "-f", "null", "-"], timeout=0.5)
+        assert slow.poll() is None  # running: poll never blocks
+        with pytest.raises(FFmpegError) as caught:
+            slow.wait()
+        assert caught.value.timed_out and slow.poll() is not None
+        bad = ffmpeg_cli.start([ffmpeg_cli.ffmpeg(), "-v", "error", "-i", str(tmp_path / "missing.mp4"),
+                                "-f", "null", "-"], timeout=30)
+        with pytest.raises(FFmpegError, match="No such file"):
+            bad.wait()
+    assert len(started) == 2 and all(a[0] == ffmpeg_cli.ffmpeg() for a in started)
+
+
 def test_file_url_never_lets_a_name_become_a_protocol_or_option(tmp_path):
     for name in ("concat:a.mp4|b.mp4", "-x.mp4", "http:x"):
         url = ffmpeg_cli.file_url(tmp_path / name)
