@@ -206,7 +206,8 @@ class Running:
 
     The same rules as :func:`run`: its own process group (killed whole), killed when this process dies, a
     hard timeout (checked by :meth:`poll` and :meth:`wait`), and the tail of its stderr kept (read by a
-    thread, so a chatty process never blocks on a full pipe). Its stdout is discarded.
+    thread, so a chatty process never blocks on a full pipe). Its stdout is discarded unless the caller
+    asked for it (``capture_stdout``: read by a second thread, whole, into :attr:`Completed.stdout`).
     """
 
     def __init__(self, args: list[str], proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -216,8 +217,19 @@ class Running:
         self._deadline = self._started + timeout
         self._timeout = timeout
         self._stderr = bytearray()
+        self._stdout = bytearray()
         self._reader = threading.Thread(target=self._read_stderr, name="stderr-" + Path(args[0]).name, daemon=True)
         self._reader.start()
+        self._out_reader = None
+        if proc.stdout is not None:
+            self._out_reader = threading.Thread(target=self._read_stdout, name="stdout-" + Path(args[0]).name,
+                                                daemon=True)
+            self._out_reader.start()
+
+    def _read_stdout(self) -> None:
+        assert self._proc.stdout is not None
+        for chunk in iter(lambda: self._proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
+            self._stdout += chunk
 
     def _read_stderr(self) -> None:
         assert self._proc.stderr is not None
@@ -246,7 +258,10 @@ class Running:
         except subprocess.TimeoutExpired:
             self.poll()  # raises: past the deadline
         self._reader.join(timeout=5)
-        done = Completed(self.args, self._proc.returncode, "", self.stderr, time.monotonic() - self._started)
+        if self._out_reader is not None:
+            self._out_reader.join(timeout=5)
+        done = Completed(self.args, self._proc.returncode, self._stdout.decode(errors="replace"), self.stderr,
+                         time.monotonic() - self._started)
         if check and done.returncode != 0:
             raise FFmpegError(describe_failure(done), returncode=done.returncode, stderr=done.stderr)
         return done
@@ -260,13 +275,13 @@ class Running:
 
 
 def start(args: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None,
-          cwd: str | None = None) -> Running:
+          cwd: str | None = None, capture_stdout: bool = False) -> Running:
     """Start ``args`` (a list) in the background and return its :class:`Running` handle (see :func:`run`
     for the timeout, process-group and stderr rules); the caller must :meth:`~Running.wait` or
     :meth:`~Running.kill` it."""
     args = [os.fspath(a) for a in args]
-    return Running(args, _spawn(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, cwd=cwd),
-                   timeout)
+    stdout = subprocess.PIPE if capture_stdout else subprocess.DEVNULL
+    return Running(args, _spawn(args, stdin=subprocess.DEVNULL, stdout=stdout, env=env, cwd=cwd), timeout)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

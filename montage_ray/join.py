@@ -68,6 +68,8 @@ class JoinPlan:
     times: np.ndarray | None = field(default=None, repr=False, compare=False)
     #: Where each segment after the first starts, in seconds from the first frame (the joins).
     joins: tuple[float, ...] = ()
+    #: Where the joined video's first frame should be shown (the file's clock), seconds.
+    first_time: float | None = None
 
 
 def _concat_list(segments: Sequence[Segment], paths: Sequence[str], list_path: str) -> None:
@@ -192,7 +194,7 @@ def join_segments(media: MediaInfo, segments: Sequence[Segment], encoded: Sequen
                     subtitle_streams=kept_subs, rotation=media.video.rotation, family=family,
                     duration=sum(s.duration for s in segments), frame_duration=frame_duration,
                     notes=tuple(notes), times=source_times(media),
-                    joins=tuple(s.start - segments[0].start for s in segments[1:]))
+                    joins=tuple(s.start - segments[0].start for s in segments[1:]), first_time=offset)
 
 
 def source_times(media: MediaInfo) -> np.ndarray:
@@ -306,26 +308,32 @@ JOIN_FRAMES_BEFORE = 2
 JOIN_AFTER = 0.5
 
 
+def join_windows_command(path: str, plan: JoinPlan, first_time: float) -> list[str]:
+    """ffprobe arguments that decode a short window around every join of ``path`` in one run."""
+    before = JOIN_FRAMES_BEFORE * plan.frame_duration
+    intervals = ",".join(f"{max(0.0, first_time + j - before):.6f}%+{before + JOIN_AFTER:.6f}" for j in plan.joins)
+    return [ffmpeg_cli.ffprobe(), "-v", "error", "-threads", str(os.cpu_count() or 1), "-of", "json",
+            "-select_streams", "v:0", "-read_intervals", intervals, "-count_frames",
+            "-show_entries", "stream=nb_read_frames", ffmpeg_cli.file_url(path)]
+
+
+def _judge_windows(done: ffmpeg_cli.Completed) -> int:
+    if done.returncode != 0:
+        raise VerificationError("decoding the joins of the output failed: " + ffmpeg_cli.describe_failure(done))
+    if done.stderr.strip():
+        raise VerificationError("decoding the joins of the output reported errors: "
+                                + ffmpeg_cli.last_error_line(done.stderr))
+    frames = int(((json.loads(done.stdout or "{}").get("streams") or [{}])[0]).get("nb_read_frames") or 0)
+    if frames <= 0:
+        raise VerificationError("decoding the joins of the output gave no frames")
+    return frames
+
+
 def decode_joins(path: str, plan: JoinPlan, first_time: float, *, timeout: float = 600.0) -> int:
     """Decode a short window around every join in one ffprobe run; any decoder message fails. Frames decoded."""
     if not plan.joins:
         return 0
-    before = JOIN_FRAMES_BEFORE * plan.frame_duration
-    intervals = ",".join(f"{max(0.0, first_time + j - before):.6f}%+{before + JOIN_AFTER:.6f}" for j in plan.joins)
-    try:
-        data = ffmpeg_cli.run([ffmpeg_cli.ffprobe(), "-v", "error", "-threads", str(os.cpu_count() or 1),
-                               "-of", "json", "-select_streams", "v:0",
-                               "-read_intervals", intervals, "-count_frames", "-show_entries", "stream=nb_read_frames",
-                               ffmpeg_cli.file_url(path)], timeout=timeout)
-    except FFmpegError as err:
-        raise VerificationError(f"decoding the joins of the output failed: {err}") from None
-    if data.stderr.strip():
-        raise VerificationError("decoding the joins of the output reported errors: "
-                                + ffmpeg_cli.last_error_line(data.stderr))
-    frames = int(((json.loads(data.stdout or "{}").get("streams") or [{}])[0]).get("nb_read_frames") or 0)
-    if frames <= 0:
-        raise VerificationError("decoding the joins of the output gave no frames")
-    return frames
+    return _judge_windows(ffmpeg_cli.run(join_windows_command(path, plan, first_time), timeout=timeout, check=False))
 
 
 @dataclass(frozen=True)
@@ -346,7 +354,19 @@ def verify_output(path: str, plan: JoinPlan, *, decode: bool = True, timeout: fl
     decode of every frame (``decode``) or of a window around each join (when the encoder actors decoded
     their own segments in full: ``decode=False``). Raises :class:`VerificationError` on any mismatch."""
     started = time.monotonic()
-    found = check_structure(path, plan)
+    windows = None
+    if not decode and plan.joins and plan.first_time is not None:  # beside the structure pass, where it starts
+        windows = ffmpeg_cli.start(join_windows_command(path, plan, plan.first_time), timeout=timeout,
+                                   capture_stdout=True)
+    try:
+        found = check_structure(path, plan)
+    except BaseException:
+        if windows is not None:
+            windows.kill()
+        raise
+    if windows is not None and abs(found.first_time - (plan.first_time or 0.0)) > plan.frame_duration / 2:
+        windows.kill()  # the file starts elsewhere than planned: decode the windows where it really does
+        windows = None
     if decode:
         try:
             done = ffmpeg_cli.run(
@@ -361,6 +381,8 @@ def verify_output(path: str, plan: JoinPlan, *, decode: bool = True, timeout: fl
         frames = int(((json.loads(done.stdout or "{}").get("streams") or [{}])[0]).get("nb_read_frames") or 0)
         if frames != plan.frames:
             raise VerificationError(f"the joined output decodes to {frames} video frames, the source has {plan.frames}")
+    elif windows is not None:
+        _judge_windows(windows.wait(check=False))
     else:
         decode_joins(path, plan, found.first_time)
     return Verification(frames=found.frames, audio_streams=found.audio_streams,
