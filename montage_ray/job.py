@@ -77,15 +77,16 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
     try:
         with contextlib.ExitStack() as in_session:
             with ThreadPoolExecutor(1, thread_name_prefix="inspect") as side:
-                inspecting = side.submit(inspect, job.source)                   # inspect, while ...
+                inspecting = side.submit(_timed, inspect, job.source)           # inspect, while ...
+                ray_from = time.monotonic()
                 try:
                     session = in_session.enter_context(ray_session(opts.address))  # ... Ray starts
                 except BaseException:
                     inspecting.result()  # a bad input says so before a cluster problem does
                     raise
-            clock.lap("ray")
-            media = inspecting.result()
-            clock.lap("probe")
+                ray_to = time.monotonic()
+                media, probe_from, probe_to = inspecting.result()
+            clock.overlapped([("probe", probe_from, probe_to), ("ray", ray_from, ray_to)])
             settings = JobSettings(codec=opts.codec, quality=opts.quality, preset=preset, video=media.video,
                                    job_id=job_id, verify=opts.verify)
             log.info("job %s: %s -> %s (%d frames)", job_id, src, dst, media.video.frames)
@@ -252,6 +253,12 @@ def _duration(media: MediaInfo) -> float:
     return float(media.video.frames / media.video.frame_rate) if media.video.frame_rate else media.duration
 
 
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
+    """``fn(*args)`` and when it ran (monotonic start, end): for a phase that runs beside another."""
+    started = time.monotonic()
+    return fn(*args), started, time.monotonic()
+
+
 def _listener(progress: ProgressListener | ProgressCallback | None) -> ProgressListener | None:
     if progress is None or isinstance(progress, ProgressListener):
         return progress
@@ -272,6 +279,17 @@ class _Clock:
         self.timings[name] = self.timings.get(name, 0.0) + now - self._since
         self.spans.append((name, self._since - self._start, now - self._start))
         self._since = now
+
+    def overlapped(self, parts: list[tuple[str, float, float]]) -> None:
+        """Phases that ran side by side (name, monotonic start, end): each keeps its real span; the timings
+        count each second once (the phase that ended first gets its time, the next what it added)."""
+        counted = self._since
+        for name, start, end in sorted(parts, key=lambda p: p[2]):
+            self.timings[name] = self.timings.get(name, 0.0) + max(0.0, end - counted)
+            counted = max(counted, end)
+        for name, start, end in parts:
+            self.spans.append((name, start - self._start, end - self._start))
+        self._since = max(self._since, counted)
 
     def skip(self) -> None:
         """Start the next phase now, without counting the time since the last one."""
