@@ -20,6 +20,7 @@ wherever it appears (logs, reports, the dashboard)::
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, replace
 
 import yaml
@@ -29,6 +30,11 @@ from montage_ray.errors import EncoderError, InputError
 
 _FIELDS = {"backend", "standin", "passthrough", "preset", "threads", "readrate", "extra_args", "remote", "bandwidth_mbps",
            "expected_fps", "quality_rank"}
+
+# --- cost and budget (issue 15): money fields of a paid (remote) label, validated in _cost_settings ---
+_COST_FIELDS = {"cost_per_hour", "cost_per_gb", "budget_per_month", "currency", "min_time_saved",
+                "standin_quota_after"}
+# --- end cost and budget ---
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,15 @@ class LabelConfig:
     expected_fps: float | None = None   # a first guess of its speed before anything was measured
     quality_rank: int = 0               # higher is better; ``--profile master`` prefers the top rank
     passthrough: bool = False           # a stand-in that stream-copies (no encode): driver benchmarks only
+    # --- cost and budget (issue 15); see montage_ray.cost and montage_ray.ledger ---
+    cost_per_hour: float | None = None  # billed while the job's actors there are busy
+    cost_per_gb: float | None = None    # billed per GB moved to and from it
+    budget_per_month: float | None = None  # cap per calendar month (UTC) in ``currency``; routing keeps to it
+    currency: str = "USD"
+    min_time_saved: float | None = None  # fast/standard use it only if it shortens the job by this share
+    standin_quota_after: int | None = None  # TESTS/SIMULATION ONLY: a CPU stand-in refuses like a provider
+    #                                         at quota (NVENC session limit) after this many segments
+    # --- end cost and budget ---
 
 
 def load_encoders_config(path: str | os.PathLike[str] | None) -> dict[str, LabelConfig]:
@@ -69,7 +84,7 @@ def load_encoders_config(path: str | os.PathLike[str] | None) -> dict[str, Label
         settings = settings or {}
         if not isinstance(settings, dict):
             raise InputError(f"encoders config {shown!r}: settings of {label!r} must be a mapping")
-        unknown = set(settings) - _FIELDS
+        unknown = set(settings) - _FIELDS - _COST_FIELDS
         if unknown:
             raise InputError(f"encoders config {shown!r}: unknown setting(s) {sorted(unknown)} for {label!r}")
         backend = settings.get("backend")
@@ -84,11 +99,46 @@ def load_encoders_config(path: str | os.PathLike[str] | None) -> dict[str, Label
             extra_args=tuple(str(a) for a in settings.get("extra_args", ())),
             remote=bool(settings.get("remote", False)), bandwidth_mbps=settings.get("bandwidth_mbps"),
             expected_fps=settings.get("expected_fps"), quality_rank=int(settings.get("quality_rank", 0)),
-            passthrough=bool(settings.get("passthrough", False)))
+            passthrough=bool(settings.get("passthrough", False)), **_cost_settings(shown, str(label), settings))
         if out[str(label)].passthrough and (label == "cpu" or not out[str(label)].standin):
             raise InputError(f"encoders config {shown!r}: {label!r}: passthrough is only for a stand-in label "
                              "(standin: true, not cpu)")
     return out
+
+
+# --- cost and budget (issue 15) ---
+def _cost_settings(shown: str, label: str, settings: dict) -> dict:
+    """The cost fields of one label, type-checked (InputError: one line, exit 2)."""
+    out: dict = {}
+    for key in ("cost_per_hour", "cost_per_gb", "budget_per_month", "min_time_saved"):
+        value = settings.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise InputError(f"encoders config {shown!r}: {key} of {label!r} must be a number >= 0, not {value!r}")
+        if key == "min_time_saved" and value >= 1:
+            raise InputError(f"encoders config {shown!r}: min_time_saved of {label!r} is a share of the job "
+                             f"time, from 0 to below 1 (0.2 = 20 %), not {value!r}")
+        out[key] = float(value)
+    currency = settings.get("currency", "USD")
+    if not isinstance(currency, str) or not re.fullmatch(r"[A-Z]{3}", currency):
+        raise InputError(f"encoders config {shown!r}: currency of {label!r} must be a 3-letter code such as "
+                         f"USD, not {currency!r}")
+    out["currency"] = currency
+    if ("budget_per_month" in out or "cost_per_hour" in out or "cost_per_gb" in out) and "currency" not in settings:
+        raise InputError(f"encoders config {shown!r}: {label!r} has a cost or budget; name its currency "
+                         "(currency: USD)")
+    after = settings.get("standin_quota_after")
+    if after is not None:
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise InputError(f"encoders config {shown!r}: standin_quota_after of {label!r} must be a whole "
+                             f"number >= 0, not {after!r}")
+        if not settings.get("standin") and settings.get("backend") != "cpu":
+            raise InputError(f"encoders config {shown!r}: standin_quota_after of {label!r} is for CPU "
+                             "stand-ins only (tests and simulations)")
+        out["standin_quota_after"] = after
+    return out
+# --- end cost and budget ---
 
 
 def resolve_spec(label: str, config: LabelConfig | None, *, codec: str, quality: int, preset: str,

@@ -305,10 +305,15 @@ def describe_failure(done: Completed) -> str:
     return f"{name} {how}" + (f": {last}" if last else "")
 
 
+def strip_context(line: str) -> str:
+    """``line`` without ffmpeg's ``[mov,mp4 @ 0x55...]`` prefix and surrounding blanks."""
+    return _CONTEXT_PREFIX.sub("", line.strip())
+
+
 def last_error_line(stderr: str) -> str:
     """The most telling line of an ffmpeg stderr: the last non-empty one that is not a summary."""
     for line in reversed(stderr.strip().splitlines()):
-        line = _CONTEXT_PREFIX.sub("", line.strip())
+        line = strip_context(line)
         if line and not line.startswith(("Conversion failed", "frame=", "size=", "video:",
                                          "Error initializing output stream")):
             return line

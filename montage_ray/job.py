@@ -3,8 +3,9 @@
 :func:`encode` is the public entry point behind :func:`montage_ray.encode` and ``montage-ray encode``. It
 reads top to bottom: validate -> inspect (in a thread, while Ray starts) -> session -> offers/route ->
 workers -> plan -> cut + encode (pipelined: the cutter runs in the background and each piece goes to the
-pool the moment it is cut) -> join -> verify (structure + the joins decoded here; each actor decoded its
-own segment) -> publish, each phase a function that returns what the next needs; the
+pool the moment it is cut) -> settle -> join -> verify (the structure and the joins decoded here; each actor
+decoded its own segment) -> publish, each phase a function that returns what the next needs (settle: what
+the paid labels cost, see :mod:`montage_ray.budget`, even when the encode failed); the
 :class:`~montage_ray.report.JobReport` is built at the end from what the phases returned. Only a verified
 file is ever renamed to the destination::
 
@@ -27,19 +28,22 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from montage_ray.cluster.nodes import offers, placements
-from montage_ray.cluster.pool import EncoderPool, PoolOptions
+from montage_ray.budget import Bill, BudgetView, price_of, refusals_at_start, settle
+from montage_ray.cluster.nodes import offered_labels, offers, placements, remote_labels
+from montage_ray.cluster.pool import EncoderPool, PoolOptions, ReadyFeed
 from montage_ray.cluster.session import RaySession, ray_session
 from montage_ray.cluster.workers import Worker
-from montage_ray.errors import ClusterError, InputError
+from montage_ray.config import LabelConfig
+from montage_ray.errors import ClusterError, EncoderError, InputError
 from montage_ray.files import publish
 from montage_ray.join import join_segments, verify_output
 from montage_ray.media import MediaInfo, inspect
 from montage_ray.options import EncodeOptions, ValidJob
 from montage_ray.plan import Segment, is_small_job, plan_segments, segment_length, small_job_seconds
 from montage_ray.progress import CallbackListener, ProgressListener
+from montage_ray.quota import Refusal
 from montage_ray.report import FailedAttempt, JobReport
 from montage_ray.routing import JobFacts, Route, route
 from montage_ray.segment_encode import EncodeResult, JobSettings
@@ -96,11 +100,13 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
             ready = crew.ready[:max(1, len(segments))]
             clock.lap("plan")
             cut = start_cut(media, segments, workdir)                           # cut, in the background
+            encoded = Encoded.start(segments, workdir, ready)
             try:
-                encoded = encode_segments(segments, cut, ready, settings, session,  # encode as pieces come
-                                          pool_options, _listener(progress))
-            finally:
+                encode_segments(encoded, segments, cut, settings, session, pool_options,  # encode as cut
+                                _listener(progress), fallback=lambda: _local_workers(session, job, settings))
+            finally:  # even when the encode failed: the paid labels were used, the refusals happened
                 cut.close()
+                bill = settle_job(job_id, clock.started_at, crew, encoded, job.config)   # settle
             clock.lap("encode")
         clock.lap("ray")  # start-up above, shut-down (of a Ray started here) now
         tmp_out = os.path.join(workdir, "joined" + os.path.splitext(job.target)[1])
@@ -117,11 +123,12 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
         source=os.fspath(src), output=os.fspath(dst), codec=opts.codec, frames=media.video.frames,
         duration=sum(s.duration for s in segments), job_id=job_id, started=clock.started_at,
         wall_seconds=clock.elapsed(), timings=clock.timings, phases=clock.spans, segments=encoded.results,
-        failures=crew.unavailable + encoded.failures, encoders=sorted({w.encoder for w in ready}),
-        notes=[*joined.notes, *checked.notes], ray_address=session.address, profile=opts.profile,
-        route=list(decision.reasons), duplicates=encoded.duplicates,
+        failures=crew.unavailable + encoded.failures, encoders=sorted({w.encoder for w in encoded.workers}),
+        notes=[*joined.notes, *checked.notes, *bill.notes], ray_address=session.address, profile=opts.profile,
+        route=list(decision.reasons), duplicates=encoded.duplicates, cost=bill.cost,
+        provider=[*bill.provider, *encoded.provider],
         workers=[{"name": w.name, "label": w.label, "encoder": w.encoder, "host": w.hostname, "node": w.node,
-                  "pid": w.pid} for w in ready])
+                  "pid": w.pid} for w in encoded.workers])
     write_extras(report, job)
     return report
 
@@ -130,11 +137,14 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
 
 
 def route_job(media: MediaInfo, job: ValidJob) -> Route:
-    """Which labels of what the cluster offers take part in this job (see :mod:`montage_ray.routing`)."""
+    """Which labels of what the cluster offers take part in this job (see :mod:`montage_ray.routing`); a paid
+    label's price, budget left this month and any provider back-off come from the ledger (read once)."""
     import ray
 
     opts = job.options
-    offered = offers(ray.nodes(), job.config, pixels=media.video.width * media.video.height, labels=opts.labels)
+    budget = BudgetView.load(job.config)
+    offered = offers(ray.nodes(), job.config, pixels=media.video.width * media.video.height, labels=opts.labels,
+                     terms=budget.terms)
     decision = route(JobFacts(frames=media.video.frames, duration=_duration(media), input_bytes=media.size,
                               profile=opts.profile, small_job_seconds=small_job_seconds(opts.segment_seconds)),
                      offered)
@@ -176,25 +186,42 @@ def plan_job(media: MediaInfo, opts: EncodeOptions, workers: list[Worker]) -> li
 
 @dataclass
 class Encoded:
-    """What the encode phase returns: the encoded files in segment order, and how it went."""
+    """What the encode phase gives: the encoded files in segment order, and how it went. It is filled while
+    the phase runs, so that a failed encode still tells settle what it used."""
 
     paths: list[str]
-    results: list[EncodeResult]
-    failures: list[FailedAttempt]
-    duplicates: int
+    workers: list[Worker]                                            # that took part (local ones after a fallback)
+    results: list[EncodeResult] = field(default_factory=list)        # in segment order once the phase is done
+    failures: list[FailedAttempt] = field(default_factory=list)
+    duplicates: int = 0
+    refusals: list[Refusal] = field(default_factory=list)            # labels a provider refused meanwhile
+    provider: list[str] = field(default_factory=list)                # what was done about them
+
+    @classmethod
+    def start(cls, segments: list[Segment], workdir: str, workers: list[Worker]) -> "Encoded":
+        return cls([os.path.join(workdir, f"enc-{i:06d}.mp4") for i in range(len(segments))], list(workers))
+
+    def add_pool(self, pool: EncoderPool) -> None:
+        """Take over the failures, duplicates and refusals of a pool that is done."""
+        self.failures += pool.failures
+        self.duplicates += pool.duplicates
+        self.refusals += pool.refusals
 
 
-def encode_segments(segments: list[Segment], cut: Cut, workers: list[Worker], settings: JobSettings,
-                    session: RaySession, pool_options: PoolOptions | None,
-                    listener: ProgressListener | None) -> Encoded:
-    """Run every segment through the pool as the cutter finishes it, writing each encoded piece as it arrives
-    (beside the pieces of ``cut``). The pool takes a segment the moment :meth:`Cut.ready` lists it."""
+def encode_segments(encoded: Encoded, segments: list[Segment], cut: Cut, settings: JobSettings,
+                    session: RaySession, pool_options: PoolOptions | None, listener: ProgressListener | None, *,
+                    fallback: Callable[[], list[Worker]] | None = None) -> Encoded:
+    """Run every segment through a pool of ``encoded.workers`` the moment ``cut`` has it, writing each encoded
+    piece as it arrives.
+
+    When a provider refuses every label of the pool (quota, session limit), the segments left go to
+    ``fallback()``'s workers (the local encoders) instead of failing the job.
+    """
+    pool = EncoderPool(encoded.workers, pool_options, registry=session.registry)
     pieces = cut.paths
-    workdir = os.path.dirname(cut.pattern)
-    paths = [os.path.join(workdir, f"enc-{i:06d}.mp4") for i in range(len(segments))]
-    pool = EncoderPool(workers, pool_options, registry=session.registry)
-    results: list[EncodeResult] = []
-    told = 0  # failures already passed on to the listener
+    arrivals = _Arrivals(cut)
+    done: set[int] = set()
+    told = 0  # failures of this pool already passed on to the listener
 
     def load(seg: Segment) -> bytes:
         with open(pieces[seg.index], "rb") as fh:
@@ -211,20 +238,44 @@ def encode_segments(segments: list[Segment], cut: Cut, workers: list[Worker], se
         listener.tick(partial, busy)  # type: ignore[union-attr]
 
     if listener:
-        listener.start(frames=sum(s.frames for s in segments), segments=len(segments), encoders=len(workers))
+        listener.start(frames=sum(s.frames for s in segments), segments=len(segments), encoders=len(encoded.workers))
     try:
-        for seg, result, data in pool.run(segments, load=load, settings=settings, ready=cut.ready,
-                                          on_tick=on_tick if listener else None):
-            with open(paths[seg.index], "wb") as fh:
-                fh.write(data)
-            results.append(result)
-            if listener:
-                tell_failures()
-                listener.segment_done(result)
+        while True:
+            try:
+                for seg, result, data in pool.run([s for s in segments if s.index not in done], load=load,
+                                                  settings=settings, ready=arrivals.feed(),
+                                                  on_tick=on_tick if listener else None):
+                    with open(encoded.paths[seg.index], "wb") as fh:
+                        fh.write(data)
+                    done.add(seg.index)
+                    encoded.results.append(result)
+                    if listener:
+                        tell_failures()
+                        listener.segment_done(result)
+                break
+            except EncoderError:
+                local = fallback() if fallback is not None and _all_refused(pool) else []
+                if not local:
+                    raise
+                if listener:
+                    tell_failures()
+                encoded.add_pool(pool)
+                encoded.workers += [w for w in local if all(w is not x for x in encoded.workers)]
+                encoded.provider.append("every encoder of the job was refused; the rest went to "
+                                        + ", ".join(sorted({w.label for w in local})))
+                pool, told = EncoderPool(local, pool_options, registry=session.registry), 0
     finally:
+        encoded.add_pool(pool)
         if listener:
             listener.close()
-    return Encoded(paths, sorted(results, key=lambda r: r.segment), list(pool.failures), pool.duplicates)
+    encoded.results.sort(key=lambda r: r.segment)
+    return encoded
+
+
+def settle_job(job_id: str, started: float, crew: Crew, encoded: Encoded, config: Mapping[str, LabelConfig]) -> Bill:
+    """What the paid labels cost (ledger, ``ray_montage_cost``), and the labels providers refused backed off."""
+    return settle(job_id, started, encoded.results, crew.unavailable + encoded.failures, config,
+                  refusals_at_start(crew.unavailable) + encoded.refusals)
 
 
 def write_extras(report: JobReport, job: ValidJob) -> None:
@@ -248,15 +299,61 @@ def write_extras(report: JobReport, job: ValidJob) -> None:
 # -- helpers --------------------------------------------------------------------------------------------
 
 
-def _duration(media: MediaInfo) -> float:
-    """Seconds of video: frames over frame rate (the container's duration when the rate is unknown)."""
-    return float(media.video.frames / media.video.frame_rate) if media.video.frame_rate else media.duration
+class _Arrivals:
+    """The pieces a :class:`~montage_ray.split.Cut` has handed out, so that a second pool (after a fallback)
+    learns of those that arrived before it as well as of the ones still to come."""
+
+    def __init__(self, cut: Cut) -> None:
+        self.cut = cut
+        self.seen: list[int] = []
+
+    def feed(self) -> ReadyFeed:
+        """A fresh feed for one pool run: every piece cut so far at once, then each new one."""
+        backlog = list(self.seen)
+
+        def ready(wait: float) -> list[int]:
+            nonlocal backlog
+            if backlog:
+                out, backlog = backlog, []
+                return out
+            new = self.cut.ready(wait)
+            self.seen += new
+            return new
+
+        return ready
 
 
 def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
     """``fn(*args)`` and when it ran (monotonic start, end): for a phase that runs beside another."""
     started = time.monotonic()
     return fn(*args), started, time.monotonic()
+
+
+def _all_refused(pool: EncoderPool) -> bool:
+    """A provider refused a label of the pool, and no worker of it is left."""
+    return bool(pool.refusals) and not any(w.alive for w in pool.workers)
+
+
+def _local_workers(session: RaySession, job: ValidJob, settings: JobSettings) -> list[Worker]:
+    """Start (or reuse) the cluster's local encoder actors, for a job whose every label a provider refused:
+    each offered label (of ``labels``, when given) that is neither remote nor paid."""
+    import ray
+
+    nodes = ray.nodes()
+    remotes = remote_labels(nodes)
+    wanted, config = job.options.labels, job.config
+    local = [label for label in offered_labels(nodes, config)
+             if (wanted is None or label in wanted) and label not in remotes
+             and not (label in config and (config[label].remote or price_of(config[label])))]
+    if not local:
+        return []
+    ready, _ = session.registry.wait_ready(session.registry.start(placements(nodes, local, config), config), settings)
+    return ready
+
+
+def _duration(media: MediaInfo) -> float:
+    """Seconds of video: frames over frame rate (the container's duration when the rate is unknown)."""
+    return float(media.video.frames / media.video.frame_rate) if media.video.frame_rate else media.duration
 
 
 def _listener(progress: ProgressListener | ProgressCallback | None) -> ProgressListener | None:

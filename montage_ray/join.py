@@ -30,9 +30,10 @@ from typing import Sequence
 
 import numpy as np
 
-from montage_ray import ffmpeg_cli
+from montage_ray import commands, ffmpeg_cli
+from montage_ray.caps import ffmpeg_caps
 from montage_ray.errors import FFmpegError, InputError, VerificationError
-from montage_ray.media import TEXT_SUBTITLES, MediaInfo
+from montage_ray.media import TEXT_SUBTITLES, MediaInfo, stream_rotation
 from montage_ray.plan import Segment
 
 #: Output containers by file extension: (ffmpeg muxer, family).
@@ -82,32 +83,35 @@ def _concat_list(segments: Sequence[Segment], paths: Sequence[str], list_path: s
         fh.write("\n".join(lines) + "\n")
 
 
-def mux_args(media: MediaInfo, family: str) -> tuple[list[str], list[str], list[str]]:
-    """(-map options, codec options, notes) for the source's non-video streams in this container family."""
-    maps: list[str] = []
-    codecs: list[str] = []
+def mux_args(media: MediaInfo, family: str) -> tuple[list[int], dict[str, str], list[str]]:
+    """(source stream indices to map, their options, notes) for the source's non-video streams in this
+    container family."""
+    streams: list[int] = []
+    options: list[tuple[str, str]] = []
     notes: list[str] = []
+    # output stream numbers: 0 is the video, then audio, subtitles, attachments in this order
     for n, a in enumerate(media.audio):
-        maps += ["-map", f"1:{a.index}", f"-map_metadata:s:a:{n}", f"1:s:{a.index}"]
+        streams.append(a.index)
+        options.append((f"map_metadata:s:a:{n}", f"1:s:{a.index}"))
         if family == "mp4" and a.codec not in MP4_AUDIO:
-            codecs += [f"-c:a:{n}", "aac", f"-b:a:{n}", "192k"]
+            options += [(f"c:a:{n}", "aac"), (f"b:a:{n}", "192k")]
             notes.append(f"audio stream {a.index} ({a.codec}) encoded once to AAC for {family}")
         else:
-            codecs += [f"-c:a:{n}", "copy"]
+            options.append((f"c:a:{n}", "copy"))
     kept = 0
     for s in media.subtitles:
         if family == "mkv" or s.codec in TEXT_SUBTITLES:
-            maps += ["-map", f"1:{s.index}", f"-map_metadata:s:s:{kept}", f"1:s:{s.index}"]
-            codecs += [f"-c:s:{kept}", "copy" if family == "mkv" else "mov_text"]
+            streams.append(s.index)
+            options += [(f"map_metadata:s:s:{kept}", f"1:s:{s.index}"),
+                        (f"c:s:{kept}", "copy" if family == "mkv" else "mov_text")]
             kept += 1
         else:
             notes.append(f"subtitle stream {s.index} ({s.codec}) dropped: MP4 holds text subtitles only")
     if family == "mkv":
-        for t in media.attachments:
-            maps += ["-map", f"1:{t.index}"]
+        streams += [t.index for t in media.attachments]
         if media.attachments:
-            codecs += ["-c:t", "copy"]
-    return maps, codecs, notes
+            options.append(("c:t", "copy"))
+    return streams, commands.stream_options(options), notes
 
 
 def _first_packet(path: str) -> tuple[float, float, Fraction]:
@@ -139,9 +143,7 @@ def align_decode_delays(encoded: Sequence[str], workdir: str) -> list[str]:
             out.append(path)
             continue
         moved = os.path.join(workdir, f"aligned-{i:06d}.mp4")
-        ffmpeg_cli.run([ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-y",
-                        "-i", ffmpeg_cli.file_url(path), "-map", "0:v:0", "-c", "copy",
-                        "-bsf:v", f"setts=dts=DTS-{shift}", "-f", "mp4", ffmpeg_cli.file_url(moved)], timeout=120)
+        ffmpeg_cli.run(commands.align_command(path, moved, shift, caps=ffmpeg_caps()), timeout=120)
         out.append(moved)
     return out
 
@@ -166,26 +168,11 @@ def join_segments(media: MediaInfo, segments: Sequence[Segment], encoded: Sequen
     # The concat demuxer starts the video at 0; the source starts every stream at its own time. Shift the
     # video by how far its first frame was from the file's start so that A/V offset is kept exactly.
     offset = segments[0].start - media.start_time
-    maps, codecs, notes = mux_args(media, family)
-    rotation_in: list[str] = []
-    rotation_out: list[str] = []
-    if media.video.rotation:
-        if ffmpeg_cli.supports_option("display_rotation"):  # ffmpeg 6 and later
-            rotation_in = ["-display_rotation:v:0", str(media.video.rotation)]
-        else:  # ffmpeg 5: the rotate tag becomes a display matrix on stream copy
-            rotation_out = ["-metadata:s:v:0", f"rotate={media.video.rotation % 360}"]
-    args = [ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-y",
-            "-f", "concat", "-safe", "0", "-itsoffset", f"{offset:.9f}", *rotation_in,
-            "-i", ffmpeg_cli.file_url(list_path),
-            "-noautorotate", "-i", ffmpeg_cli.file_url(media.path),
-            "-map", "0:v:0", *maps, "-c:v", "copy", *codecs,
-            "-map_metadata", "1", "-map_chapters", "1", "-map_metadata:s:v:0", f"1:s:{media.video.index}"]
-    args += rotation_out
-    if family == "mp4":
-        args += ["-movflags", "+faststart"]
-        if mixed and codec in IN_BAND_TAGS:
-            args += ["-tag:v", IN_BAND_TAGS[codec]]
-    args += ["-f", muxer, ffmpeg_cli.file_url(dst_tmp)]
+    streams, options, notes = mux_args(media, family)
+    args = commands.join_command(list_path, media.path, dst_tmp, caps=ffmpeg_caps(), offset=offset,
+                                 video_index=media.video.index, rotation=media.video.rotation, streams=streams,
+                                 stream_options=options, muxer=muxer, mp4=family == "mp4",
+                                 tag=IN_BAND_TAGS.get(codec or "") if mixed else None)
     ffmpeg_cli.run(args, timeout=timeout or 120.0 + media.size / 20e6)
     rate = media.video.frame_rate
     frame_duration = float(1 / rate) if rate else 0.04
@@ -218,9 +205,7 @@ class Structure:
 
 def _packet_table(path: str) -> tuple[dict[int, tuple[str, Fraction]], dict[int, list[list[str]]], str]:
     """({stream index: (kind, time base)}, {stream index: [[pts, dts, duration], ...]}, stderr): one pass."""
-    done = ffmpeg_cli.run([ffmpeg_cli.ffprobe(), "-v", "error", "-show_entries",
-                           "packet=stream_index,pts,dts,duration:stream=index,codec_type,time_base",
-                           "-of", "csv=p=1", ffmpeg_cli.file_url(path)], timeout=600)
+    done = ffmpeg_cli.run(commands.structure_command(ffmpeg_cli.ffprobe(), path), timeout=600)
     streams: dict[int, tuple[str, Fraction]] = {}
     packets: dict[int, list[list[str]]] = {}
     for line in done.stdout.splitlines():
@@ -242,7 +227,8 @@ def check_structure(path: str, plan: JoinPlan) -> Structure:
     fails, naming the join), streams and duration. Raises :class:`VerificationError`."""
     try:
         streams, packets, stderr = _packet_table(path)
-        listing = ffmpeg_cli.probe_json(["-show_entries", "stream=codec_type:stream_side_data=rotation",
+        listing = ffmpeg_cli.probe_json(["-show_entries",
+                                         "stream=codec_type:stream_side_data=rotation:stream_tags=rotate",
                                          ffmpeg_cli.file_url(path)], timeout=60)
     except FFmpegError as err:
         raise VerificationError(f"the joined output cannot be read back: {err}") from None
@@ -289,8 +275,7 @@ def check_structure(path: str, plan: JoinPlan) -> Structure:
     rotation = 0
     for entry in listing.get("streams", []):
         if entry.get("codec_type") == "video":
-            for side in entry.get("side_data_list", []) or []:
-                rotation = int(round(float(side.get("rotation", 0) or 0)))
+            rotation = stream_rotation(entry)
             break
     notes: tuple[str, ...] = ()
     if rotation != plan.rotation:
@@ -308,13 +293,10 @@ JOIN_FRAMES_BEFORE = 2
 JOIN_AFTER = 0.5
 
 
-def join_windows_command(path: str, plan: JoinPlan, first_time: float) -> list[str]:
-    """ffprobe arguments that decode a short window around every join of ``path`` in one run."""
+def join_windows(plan: JoinPlan, first_time: float) -> list[tuple[float, float]]:
+    """(start, seconds) on the file's clock of the window decoded around each join."""
     before = JOIN_FRAMES_BEFORE * plan.frame_duration
-    intervals = ",".join(f"{max(0.0, first_time + j - before):.6f}%+{before + JOIN_AFTER:.6f}" for j in plan.joins)
-    return [ffmpeg_cli.ffprobe(), "-v", "error", "-threads", str(os.cpu_count() or 1), "-of", "json",
-            "-select_streams", "v:0", "-read_intervals", intervals, "-count_frames",
-            "-show_entries", "stream=nb_read_frames", ffmpeg_cli.file_url(path)]
+    return [(first_time + j - before, before + JOIN_AFTER) for j in plan.joins]
 
 
 def _judge_windows(done: ffmpeg_cli.Completed) -> int:
@@ -333,7 +315,8 @@ def decode_joins(path: str, plan: JoinPlan, first_time: float, *, timeout: float
     """Decode a short window around every join in one ffprobe run; any decoder message fails. Frames decoded."""
     if not plan.joins:
         return 0
-    return _judge_windows(ffmpeg_cli.run(join_windows_command(path, plan, first_time), timeout=timeout, check=False))
+    return _judge_windows(ffmpeg_cli.run(commands.join_windows_command(ffmpeg_cli.ffprobe(), path, join_windows(plan, first_time)),
+                                         timeout=timeout, check=False))
 
 
 @dataclass(frozen=True)
@@ -356,7 +339,8 @@ def verify_output(path: str, plan: JoinPlan, *, decode: bool = True, timeout: fl
     started = time.monotonic()
     windows = None
     if not decode and plan.joins and plan.first_time is not None:  # beside the structure pass, where it starts
-        windows = ffmpeg_cli.start(join_windows_command(path, plan, plan.first_time), timeout=timeout,
+        windows = ffmpeg_cli.start(commands.join_windows_command(ffmpeg_cli.ffprobe(), path,
+                                                                 join_windows(plan, plan.first_time)), timeout=timeout,
                                    capture_stdout=True)
     try:
         found = check_structure(path, plan)
@@ -369,10 +353,7 @@ def verify_output(path: str, plan: JoinPlan, *, decode: bool = True, timeout: fl
         windows = None
     if decode:
         try:
-            done = ffmpeg_cli.run(
-                [ffmpeg_cli.ffprobe(), "-v", "error", "-threads", str(os.cpu_count() or 1), "-of", "json",
-                 "-select_streams", "v:0", "-count_frames", "-show_entries", "stream=nb_read_frames",
-                 ffmpeg_cli.file_url(path)], timeout=timeout)
+            done = ffmpeg_cli.run(commands.verify_command(ffmpeg_cli.ffprobe(), path, decode=True), timeout=timeout)
         except FFmpegError as err:
             raise VerificationError(f"the joined output cannot be decoded: {err}") from None
         if done.stderr.strip():

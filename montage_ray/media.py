@@ -153,6 +153,23 @@ def parse_packet_csv(text: str) -> PacketIndex:
     return PacketIndex(pts=pts, key=key)
 
 
+def stream_rotation(stream: dict[str, Any]) -> int:
+    """Display rotation in degrees of one ffprobe stream entry, however this ffprobe reports it.
+
+    ffprobe 5.0 and newer report a display matrix as side data (``side_data_list[].rotation``, e.g. -90);
+    4.x reports the MP4/MOV ``rotate`` tag (``tags.rotate``, clockwise, e.g. 270 for -90) and also the
+    matrix where present. The side data wins; the tag is turned into the same signed counter-clockwise angle.
+    """
+    for side in stream.get("side_data_list", []) or []:
+        if "rotation" in side:
+            return int(round(_float(side["rotation"])))
+    tag = (stream.get("tags") or {}).get("rotate")
+    if tag is None:
+        return 0
+    degrees = -int(round(_float(tag))) % 360     # clockwise tag -> counter-clockwise matrix angle
+    return degrees - 360 if degrees > 180 else degrees
+
+
 def _read_packets(url: str, index: int) -> tuple[PacketIndex, str]:
     done = ffmpeg_cli.run(
         [ffmpeg_cli.ffprobe(), "-v", "error", "-fflags", "+genpts", "-select_streams", str(index),
@@ -200,12 +217,7 @@ def inspect(path: str | os.PathLike[str]) -> MediaInfo:
                          + (f"it lists {listed} video frames but only {len(packets)} can be read" if listed
                             > len(packets) else ffmpeg_cli.last_error_line(packet_errors)))
     time_base = _fraction(v.get("time_base")) or Fraction(1, 90000)
-    rotation = 0
-    for side in v.get("side_data_list", []) or []:
-        if "rotation" in side:
-            rotation = int(round(_float(side["rotation"])))
-    if not rotation and "rotate" in v.get("tags", {}):
-        rotation = int(_float(v["tags"]["rotate"]))
+    rotation = stream_rotation(v)
     sar = _fraction(v.get("sample_aspect_ratio"))
     video = VideoInfo(
         index=int(v["index"]), codec=v["codec_name"], width=int(v["width"]), height=int(v["height"]),

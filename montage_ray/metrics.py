@@ -9,6 +9,7 @@ so the dashboard's Metrics view and any Prometheus scraping the cluster can char
     metrics.segment_encoded(label="vaapi", node="server-1/1a2b3c4d", encoder="vaapi:h264_vaapi",
                             frames=300, seconds=1.5, bytes_in=4_000_000, bytes_out=1_000_000)
     metrics.segment_failed(label="qsv", node="server-1/1a2b3c4d", reason="crash")
+    metrics.cost_recorded(label="nvenc", amount=0.42, currency="USD")   # ray_montage_cost, by the driver
 
 Recording never raises: a metric that cannot be recorded (no Ray, no metrics agent) is skipped.
 """
@@ -44,6 +45,8 @@ def _metrics() -> dict[str, Any]:
                             tag_keys=_TAGS + ("reason",)),
         "retries": Counter("montage_segment_retries", "Segments submitted again after a failure",
                            tag_keys=_TAGS),
+        "cost": Counter("montage_cost", "Money spent on paid labels (in the label's currency)",
+                        tag_keys=("label", "currency")),
     }
 
 
@@ -74,3 +77,9 @@ def segment_failed(*, label: str, node: str, reason: str) -> None:
 def segment_retried(*, label: str, node: str) -> None:
     """A segment that failed on ``label``/``node`` goes back into the queue."""
     _record("retries", "inc", 1, {"label": label, "node": node})
+
+
+def cost_recorded(*, label: str, amount: float, currency: str) -> None:
+    """A job spent ``amount`` (in ``currency``) on the paid ``label`` (recorded by the driver)."""
+    if amount > 0:
+        _record("cost", "inc", amount, {"label": label, "currency": currency})

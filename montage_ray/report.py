@@ -57,6 +57,9 @@ class JobReport:
     route: list[str] = field(default_factory=list)         # why each label was used or left out
     workers: list[dict] = field(default_factory=list)      # the encoder actors that took part
     duplicates: int = 0                                    # straggling segments re-issued at the tail
+    # --- cost and budget (issue 15) ---
+    cost: dict[str, dict] = field(default_factory=dict)    # paid label -> {cost, currency, seconds, bytes, ...}
+    provider: list[str] = field(default_factory=list)      # what providers refused, and what was done about it
 
     @property
     def speed(self) -> float:
@@ -109,4 +112,10 @@ class JobReport:
         phases = ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items())
         lines.append(f"{self.frames} frames, {self.duration:.2f} s of video in {self.wall_seconds:.2f} s "
                      f"({self.speed:.2f}x realtime); {phases}")
+        if self.cost:
+            from montage_ray.cost import money
+
+            lines.append("cost: " + ", ".join(f"{label} {money(c['cost'], c['currency'])} ({c['seconds']:.0f} s, "
+                                              f"{c['bytes'] / 1e9:.2f} GB)" for label, c in sorted(self.cost.items())))
+        lines.extend(f"provider: {line}" for line in self.provider)
         return "\n".join(lines)

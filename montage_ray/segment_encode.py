@@ -2,7 +2,8 @@
 
 An encoder actor (see :mod:`montage_ray.cluster.actor`) calls :func:`encode_segment` with the segment's packets
 (a NUT file made by stream copy, so timestamps are exact) and an :class:`~montage_ray.backends.EncoderSpec`.
-The output keeps the source's presentation times (``-fps_mode passthrough``, the source time base), so
+The output keeps the source's presentation times (passthrough timing, the source time base: see
+:func:`montage_ray.commands.encode_command`), so
 variable frame rate survives, and is checked by counting its packets: ffmpeg's exit status alone proves
 nothing::
 
@@ -24,7 +25,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from montage_ray import ffmpeg_cli
+from montage_ray import commands, ffmpeg_cli
+from montage_ray.caps import FFmpegCaps, ffmpeg_caps
 from montage_ray.backends import EncoderSpec
 from montage_ray.errors import EncoderError, FFmpegError
 from montage_ray.media import VideoInfo
@@ -53,6 +55,7 @@ class EncodeResult:
     attempt: int = 1
     stderr: str = field(default="", repr=False)
     started: float = 0.0    # wall-clock time (epoch seconds) the encode began on its node
+    ffmpeg: str = ""        # version of the ffmpeg that encoded it (nodes may run different ones)
 
     @property
     def fps(self) -> float:
@@ -104,34 +107,6 @@ def segment_timeout(frames: int, width: int, height: int, *, min_fps_1080p: floa
     return 60.0 + frames * scale / max(min_fps_1080p, 1e-3)
 
 
-def build_command(spec: EncoderSpec, src: str, dst: str, video_args: Sequence[str],
-                  sar: str | None = None, progress: str | None = None) -> list[str]:
-    """The ffmpeg argument list that encodes file ``src`` (NUT) into ``dst`` (MP4) with ``spec``.
-
-    ``progress`` names a file that ffmpeg rewrites twice a second with ``frame=N`` lines (``-progress``).
-    """
-    filters = []
-    if sar and not spec.copies:
-        filters.append(f"setsar={sar}")
-    if spec.video_filter and not spec.copies:
-        filters.append(spec.video_filter)
-    if spec.copies:  # the pass-through stand-in: the packets as they are
-        video_args = ()
-    args = [ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-y"]
-    if progress:
-        args += ["-progress", ffmpeg_cli.file_url(progress)]
-    args += [*spec.input_args, "-noautorotate", "-i", ffmpeg_cli.file_url(src), "-map", "0:v:0"]
-    if filters:
-        args += ["-vf", ",".join(filters)]
-    # MP4 keeps every packet's DTS and the source time base exactly (NUT re-derives DTS, which breaks joins
-    # of encoders with different reorder depths); dump_extra repeats the parameter sets at every keyframe
-    # so that segments from differently configured encoders decode after one another.
-    args += [*spec.codec_args, *video_args, "-fps_mode", "passthrough", "-enc_time_base", "-1",
-             *(() if spec.copies else ("-bsf:v", "dump_extra")),  # copied packets keep their own framing
-             "-an", "-sn", "-dn", "-map_metadata", "-1", "-f", "mp4", ffmpeg_cli.file_url(dst)]
-    return args
-
-
 def count_packets(path: str, *, timeout: float = 60.0) -> int:
     """Number of video packets in a file, read by demuxing only (cheap)."""
     data = ffmpeg_cli.probe_json(["-select_streams", "v:0", "-count_packets",
@@ -149,12 +124,9 @@ def check_encoded(path: str, expected: int, *, decode: bool, threads: int = 1, t
     must give ``expected`` frames without a decoder message. Returns "" when it is good, else what is wrong.
 
     One ffprobe pass; ffprobe (unlike ffmpeg's exit status) tells a truncated or damaged file."""
-    entries = "stream=nb_read_packets" + (",nb_read_frames" if decode else "")
-    args = [ffmpeg_cli.ffprobe(), "-v", "error", "-threads", str(max(1, threads)), "-of", "json",
-            "-select_streams", "v:0", "-count_packets", *(["-count_frames"] if decode else []),
-            "-show_entries", entries, ffmpeg_cli.file_url(path)]
     try:
-        done = ffmpeg_cli.run(args, timeout=timeout)
+        done = ffmpeg_cli.run(commands.segment_check_command(ffmpeg_cli.ffprobe(), path, decode=decode,
+                                                             threads=threads), timeout=timeout)
     except FFmpegError as err:
         return "cannot be read back: " + (ffmpeg_cli.last_error_line(err.stderr) or str(err))
     try:
@@ -217,14 +189,15 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
                    sar: str | None = None, timeout: float = 600.0, workdir: str | None = None,
                    actor: str = "", attempt: int = 1, should_stop: Callable[[], bool] | None = None,
                    on_progress: Callable[[int], None] | None = None, decode: bool = False,
-                   threads: int = 1) -> tuple[EncodeResult, bytes]:
+                   threads: int = 1, caps: FFmpegCaps | None = None) -> tuple[EncodeResult, bytes]:
     """Encode one segment's packets (a NUT file's bytes) and return the result and the encoded MP4 bytes.
 
     The output is checked here (:func:`check_encoded`): its packet count, and with ``decode`` a full
     decode. When it comes out short, the input is counted too: a piece that was cut wrong is a
     ``bad-input`` failure (no other encoder would do better), not this encoder's.
 
-    ``on_progress(frames)`` is called about twice a second with the frames encoded so far.
+    ``on_progress(frames)`` is called about twice a second with the frames encoded so far. ``caps`` are
+    those of the ffmpeg that encodes (default: this process's, :func:`montage_ray.caps.ffmpeg_caps`).
     Raises :class:`EncoderError` when ffmpeg fails, crashes, hangs past ``timeout`` or writes a wrong
     number of frames; the error's message carries ffmpeg's last line and ``stderr`` its tail.
     """
@@ -249,7 +222,12 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
                 reader.poll()
                 return bool(should_stop and should_stop())
 
-        cmd = build_command(spec, src, dst, video_args, sar, progress=progress_path)
+        caps = caps or ffmpeg_caps()
+        try:
+            cmd = commands.encode_command(spec, src, dst, caps=caps, video_args=video_args,
+                                          sar=sar, progress=progress_path)
+        except EncoderError as err:  # this ffmpeg lacks what the command needs: no retry will help here
+            raise failed(str(err), "failed", "") from None
         try:
             done = ffmpeg_cli.run(cmd, timeout=timeout, env=spec.env or None, should_stop=poll)
         except ffmpeg_cli.Cancelled as err:
@@ -272,7 +250,7 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
         segment=segment.index, frames=frames, bytes_in=len(data), bytes_out=len(encoded),
         seconds=time.monotonic() - started, encoder=spec.label, backend=spec.backend,
         resource=spec.resource, standin=spec.is_standin, node=socket.gethostname(), actor=actor,
-        attempt=attempt, stderr=done.stderr[-2000:], started=started_at)
+        attempt=attempt, stderr=done.stderr[-2000:], started=started_at, ffmpeg=caps.version)
     return result, encoded
 
 

@@ -25,7 +25,8 @@ import os
 import time
 from typing import Sequence
 
-from montage_ray import ffmpeg_cli
+from montage_ray import commands, ffmpeg_cli
+from montage_ray.caps import ffmpeg_caps
 from montage_ray.errors import EncoderError
 from montage_ray.media import MediaInfo
 from montage_ray.plan import Segment
@@ -37,21 +38,6 @@ POLL_SECONDS = 0.02
 def split_timeout(media: MediaInfo) -> float:
     """Stream copy runs at disk speed; allow 60 s plus 1 s for every 20 MB."""
     return 60.0 + media.size / 20e6
-
-
-def cut_command(media: MediaInfo, segments: Sequence[Segment], pattern: str, list_path: str) -> list[str]:
-    """The ffmpeg arguments that cut ``media``'s video into ``pattern % i`` (NUT), listing each in ``list_path``."""
-    args = [ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-v", "error", "-y",
-            "-fflags", "+genpts", "-noautorotate", "-i", ffmpeg_cli.file_url(media.path),
-            "-map", f"0:{media.video.index}", "-c", "copy", "-map_metadata", "-1"]
-    if len(segments) > 1:
-        args += ["-f", "segment", "-segment_format", "nut", "-reset_timestamps", "0",
-                 "-segment_frames", ",".join(str(s.first_packet) for s in segments[1:]),
-                 "-segment_list", ffmpeg_cli.file_url(list_path), "-segment_list_type", "csv",
-                 ffmpeg_cli.file_url(pattern)]
-    else:
-        args += ["-f", "nut", ffmpeg_cli.file_url(pattern % 0)]
-    return args
 
 
 class Cut:
@@ -74,8 +60,9 @@ class Cut:
         self._given = 0                    # pieces handed out
         self._exit: int | None = None
         self.finished = False
-        self._proc = ffmpeg_cli.start(cut_command(media, self.segments, self.pattern, self.list_path),
-                                      timeout=split_timeout(media))
+        args = commands.cut_command(media.path, media.video.index, [s.first_packet for s in self.segments[1:]],
+                                    self.pattern, caps=ffmpeg_caps(), segment_list=self.list_path)
+        self._proc = ffmpeg_cli.start(args, timeout=split_timeout(media))
 
     @property
     def running(self) -> bool:

@@ -45,7 +45,9 @@ def limit_line(src: str, codec: str, preset: str, quality: int, seconds: float, 
     from montage_ray.backends import cpu_spec
     from montage_ray.media import inspect
     from montage_ray.plan import plan_segments
-    from montage_ray.segment_encode import build_command, video_output_args
+    from montage_ray import commands
+    from montage_ray.caps import ffmpeg_caps
+    from montage_ray.segment_encode import video_output_args
     from montage_ray.split import split_source
 
     info = inspect(src)
@@ -56,7 +58,8 @@ def limit_line(src: str, codec: str, preset: str, quality: int, seconds: float, 
     pieces = split_source(info, plan, pieces_dir)
     spec = cpu_spec(codec, quality=quality, preset=preset, threads=1)
     by_size = sorted(pieces, key=os.path.getsize, reverse=True)  # the largest pieces first
-    cmds = [build_command(spec, p, p + ".mp4", video_output_args(info.video, spec)) for p in by_size]
+    cmds = [commands.encode_command(spec, p, p + ".mp4", caps=ffmpeg_caps(), video_args=video_output_args(info.video, spec))
+            for p in by_size]
     started = time.monotonic()
     with ThreadPoolExecutor(cpus) as side:  # one process per core, the largest pieces first
         list(side.map(lambda c: subprocess.run(c, check=True), cmds))

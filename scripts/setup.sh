@@ -24,4 +24,7 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+if [ "$with_tests" = 1 ]; then  # the static ffmpeg builds the version tests run (tests/test_versions.py)
+  bash scripts/ffmpeg-builds.sh >/dev/null || echo "setup: static ffmpeg builds not fetched: the ffmpeg version tests will fail" >&2
+fi
 echo "setup: ready ($(.venv/bin/python -c 'import ray; print("ray", ray.__version__)'), $(ffmpeg -version | head -1 | cut -d' ' -f1-3))" >&2

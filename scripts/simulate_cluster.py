@@ -4,12 +4,17 @@ CPU stand-ins of different speeds (they say so in every report line).
 
     .venv/bin/python scripts/simulate_cluster.py SRC DST [--report R.json] [--timeline T.png] [--kill-node]
                                                  [--real LABEL] [--labels L1,L2] [--segment-seconds S]
+                                                 [--paid-nvenc] [--quota-after N]
 
 Nodes (all bound to 127.0.0.1): a head with CPU slots, and one node each labelled ``vaapi``, ``nvenc`` and
 ``nvmpi``. Each label is served by libx264 throttled to a fixed multiple of realtime (``-readrate``), so
 speeds differ as real devices would. ``--kill-node`` removes the ``vaapi`` node once the first segment is
 done: the job must still finish with every frame. The report lists every segment with its attempts,
 label, encoder and node.
+
+``--paid-nvenc`` makes ``nvenc`` the paid cloud GPU (remote, priced, with a monthly budget);
+``--quota-after N`` (simulation only) makes each of its stand-in actors refuse its (N+1)-th segment the way
+a real NVENC at its session limit does: the job must end exact on the local encoders.
 """
 
 from __future__ import annotations
@@ -76,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="serve LABEL with its real backend, as the node's probe finds it, not a stand-in "
                          "(repeatable; on a machine without that hardware its actors cannot start)")
     ap.add_argument("--labels", default=None, metavar="L1,L2", help="use only these labels (e.g. vaapi,cpu)")
+    ap.add_argument("--paid-nvenc", action="store_true",
+                    help="nvenc is the paid cloud GPU: remote, $0.60/h + $0.09/GB, $10 a month")
+    ap.add_argument("--quota-after", type=int, default=None, metavar="N",
+                    help="SIMULATION ONLY: each nvenc stand-in refuses new segments after N (provider quota)")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
 
@@ -89,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.mkdtemp(prefix="montage-sim-")
     config = os.path.join(tmp, "encoders.yaml")
     standins = {label: spec for label, spec in DEFAULT_LAYOUT.items() if label not in args.real}
+    if args.paid_nvenc and "nvenc" in standins:
+        resources, spec = standins["nvenc"]
+        standins["nvenc"] = (resources, {**spec, "remote": True, "bandwidth_mbps": 1000, "cost_per_hour": 0.6,
+                                         "cost_per_gb": 0.09, "budget_per_month": 10.0, "currency": "USD"})
+    if args.quota_after is not None and "nvenc" in standins:
+        resources, spec = standins["nvenc"]
+        standins["nvenc"] = (resources, {**spec, "standin_quota_after": args.quota_after})
     write_config(standins, {"readrate": args.cpu_readrate, "preset": "ultrafast"}, config)
     killed: list[float] = []
 
@@ -118,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         print("route:", line)
     for f in report.failures:
         print(f"failure: segment {f.segment} attempt {f.attempt} on {f.actor}: {f.reason}: {f.message}")
+    for line in report.provider:
+        print("provider:", line)
     print(f"wrote {args.dst}" + (f" and {args.report}" if args.report else ""))
     if args.report:
         with open(args.report, encoding="utf-8") as fh:

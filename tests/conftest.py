@@ -71,6 +71,8 @@ def clip_recipes(tmp: Path) -> dict[str, tuple]:
         "meta": ("meta.mp4", _testsrc(6) + _sine(6) + ["-i", str(chapters), "-map", "0:v", "-map", "1:a",
                  "-map_chapters", "2", "-vf", "setsar=4/3", "-color_primaries", "bt709", "-color_trc",
                  "bt709", "-colorspace", "bt709", "-color_range", "tv", "-g", "30"] + X264 + AAC),
+        "tenbit": ("tenbit.mkv", _testsrc(4) + _sine(4) + ["-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt",
+                   "yuv420p10le", "-x265-params", "keyint=30:min-keyint=30:log-level=error"] + AAC),
         "long": ("long.mp4", _testsrc(20) + _sine(20) + X264 + ["-g", "30"] + AAC),
     }
 
@@ -113,3 +115,18 @@ def ray_cluster():
              _system_config={"metrics_report_interval_ms": 1000})
     yield ray
     ray.shutdown()
+
+
+BUILDS = Path(os.environ.get("MONTAGE_FFMPEG_BUILDS") or Path.home() / ".cache" / "montage-ray" / "ffmpeg") / "bin"
+
+
+@pytest.fixture(scope="session")
+def ffmpeg_builds() -> dict[str, Path]:
+    """Static ffmpeg builds by version ("4.2.2", "7.0.2", "9.0.2", and "ffprobe-8.0"), fetched by
+    scripts/ffmpeg-builds.sh (run by `scripts/setup.sh --test`). Missing builds fail the tests that need them."""
+    found = {p.name.split("-", 1)[1] if p.name.startswith("ffmpeg-") else p.name: p
+             for p in BUILDS.glob("*") if os.access(p, os.X_OK)}
+    missing = {"4.2.2", "7.0.2", "9.0.2", "ffprobe-8.0"} - set(found)
+    if missing:
+        pytest.fail(f"static ffmpeg builds {sorted(missing)} are missing in {BUILDS}: run scripts/ffmpeg-builds.sh")
+    return found

@@ -161,7 +161,9 @@ def test_actors_are_reused_across_jobs_and_replaced_when_the_setup_changes(make_
 def test_the_driver_starts_no_process_per_segment(make_clip, tmp_path):
     """Ten segments, and the driver still starts only its fixed handful: probe, cut, join, structure, joins."""
     from montage_ray import ffmpeg_cli
+    from montage_ray.caps import ffmpeg_caps
 
+    ffmpeg_caps()  # what this ffmpeg can do is asked once per process, not per job or segment
     with ffmpeg_cli.watch() as started:
         report = encode(make_clip("long"), tmp_path / "out.mp4", segment_seconds=2)
     assert len(report.segments) == 10

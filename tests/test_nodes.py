@@ -85,3 +85,21 @@ def test_offers_for_the_router(nodes, config, pixels, labels, expected):
 def test_offers_name_a_label_no_node_offers():
     with pytest.raises(ClusterError, match="offers no qsv .*it offers: cpu, nvenc"):
         offers(NODES[1:2], {}, pixels=1920 * 1080, labels=["qsv", "nvenc"])
+
+
+def test_offers_carry_the_cost_terms_they_are_given():
+    from montage_ray.cost import Price
+
+    price = Price(0.6, 0.09, "USD")
+    asked = []
+
+    def terms(label, cfg):
+        asked.append((label, cfg))
+        return {"price": price, "budget_left": 2.5, "unavailable": "backing off"} if label == "nvenc" else {}
+
+    config = {"nvenc": LabelConfig("nvenc", remote=True, cost_per_hour=0.6)}
+    got = {o.label: o for o in offers(NODES[1:2], config, pixels=1920 * 1080, terms=terms)}
+    assert asked == [("nvenc", config["nvenc"]), ("cpu", None)]
+    assert (got["nvenc"].price, got["nvenc"].budget_left, got["nvenc"].unavailable) == (price, 2.5, "backing off")
+    assert (got["cpu"].price, got["cpu"].budget_left, got["cpu"].unavailable) == (None, None, None)
+    assert offers(NODES[1:2], config, pixels=1920 * 1080)[0].price is None   # no terms: nothing priced

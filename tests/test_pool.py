@@ -156,6 +156,26 @@ def test_run_fail_requeues_first_unless_a_copy_runs_or_finished():
         run.fail(Task(pool.workers[0], segs[2], 4, 0.0), failure, max_attempts=4)
 
 
+def test_a_refused_try_does_not_count_and_the_refused_label_leaves_the_pool():
+    from montage_ray.quota import STANDIN_REFUSAL, refuse_label
+    from montage_ray.cluster.workers import Worker
+
+    pool, run, segs, Task = _run_state()
+    run.pending.clear()
+    failure = FailedAttempt(2, 4, "nvenc", "n0", "provider-session-limit", "refused")
+    run.fail(Task(pool.workers[0], segs[2], 4, 0.0), failure, max_attempts=4, counts=False)
+    assert run.pending == [(segs[2], 4)]                        # its 4th try again, not a failed job
+
+    paid = [Worker(actor=None, name=f"n{i}", label="nvenc", done=i) for i in range(2)] + pool.workers
+    refusals: list = []
+    refused = refuse_label(paid, paid[0], STANDIN_REFUSAL, refusals)
+    assert refused is not None and refused.kind == "session-limit" and refused.done == 1
+    assert [w.alive for w in paid] == [False, False, True, True] and refusals == [refused]
+    assert refuse_label(paid, paid[1], STANDIN_REFUSAL, refusals) is refused and len(refusals) == 1
+    assert refuse_label(paid, pool.workers[0], STANDIN_REFUSAL, refusals) is None   # no provider for CPU slots
+    assert refuse_label(paid, paid[0], "Invalid data found when processing input", refusals) is None
+
+
 def test_run_finish_counts_the_first_copy_only():
     pool, run, segs, Task = _run_state()
     first, second = Task(pool.workers[0], segs[0], 1, 0.0), Task(pool.workers[1], segs[0], 1, 0.0, duplicate=True)

@@ -91,3 +91,61 @@ def test_bad_encoders_config_is_an_input_error(tmp_path, text, needle):
     path.write_text(text)
     with pytest.raises(InputError, match=needle):
         load_encoders_config(path)
+
+
+# --- cost and budget (issue 15) ---------------------------------------------------------------------------
+from montage_ray.cost import Price  # noqa: E402
+
+T4 = Price(cost_per_hour=0.60, cost_per_gb=0.09, currency="USD")
+LONG = JobFacts(frames=18000, duration=600, input_bytes=1000 * MB)   # 10 min, 1 GB: nvenc would cost ~$0.10
+
+
+def paid(budget_left=None, min_time_saved=None, unavailable=None, rank=2, bandwidth=500):
+    return Offer("nvenc", sessions=3, fps=400, remote=True, bandwidth_mbps=bandwidth, quality_rank=rank,
+                 price=T4, budget_left=budget_left, min_time_saved=min_time_saved, unavailable=unavailable)
+
+
+COST_CASES = [
+    # name, job, offers, labels used, a reason that must be given
+    ("within budget: used, the expected cost said", LONG, [VAAPI, CPU, paid(budget_left=5.0)],
+     ("vaapi", "cpu", "nvenc"), "nvenc: remote, 56 s -> 17 s with it, would cost $0.10, used"),
+    ("no budget configured: priced but not capped", LONG, [VAAPI, CPU, paid()],
+     ("vaapi", "cpu", "nvenc"), "would cost $0.10, used"),
+    ("budget nearly exhausted: left out, with cost and what is left", LONG, [VAAPI, CPU, paid(budget_left=0.05)],
+     ("vaapi", "cpu"), "nvenc left out: this job would cost $0.10, $0.05 left this month"),
+    ("budget overspent: shows nothing left", LONG, [VAAPI, CPU, paid(budget_left=-0.3)],
+     ("vaapi", "cpu"), "nvenc left out: this job would cost $0.10, $0.00 left this month"),
+    ("not worth it: saves 24 %, the label asks 30 %", JobFacts(frames=18000, duration=600, input_bytes=1000 * MB),
+     [Offer("vaapi", 1, 300), CPU, paid(budget_left=5.0, min_time_saved=0.3, bandwidth=100)],
+     ("vaapi", "cpu"), "nvenc: remote, would take 36 s vs 47 s without (saves 24 %, needs 30 %), left out"),
+    ("worth it at the label's own 20 %", JobFacts(frames=18000, duration=600, input_bytes=1000 * MB),
+     [Offer("vaapi", 1, 300), CPU, paid(budget_left=5.0, min_time_saved=0.2, bandwidth=100)],
+     ("vaapi", "cpu", "nvenc"), "would cost $"),
+    ("fast profile: the same share rule", JobFacts(frames=18000, duration=600, input_bytes=1000 * MB, profile="fast"),
+     [Offer("vaapi", 1, 300), CPU, paid(budget_left=5.0, min_time_saved=0.3, bandwidth=100)],
+     ("vaapi", "cpu"), "needs 30 %"),
+    ("master prefers it within budget, even where fast/standard would not",
+     JobFacts(frames=18000, duration=600, input_bytes=1000 * MB, profile="master"),
+     [Offer("vaapi", 1, 300, quality_rank=2), CPU, paid(budget_left=5.0, min_time_saved=0.3, bandwidth=100)],
+     ("vaapi", "nvenc"), "would cost $"),
+    ("master alone on the paid label: within budget", JobFacts(frames=18000, duration=600, input_bytes=1000 * MB,
+                                                               profile="master"),
+     [VAAPI, CPU, paid(budget_left=5.0)], ("nvenc",), "nvenc: remote, the only label: 24 s, would cost $0.14, used"),
+    ("master over budget: the next-best labels do the job",
+     JobFacts(frames=18000, duration=600, input_bytes=1000 * MB, profile="master"),
+     [VAAPI, QSV, CPU, paid(budget_left=0.01)], ("qsv",), "nvenc left out: this job would cost $0.14, $0.01 left"),
+    ("provider backing off: left out whatever the budget", LONG,
+     [VAAPI, CPU, paid(budget_left=5.0, unavailable="the provider refused it lately (session-limit), backing off "
+                                                    "until 12:00:00")],
+     ("vaapi", "cpu"), "nvenc left out: the provider refused it lately (session-limit)"),
+    ("only the paid label, budget exhausted: nothing to use", LONG, [paid(budget_left=0.0)], (),
+     "nvenc left out: this job would cost"),
+]
+
+
+@pytest.mark.parametrize("name,job,offers,expected,reason", COST_CASES, ids=[c[0] for c in COST_CASES])
+def test_route_with_cost(name, job, offers, expected, reason):
+    decision = route(job, offers)
+    assert decision.labels == expected, decision.reasons
+    assert any(reason in line for line in decision.reasons), decision.reasons
+    assert (dict(decision.expected_costs).get("nvenc", 0) > 0) == ("nvenc" in expected)

@@ -78,3 +78,37 @@ def test_hardware_that_does_not_work_falls_back_and_alone_fails_clearly(make_cli
     assert error.startswith("simulate_cluster: error: no encoder could start: encoder:vaapi:")
     assert "no-device" in error and "/dev/dri" in error
     assert not (tmp_path / "alone.mp4").exists() and not list(tmp_path.glob(".montage-ray-*"))
+
+
+def test_a_paid_label_refused_by_its_provider_moves_its_work_to_local_encoders(make_clip, tmp_path):
+    """The paid nvenc stand-ins refuse like an NVENC at its session limit after 1 segment each (a knob for
+    simulations only): the job still ends exact, on the local encoders, never failing for it; the report
+    says what the provider did, the back-off, and what nvenc cost (recorded in the cluster's ledger)."""
+    src, dst = make_clip("long"), tmp_path / "out.mp4"
+    done = simulate(src, dst, "--paid-nvenc", "--quota-after", "1", "--segment-seconds", "2",
+                    "--report", tmp_path / "r.json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert mc.decoded_frames(dst) == mc.decoded_frames(src) == 600 and mc.decode_errors(dst) == ""
+    mc.assert_same_frames_in_order(src, dst)
+    segs = report["segments"]
+    assert [s["segment"] for s in segs] == list(range(10))
+
+    assert any(line.startswith("nvenc: remote") and "would cost $" in line for line in report["route"])
+    on_nvenc = [s for s in segs if s["resource"] == "nvenc"]
+    assert 1 <= len(on_nvenc) <= 2                      # one each, at most, before the provider refused
+    refused = [f for f in report["failures"] if f["label"] == "nvenc"]
+    assert refused and all(f["reason"] == "provider-session-limit" for f in refused)
+    for f in refused:  # the refused segment went to a local encoder, and the refusal did not use up a try
+        again = next(s for s in segs if s["segment"] == f["segment"])
+        assert again["resource"] != "nvenc" and again["attempt"] == f["attempt"]
+    assert report["provider"][0].startswith("nvenc: provider refused (session-limit) after")
+    assert "OpenEncodeSessionEx failed" in report["provider"][0]
+    assert any("left out of new jobs for 60 s" in line for line in report["provider"])
+
+    cost = report["cost"]["nvenc"]
+    assert cost["currency"] == "USD" and cost["seconds"] > 0 and cost["bytes"] > 0
+    assert cost["cost"] == pytest.approx(cost["seconds"] / 3600 * 0.6 + cost["bytes"] / 1e9 * 0.09)
+    assert cost["month_total"] == pytest.approx(cost["cost"])   # the ledger holds this job's spend
+    assert set(report["cost"]) == {"nvenc"}                     # local labels cost nothing
+    assert "provider: nvenc: provider refused" in done.stdout and "cost: nvenc $" in done.stdout

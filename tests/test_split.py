@@ -12,6 +12,7 @@ import pytest
 import ray
 
 from montage_ray import ffmpeg_cli
+from montage_ray.caps import ffmpeg_caps
 from montage_ray.cluster.nodes import Placement
 from montage_ray.cluster.pool import EncoderPool
 from montage_ray.cluster.session import connected
@@ -34,6 +35,7 @@ def mkv_source(make_clip, tmp_path_factory):
 
 def test_cut_lists_every_piece_in_order_with_one_process(mkv_source, tmp_path):
     src, info, segments = mkv_source
+    ffmpeg_caps()  # what this ffmpeg can do is asked once per process, not per cut
     with ffmpeg_cli.watch() as started:
         cut = start_cut(info, segments, str(tmp_path))
         paths = cut.wait()

@@ -13,9 +13,9 @@ from typing import Sequence
 
 from montage_ray.errors import MontageError
 
-from . import encode_cmd, probe_cmd
+from . import budget_cmd, encode_cmd, probe_cmd
 
-COMMANDS = (encode_cmd, probe_cmd)
+COMMANDS = (encode_cmd, probe_cmd, budget_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

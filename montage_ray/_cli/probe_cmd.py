@@ -16,7 +16,7 @@ import sys
 
 from montage_ray.backends import BACKENDS
 from montage_ray.errors import InputError
-from montage_ray.probe import DEFAULT_TIMEOUT, NodeProbe, explain, probe_node, story
+from montage_ray.probe import DEFAULT_TIMEOUT, NodeProbe, explain_log, probe_node, story
 
 _COLUMNS = ("backend", "encoder", "available", "device", "cause", "fix")
 
@@ -69,15 +69,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _explain(path: str, *, as_json: bool) -> int:
-    try:
-        if path == "-":
-            text = sys.stdin.read()
-        else:
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                text = fh.read()
+    try:  # only a bounded tail of the log is read, cleaned of terminal escape sequences
+        diagnosis = explain_log(None if path == "-" else path)
     except OSError as err:
         raise InputError(f"cannot read {path!r}: {err.strerror}") from None
-    diagnosis = explain(text)
     if as_json:
         print(json.dumps(diagnosis.to_json(), indent=2))
     else:
@@ -100,5 +95,8 @@ def table(node: NodeProbe) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows]
     resources = json.dumps(node.ray_resources(), sort_keys=True)
     lines.append(f"\n{node.hostname}: Ray resources {resources}, node label montage.ai/encoder="
-                 f"{node.node_label()} ({node.seconds:.1f} s with {node.ffmpeg})")
+                 f"{node.node_label()} ({node.seconds:.1f} s with {node.ffmpeg}"
+                 + (f", version {node.caps.version})" if node.caps else ")"))
+    for diagnosis in node.ffmpeg_diagnoses():
+        lines.append(f"ffmpeg-version: {diagnosis.line}")
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """The encoder actor: one Ray actor per encode session, pinned to a node and a resource label.
 
 It resolves *on its node* how to run its label (the node's probe, or the encoders config, which may name
-a CPU stand-in), encodes one segment at a time with :func:`~montage_ray.segment_encode.encode_segment`,
+a CPU stand-in) and which ffmpeg runs it (:func:`~montage_ray.caps.ffmpeg_caps`: the node's own build, spelt
+its way), encodes one segment at a time with :func:`~montage_ray.segment_encode.encode_segment`,
 and answers :meth:`EncoderActor.progress` from its own thread while an encode runs. Actors are started,
 reused and stopped by :class:`~montage_ray.cluster.workers.WorkerRegistry`; a pool sends them work::
 
@@ -22,7 +23,8 @@ from typing import Any
 
 import ray
 
-from montage_ray import metrics
+from montage_ray import metrics, quota
+from montage_ray.caps import ffmpeg_caps
 from montage_ray.config import LabelConfig, resolve_spec
 from montage_ray.plan import Segment
 from montage_ray.segment_encode import (EncodeResult, JobSettings, SegmentEncodeError, encode_segment,
@@ -46,6 +48,7 @@ class EncoderActor:
         self._specs: dict[tuple, Any] = {}
         self._progress: dict[int, int] = {}   # segment index -> frames encoded so far (the running one)
         self._node = ""
+        self._served = 0  # segments taken (the stand-in quota knob counts them; see montage_ray.quota)
 
     def _spec(self, settings: JobSettings, threads: int):
         key = (settings.codec, settings.quality, settings.preset, threads)
@@ -81,6 +84,8 @@ class EncoderActor:
         node = self._node_name()
         log.info("job %s segment %d attempt %d: %d frames on %s (%s)", settings.job_id, segment.index, attempt,
                  segment.frames, self._name, spec.label)
+        self._served += 1
+        quota.standin_check(self._config, self._served)  # TESTS/SIMULATION ONLY: a stand-in refuses at "quota"
         self._progress = {segment.index: 0}
 
         def on_progress(frames: int) -> None:
@@ -90,7 +95,8 @@ class EncoderActor:
             result, encoded = encode_segment(spec, segment, data, video_args=video_output_args(settings.video, spec),
                                              sar=settings.sar, timeout=timeout, actor=self._name, attempt=attempt,
                                              should_stop=ctx.is_canceled, on_progress=on_progress,
-                                             decode=settings.verify == "decode", threads=threads)
+                                             decode=settings.verify == "decode", threads=threads,
+                                             caps=ffmpeg_caps())  # this node's ffmpeg, asked once per process
         except SegmentEncodeError as err:
             log.warning("job %s segment %d attempt %d failed on %s: %s", settings.job_id, segment.index, attempt,
                         self._name, err)

@@ -17,7 +17,7 @@ remote::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from montage_ray.backends import HARDWARE_LABELS, default_fps
 from montage_ray.config import LabelConfig
@@ -104,13 +104,19 @@ def remote_labels(nodes: Iterable[Node]) -> dict[str, float | None]:
     return out
 
 
+#: ``terms(label, its config)``: more fields of a label's Offer (price, budget left, a back-off), such as
+#: :meth:`montage_ray.budget.BudgetView.terms` gives from what it read before routing.
+OfferTerms = Callable[[str, "LabelConfig | None"], Mapping[str, Any]]
+
+
 def offers(nodes: Iterable[Node], config: Mapping[str, LabelConfig], *, pixels: int,
-           labels: Iterable[str] | None = None) -> list[Offer]:
+           labels: Iterable[str] | None = None, terms: OfferTerms | None = None) -> list[Offer]:
     """What the router weighs: one :class:`~montage_ray.routing.Offer` per label the cluster offers.
 
     Speeds are the encoders config's ``expected_fps``, else the backend table's default, scaled from 1080p
     to ``pixels``; remote and bandwidth come from the config or the nodes' labels. ``labels`` limits the
-    labels; ClusterError names a wanted label that no node offers.
+    labels; ClusterError names a wanted label that no node offers. ``terms`` adds each label's cost terms
+    (it is given, not read here: this module stays pure).
     """
     nodes = list(nodes)
     offered = offered_labels(nodes, config)
@@ -128,5 +134,6 @@ def offers(nodes: Iterable[Node], config: Mapping[str, LabelConfig], *, pixels: 
         fps = (cfg.expected_fps if cfg and cfg.expected_fps else default_fps(label)) / scale
         out.append(Offer(label, sessions, fps, remote=bool(cfg and cfg.remote) or label in remotes,
                          bandwidth_mbps=(cfg.bandwidth_mbps if cfg else None) or remotes.get(label),
-                         quality_rank=cfg.quality_rank if cfg else 0, hardware=label != "cpu"))
+                         quality_rank=cfg.quality_rank if cfg else 0, hardware=label != "cpu",
+                         **(terms(label, cfg) if terms else {})))
     return out

@@ -5,7 +5,9 @@ segments, never the whole file). The pool keeps each actor's measured speed, giv
 segments it would finish soonest (an earliest-finish plan), re-issues the slowest in-flight segment to an
 idle faster actor at the tail (first result wins, the loser is cancelled), retries failures on other
 actors and takes an actor out of rotation after repeated failures or when it dies. The driver owns every
-retry: Ray's own task retries are off, because they are spent in seconds when a node dies.
+retry: Ray's own task retries are off, because they are spent in seconds when a node dies. A provider's
+refusal (quota, session limit: :func:`montage_ray.quota.refuse_label`) takes the whole label out of the job;
+the refused try does not count against the segment, and the refusal is kept in ``pool.refusals``.
 
 The state of one run lives on one :class:`_Run` object (what is pending, in flight, copied, failed where,
 finished), with ``submit``/``finish``/``fail``; the pool's methods decide and read like their names, as in
@@ -32,7 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 import ray
 from ray.exceptions import RayTaskError, TaskCancelledError
 
-from montage_ray import metrics
+from montage_ray import metrics, quota
 from montage_ray.cluster.workers import ACTOR_GONE, Worker, WorkerRegistry, first_line
 from montage_ray.errors import ClusterError, EncoderError
 from montage_ray.plan import Segment
@@ -129,17 +131,18 @@ class _Run:
             ray.cancel(other)  # the loser of a duplicated segment
         return True
 
-    def fail(self, task: _Task, attempt: FailedAttempt, max_attempts: int) -> None:
-        """Record a failed attempt; put the segment back unless another copy finished or still runs."""
+    def fail(self, task: _Task, attempt: FailedAttempt, max_attempts: int, *, counts: bool = True) -> None:
+        """Record a failed attempt; put the segment back unless another copy finished or still runs. A try
+        that does not count (a provider refused the label) goes back with the same attempt number."""
         seg = task.segment
         self.failed_on.setdefault(seg.index, set()).add(task.worker.name)
         if seg.index in self.finished or self.copies.get(seg.index):
             return
-        if task.attempt >= max_attempts:
+        if counts and task.attempt >= max_attempts:
             raise EncoderError(f"segment {seg.index} failed {task.attempt} times; last on {task.worker.name}: "
                                f"{attempt.message}")
         metrics.segment_retried(label=task.worker.label, node=task.worker.node)
-        self.pending.insert(0, (seg, task.attempt + 1))
+        self.pending.insert(0, (seg, task.attempt + (1 if counts else 0)))
 
     def pick(self, worker: Worker, planned: list[int] | None = None) -> tuple[Segment, int] | None:
         """Take the largest pending segment this worker has not failed, unless only it could take it; with
@@ -172,6 +175,7 @@ class EncoderPool:
         self.registry = registry or WorkerRegistry()   # collects cancelled tasks beside the job
         self.failures: list[FailedAttempt] = []
         self.duplicates = 0
+        self.refusals: list[quota.Refusal] = []        # labels a provider refused in this pool's runs
         self.job_id = ""  # of the job being run, for log lines
 
     # -- decisions -------------------------------------------------------------------------------
@@ -405,6 +409,9 @@ class EncoderPool:
         seg, worker = task.segment, task.worker
         log.warning("job %s segment %d attempt %d failed on %s: %s", self.job_id, seg.index, task.attempt,
                     worker.name, message)
+        refused = quota.refuse_label(self.workers, worker, f"{message}\n{stderr}", self.refusals)
+        if refused:  # the whole label leaves the job; the try does not count against the segment
+            reason = f"provider-{refused.kind}"
         if not started:  # it never said when it started (its actor died): the driver's view
             started, seconds = task.submitted_at, time.time() - task.submitted_at
         failure = FailedAttempt(segment=seg.index, attempt=task.attempt, encoder=worker.encoder or worker.label,
@@ -415,4 +422,4 @@ class EncoderPool:
         worker.failures += 1
         if worker.failures >= self.options.max_worker_failures:
             worker.alive = False
-        run.fail(task, failure, self.options.max_attempts)
+        run.fail(task, failure, self.options.max_attempts, counts=refused is None)

@@ -1,0 +1,296 @@
+"""Every ffmpeg and ffprobe command montage-ray runs, one builder per kind, spelt for the ffmpeg that runs it.
+
+The argument lists are built with ffmpeg-python's graph (``ffmpeg.input(...).output(...)``, then
+``get_args()``) and run by :func:`montage_ray.ffmpeg_cli.run` (timeouts, process groups, stderr tails). Each
+builder takes the :class:`~montage_ray.caps.FFmpegCaps` of the binary that will run the command: an encoder
+actor passes its node's ffmpeg, the driver its own::
+
+    from montage_ray import commands
+    from montage_ray.caps import ffmpeg_caps
+
+    caps = ffmpeg_caps()
+    cmd = commands.encode_command(spec, "in.nut", "out.mp4", caps=caps, video_args=["-pix_fmt", "yuv420p"])
+    # [.../ffmpeg, -hide_banner, ..., -i, file:/.../in.nut, -map, 0:v:0, ..., -vsync, passthrough, ...] on 4.2
+
+The kinds: :func:`cut_command` (the source into segments, stream copy), :func:`encode_command` (one
+segment; the probe's test encode is the same command, :func:`probe_encode_command`), :func:`align_command`
+and :func:`join_command` (the join and mux), :func:`verify_command` (ffprobe counting the joined frames),
+:func:`segment_check_command` (an actor's check of its own output), :func:`structure_command` and
+:func:`join_windows_command` (the driver's checks of the joined file),
+:func:`test_clip_command` and :func:`tiny_time_base_command` (the probe's own runs).
+
+What ffmpeg-python cannot express is said where it happens: global options (``-hide_banner``, ``-y``,
+``-progress``, the hardware device options, which may repeat) go first, before the graph's arguments, because
+ffmpeg-python puts global options after the outputs and keeps only one value per option name.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Sequence
+
+import ffmpeg as ffmpeg_python
+
+from montage_ray.caps import FFmpegCaps
+from montage_ray.errors import EncoderError
+from montage_ray.ffmpeg_cli import file_url
+
+#: Global options that name hardware devices: they may repeat (QSV derives one device from another), which
+#: ffmpeg-python's keyword arguments cannot hold, so they stay in the global part of the command.
+_GLOBAL_DEVICE_OPTIONS = frozenset({"-vaapi_device", "-init_hw_device", "-filter_hw_device", "-qsv_device",
+                                    "-hwaccel_device"})
+
+
+def _globals(binary: str, *, loglevel: str = "error", progress: str | None = None,
+             extra: Sequence[str] = ()) -> list[str]:
+    """The binary and its global options. (ffmpeg-python's ``global_args`` would put them after the
+    outputs, and ``overwrite_output`` appends ``-y`` last; ffmpeg reads them anywhere, but a reader of the
+    command and the probe's ``--verbose`` expect them first.)"""
+    args = [binary, "-hide_banner", "-nostdin", "-nostats", "-v", loglevel, "-y"]
+    if progress:
+        args += ["-progress", file_url(progress)]
+    return args + list(extra)
+
+
+def option_kwargs(args: Sequence[str]) -> dict[str, Any]:
+    """``["-c:v", "libx264", "-an"]`` -> ``{"c:v": "libx264", "an": None}`` for ffmpeg-python.
+
+    A value may start with ``-`` only when it is a number (``-enc_time_base -1``); an option named twice
+    is an error (ffmpeg-python keeps one value per name).
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        key = str(args[i])
+        if not key.startswith("-") or len(key) < 2:
+            raise EncoderError(f"encoder option {key!r} is not an option (options start with '-')")
+        value: str | None = None
+        if i + 1 < len(args) and not _is_option(str(args[i + 1])):
+            value = str(args[i + 1])
+            i += 1
+        i += 1
+        name = key[1:]
+        if name in out:
+            raise EncoderError(f"encoder option {key} is given twice")
+        out[name] = value
+    return out
+
+
+def _is_option(text: str) -> bool:
+    if not text.startswith("-") or len(text) < 2:
+        return False
+    try:
+        float(text)
+        return False
+    except ValueError:
+        return True
+
+
+def _split_input_args(input_args: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    """(global device options, kwargs for the input) from an :class:`EncoderSpec`'s ``input_args``."""
+    glob: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(input_args):
+        target = glob if input_args[i] in _GLOBAL_DEVICE_OPTIONS else rest
+        target += list(input_args[i:i + 2])
+        i += 2
+    return glob, option_kwargs(rest)
+
+
+def _compile(head: list[str], stream: Any) -> list[str]:
+    return head + list(stream.get_args())
+
+
+# ------------------------------------------------------------------------------------------------------
+# Encode one segment (and the probe's test encode, the same command)
+# ------------------------------------------------------------------------------------------------------
+
+def encode_command(spec: Any, src: str, dst: str, *, caps: FFmpegCaps, video_args: Sequence[str] = (),
+                   sar: str | None = None, progress: str | None = None, loglevel: str = "error") -> list[str]:
+    """Encode file ``src`` (NUT) into ``dst`` (MP4) with ``spec`` (an EncoderSpec) on ``caps``'s ffmpeg.
+
+    The output keeps every frame's presentation time (``-fps_mode passthrough``, ``-vsync passthrough``
+    before 5.1) in the source's time base (``-enc_time_base -1``, ``demux`` from 9.0); MP4 keeps every
+    packet's DTS exactly (NUT re-derives DTS, which breaks joins of encoders with different reorder
+    depths); ``dump_extra`` repeats the parameter sets at every keyframe so that segments from differently
+    configured encoders decode after one another.
+    """
+    problem = caps.unusable
+    if problem:
+        raise EncoderError(problem)
+    device_globals, input_kwargs = _split_input_args(spec.input_args)
+    if "readrate" in input_kwargs and not caps.readrate:
+        raise EncoderError(caps.missing("readrate", "throttled stand-ins (readrate in the encoders file)"))
+    if progress and not caps.progress:
+        progress = None
+    copies = getattr(spec, "copies", False)  # the pass-through stand-in: the packets as they are
+    filters = [] if copies else ([f"setsar={sar}"] if sar else []) + ([spec.video_filter] if spec.video_filter else [])
+    # -noautorotate is an input option without a value: ffmpeg-python writes a None-valued keyword as a bare
+    # flag before -i, which is what ffmpeg needs (the pixels are never rotated; the join sets the matrix).
+    source = ffmpeg_python.input(file_url(src), noautorotate=None, **input_kwargs)
+    output: dict[str, Any] = {}
+    if filters:
+        # -vf, not a filter graph node: ffmpeg-python would turn .filter() into -filter_complex with labels,
+        # and the hardware backends' upload filters expect the simple form
+        output["vf"] = ",".join(filters)
+    output.update(option_kwargs(spec.codec_args))
+    if not copies:
+        output.update(option_kwargs(video_args))
+    mode_option, mode = caps.passthrough
+    output.update({mode_option[1:]: mode, "enc_time_base": caps.enc_time_base,
+                   "an": None, "sn": None, "dn": None, "map_metadata": "-1", "f": "mp4"})
+    if not copies:  # copied packets keep their own framing (dump_extra would put Annex B into AVCC)
+        output["bsf:v"] = "dump_extra"
+    stream = ffmpeg_python.output(source["v:0"], file_url(dst), **output)
+    return _compile(_globals(caps.path, loglevel=loglevel, progress=progress, extra=device_globals), stream)
+
+
+def probe_encode_command(spec: Any, src: str, dst: str, *, caps: FFmpegCaps, video_args: Sequence[str],
+                         loglevel: str = "error") -> list[str]:
+    """The probe's test encode: exactly :func:`encode_command` (production's command) on the probed ffmpeg."""
+    return encode_command(spec, src, dst, caps=caps, video_args=video_args, loglevel=loglevel)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Cut the source into segments (stream copy)
+# ------------------------------------------------------------------------------------------------------
+
+def cut_command(source: str, stream_index: int, first_packets: Sequence[int], pattern: str, *,
+                caps: FFmpegCaps, segment_list: str | None = None) -> list[str]:
+    """Stream-copy video stream ``stream_index`` of ``source`` into NUT files named by ``pattern``
+    (``%06d``), cutting before each of ``first_packets`` (a single file at ``pattern % 0`` when empty).
+
+    With ``segment_list`` the segment muxer appends each piece to that CSV file (name, start, end) as it
+    closes it, flushed at once: how the pipeline learns that a piece is ready while the cut goes on."""
+    src = ffmpeg_python.input(file_url(source), fflags="+genpts", noautorotate=None)
+    out: dict[str, Any] = {"c": "copy", "map_metadata": "-1"}
+    if first_packets:
+        out.update({"f": "segment", "segment_format": "nut", "reset_timestamps": "0",
+                    "segment_frames": ",".join(str(p) for p in first_packets)})
+        if segment_list:
+            out.update({"segment_list": file_url(segment_list), "segment_list_type": "csv"})
+        target = pattern
+    else:
+        out["f"] = "nut"
+        target = pattern % 0
+    return _compile(_globals(caps.path), ffmpeg_python.output(src[str(stream_index)], file_url(target), **out))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Join and mux
+# ------------------------------------------------------------------------------------------------------
+
+def align_command(src: str, dst: str, shift: int, *, caps: FFmpegCaps) -> list[str]:
+    """Remux ``src`` with its DTS moved ``shift`` ticks earlier (PTS unchanged), by the ``setts`` filter."""
+    if not caps.has_bsf("setts"):
+        raise EncoderError(caps.missing("setts", "joining segments of differently configured encoders"))
+    stream = ffmpeg_python.output(ffmpeg_python.input(file_url(src))["v:0"], file_url(dst), c="copy",
+                                  **{"bsf:v": f"setts=dts=DTS-{shift}"}, f="mp4")
+    return _compile(_globals(caps.path), stream)
+
+
+def join_command(concat_list: str, source: str, dst: str, *, caps: FFmpegCaps, offset: float,
+                 video_index: int, rotation: int, streams: Sequence[int], stream_options: dict[str, Any],
+                 muxer: str, mp4: bool, tag: str | None = None) -> list[str]:
+    """Concatenate the encoded segments listed in ``concat_list`` and mux the source's ``streams`` (audio,
+    subtitles, attachments, by index) from ``source`` into ``dst``, with ``stream_options`` for them.
+
+    The video is shifted by ``offset`` seconds (the source's first frame relative to its start) and gets the
+    source's display ``rotation``: with ``-display_rotation`` on the concat input (7.0+), else with the
+    ``rotate`` stream tag, which 4.2 to 6.x turn into a display matrix on stream copy.
+    """
+    concat_kwargs: dict[str, Any] = {"f": "concat", "safe": "0", "itsoffset": f"{offset:.9f}"}
+    out: dict[str, Any] = {"c:v": "copy", "map_metadata": "1", "map_chapters": "1",
+                           "map_metadata:s:v:0": f"1:s:{video_index}"}
+    if rotation:
+        if caps.display_rotation:
+            concat_kwargs["display_rotation:v:0"] = str(rotation)
+        else:
+            out["metadata:s:v:0"] = f"rotate={rotation % 360}"
+    out.update(stream_options)
+    if mp4:
+        out["movflags"] = "+faststart"
+        if tag:
+            out["tag:v"] = tag
+    out["f"] = muxer
+    segments = ffmpeg_python.input(file_url(concat_list), **concat_kwargs)
+    # -noautorotate before the source: nothing of it is decoded, but ffmpeg 4.2 to 6.x would otherwise
+    # drop its display matrix when the rotate tag is written.
+    src = ffmpeg_python.input(file_url(source), noautorotate=None)
+    mapped = [segments["v:0"], *(src[str(i)] for i in streams)]
+    args = _compile(_globals(caps.path), ffmpeg_python.output(*mapped, file_url(dst), **out))
+    if not streams:
+        # ffmpeg-python writes only the inputs some mapped stream comes from; a video-only source still has
+        # to be input 1 for -map_metadata 1 / -map_chapters 1, so it is inserted by hand after the concat
+        # input (ffmpeg-python puts every input before the first -map).
+        at = args.index("-map")
+        args[at:at] = ["-noautorotate", "-i", file_url(source)]
+    return args
+
+
+# ------------------------------------------------------------------------------------------------------
+# Verify (ffprobe) and the probe's own runs
+# ------------------------------------------------------------------------------------------------------
+
+def verify_command(ffprobe: str, path: str, *, decode: bool) -> list[str]:
+    """ffprobe counting the video frames (``decode``) or packets of ``path``, with duration and streams.
+
+    (ffprobe is not ffmpeg: ffmpeg-python's graph builds ffmpeg commands only, and its ``probe()`` runs the
+    process itself without our timeouts, so this list is written out.)
+    """
+    count, field_name = ("-count_frames", "nb_read_frames") if decode else ("-count_packets", "nb_read_packets")
+    return [ffprobe, "-v", "error", "-threads", str(os.cpu_count() or 1), "-of", "json", "-select_streams",
+            "v:0", count, "-show_entries", f"stream={field_name},duration,start_time:format=nb_streams",
+            file_url(path)]
+
+
+def segment_check_command(ffprobe: str, path: str, *, decode: bool, threads: int = 1) -> list[str]:
+    """ffprobe counting an encoded segment's video packets, and with ``decode`` decoding every frame (the
+    encoder actor's own check of its output)."""
+    entries = "stream=nb_read_packets" + (",nb_read_frames" if decode else "")
+    return [ffprobe, "-v", "error", "-threads", str(max(1, threads)), "-of", "json", "-select_streams", "v:0",
+            "-count_packets", *(["-count_frames"] if decode else []), "-show_entries", entries, file_url(path)]
+
+
+def structure_command(ffprobe: str, path: str) -> list[str]:
+    """ffprobe listing every packet's stream, pts, dts and duration and every stream's kind and time base, as
+    CSV, in one demux pass without decoding (the driver's structure check of the joined file)."""
+    return [ffprobe, "-v", "error", "-show_entries",
+            "packet=stream_index,pts,dts,duration:stream=index,codec_type,time_base", "-of", "csv=p=1",
+            file_url(path)]
+
+
+def join_windows_command(ffprobe: str, path: str, windows: Sequence[tuple[float, float]]) -> list[str]:
+    """ffprobe decoding the video of ``path`` only within ``windows`` ((start, seconds), file clock; each
+    decode starts at the keyframe before its start) in one run, counting the frames."""
+    intervals = ",".join(f"{max(0.0, start):.6f}%+{length:.6f}" for start, length in windows)
+    return [ffprobe, "-v", "error", "-threads", str(os.cpu_count() or 1), "-of", "json", "-select_streams",
+            "v:0", "-read_intervals", intervals, "-count_frames", "-show_entries", "stream=nb_read_frames",
+            file_url(path)]
+
+
+def test_clip_command(binary: str, path: str, *, size: str, frames: int) -> list[str]:
+    """A few frames of testsrc2 as raw yuv420p in NUT (the probe's source; no encoder needed)."""
+    src = ffmpeg_python.input(f"testsrc2=size={size}:rate=25", f="lavfi")
+    stream = ffmpeg_python.output(src, file_url(path), **{"frames:v": str(frames)}, pix_fmt="yuv420p",
+                                  **{"c:v": "rawvideo"}, f="nut")
+    return _compile(_globals(binary), stream)
+
+
+def tiny_time_base_command(binary: str, time_base: str) -> list[str]:
+    """One generated frame encoded with ``-enc_time_base time_base`` into nothing: does this ffmpeg take it?"""
+    src = ffmpeg_python.input("color=s=16x16:d=0.04", f="lavfi")
+    stream = ffmpeg_python.output(src, "-", **{"frames:v": "1", "c:v": "rawvideo"}, enc_time_base=time_base,
+                                  f="null")
+    return _compile([binary, "-hide_banner", "-nostdin", "-v", "error"], stream)
+
+
+def stream_options(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """Per-stream options as keywords, refusing a name given twice."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise EncoderError(f"option -{key} is given twice")
+        out[key] = value
+    return out

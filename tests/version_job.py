@@ -1,0 +1,114 @@
+"""Run several montage-ray jobs in ONE local Ray session, with whatever MONTAGE_FFMPEG/MONTAGE_FFPROBE the
+environment names (tests/test_versions.py starts one per ffmpeg version). Prints one JSON object:
+{clip: {"ok": true, "ffmpeg": [versions of the segments], "frames": N} or {"ok": false, "error": "..."}}.
+
+    python tests/version_job.py OUT_DIR CLIP=SRC.ext:DST.ext ...
+
+With ``--mixed`` it runs one job on a simulated cluster whose nodes run different ffmpeg builds instead
+(see :func:`mixed`):
+
+    python tests/version_job.py --mixed SRC DST REPORT.json /usr/bin/ffmpeg FFMPEG_4_2 FFMPEG_9_0
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def main(argv: list[str]) -> int:
+    import ray
+
+    from montage_ray import encode
+    from montage_ray.errors import MontageError
+
+    out_dir, jobs = argv[0], argv[1:]
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    results = {}
+    try:
+        for job in jobs:
+            name, paths = job.split("=", 1)
+            src, ext = paths.rsplit(":", 1)
+            dst = os.path.join(out_dir, f"{name}{ext}")
+            try:
+                report = encode(src, dst, preset="ultrafast", segment_seconds=1)
+                results[name] = {"ok": True, "dst": dst, "frames": report.frames,
+                                 "segments": len(report.segments),
+                                 "ffmpeg": sorted({s.ffmpeg for s in report.segments})}
+            except MontageError as err:
+                results[name] = {"ok": False, "error": str(err)}
+    finally:
+        ray.shutdown()
+    print(json.dumps(results))
+    return 0
+
+
+
+#: Labels of the mixed cluster's worker nodes, one node each, every one served by a CPU stand-in.
+MIXED_LABELS = ("vaapi", "nvenc", "nvmpi", "qsv")
+
+#: The whole mixed run (cluster start, job, shutdown) gives up after this many seconds, cleaning up.
+MIXED_LIMIT_S = 240
+
+
+def mixed(argv: list[str]) -> int:
+    """--mixed SRC DST REPORT HEAD_FFMPEG NODE_FFMPEG...: one job on a simulated cluster whose nodes run
+    different ffmpeg builds. The head (one CPU slot) runs HEAD_FFMPEG, each other node one NODE_FFMPEG
+    (``MONTAGE_FFMPEG`` in its raylet's environment, which its actors inherit) behind a hardware label
+    served by a libx264 stand-in; the driver cuts and joins with its own ffmpeg. Every node binds
+    127.0.0.1 only (as scripts/simulate_cluster.py). Each node's actor gets a segment before any actor gets
+    a second (unmeasured actors take one at a time) and no segment is duplicated, so every build encodes
+    at least one segment. Writes the JSON report to REPORT and prints
+    {"frames": N, "segments": [[index, ffmpeg version, encoder, node], ...]}."""
+    import signal
+    import tempfile
+
+    import ray
+    import yaml
+    from ray.cluster_utils import Cluster
+
+    from montage_ray import encode
+    from montage_ray.cluster.pool import PoolOptions
+    from montage_ray.cluster.session import join_drains
+
+    src, dst, report_path, head_ffmpeg, *node_ffmpegs = argv
+    labels = MIXED_LABELS[:len(node_ffmpegs)]
+
+    def give_up(signum, frame):
+        raise TimeoutError(f"the mixed-version job did not finish within {MIXED_LIMIT_S} s")
+
+    signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(MIXED_LIMIT_S)
+    common = {"node_ip_address": "127.0.0.1", "object_store_memory": 100 * 1024 * 1024}
+    cluster = Cluster(initialize_head=True, head_node_args={**common, "num_cpus": 1, "include_dashboard": False,
+                                                            "env_vars": {"MONTAGE_FFMPEG": head_ffmpeg}})
+    try:
+        for label, ffmpeg in zip(labels, node_ffmpegs):
+            cluster.add_node(**common, num_cpus=0, resources={label: 1}, env_vars={"MONTAGE_FFMPEG": ffmpeg})
+        cluster.wait_for_nodes(timeout=60)
+        ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+        config = os.path.join(tempfile.mkdtemp(prefix="montage-mixed-"), "encoders.yaml")
+        standin = {"backend": "cpu", "standin": True, "preset": "ultrafast"}
+        with open(config, "w", encoding="utf-8") as fh:
+            yaml.safe_dump({"labels": {**{label: standin for label in labels}, "cpu": {"preset": "ultrafast"}}}, fh)
+        report = encode(src, dst, encoders_config=config, segment_seconds=1, report=report_path,
+                        pool_options=PoolOptions(duplicate_tail=False, stall_timeout=120, min_timeout=60))
+        print(json.dumps({"frames": report.frames, "segments": [[s.segment, s.ffmpeg, s.encoder, s.node]
+                                                                for s in report.segments]}))
+    finally:
+        signal.alarm(60)  # shutting down is bounded too
+        join_drains()
+        ray.shutdown()
+        cluster.shutdown()
+        signal.alarm(0)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--mixed"]:
+        # Every node listens on 127.0.0.1 only; without this Ray turns 127.0.0.1 into the machine's outward
+        # IP, where nothing of this cluster listens, and retries the GCS there (see scripts/simulate_cluster.py).
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.exit(mixed(sys.argv[2:]) if sys.argv[1:2] == ["--mixed"] else main(sys.argv[1:]))
