@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from montage_ray.caps import ffmpeg_caps
 from montage_ray.budget import Bill, BudgetView, price_of, refusals_at_start, settle
 from montage_ray.cluster.nodes import offered_labels, offers, placements, remote_labels
 from montage_ray.cluster.pool import EncoderPool, PoolOptions, ReadyFeed
@@ -80,8 +81,9 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
     workdir = tempfile.mkdtemp(prefix=".montage-ray-", dir=os.path.dirname(job.target))
     try:
         with contextlib.ExitStack() as in_session:
-            with ThreadPoolExecutor(1, thread_name_prefix="inspect") as side:
+            with ThreadPoolExecutor(2, thread_name_prefix="inspect") as side:
                 inspecting = side.submit(_timed, inspect, job.source)           # inspect, while ...
+                side.submit(ffmpeg_caps)  # (what this ffmpeg can do, for the cut: asked once per process)
                 ray_from = time.monotonic()
                 try:
                     session = in_session.enter_context(ray_session(opts.address))  # ... Ray starts
