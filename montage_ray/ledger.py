@@ -117,14 +117,30 @@ class Ledger:
     # -- writes (through the actor: one at a time) -------------------------------------------------
     def add(self, spend: Spend, timeout: float = 60.0) -> float:
         """Record ``spend``; returns the label's total of that month."""
-        return ray.get(self._actor().add.remote(asdict(spend)), timeout=timeout)
+        return self._call("add", asdict(spend), timeout=timeout)
 
     def back_off(self, label: str, seconds: float, reason: str, timeout: float = 60.0) -> dict[str, Any]:
         """Leave ``label`` out of jobs for ``seconds`` (a provider refused it for ``reason``)."""
-        return ray.get(self._actor().back_off.remote(label, seconds, reason), timeout=timeout)
+        return self._call("back_off", label, seconds, reason, timeout=timeout)
 
     def clear_back_off(self, label: str, timeout: float = 60.0) -> None:
-        ray.get(self._actor().clear_back_off.remote(label), timeout=timeout)
+        self._call("clear_back_off", label, timeout=timeout)
+
+    def _call(self, method: str, *args: Any, timeout: float) -> Any:
+        """One update, waiting out a restart of the ledger actor (its node went away, or it was killed):
+        a call made while it restarts fails at once with ActorUnavailableError and is sent again. A reply
+        lost after the update was stored would count it twice: the ledger errs towards spending more."""
+        from ray.exceptions import ActorUnavailableError
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return ray.get(getattr(self._actor(), method).remote(*args),
+                               timeout=max(1.0, deadline - time.monotonic()))
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     # -- reads (from the stored copy: start nothing) --------------------------------------------------
     def month(self, month: str) -> dict[str, Any]:

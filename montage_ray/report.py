@@ -68,8 +68,9 @@ class JobReport:
 
     @property
     def standins(self) -> list[str]:
-        """Labels served by CPU stand-ins in this job (empty in production)."""
-        return sorted({s.encoder for s in self.segments if s.standin})
+        """Labels served by CPU stand-ins in this job (empty in production); each segment's ``encoder``
+        says what stood in."""
+        return sorted({s.resource or s.backend for s in self.segments if s.standin})
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -306,19 +306,6 @@ def test_overlay_builds(overlay):
 # scripts/submit_job.py against a real local Ray with token authentication on
 # --------------------------------------------------------------------------------------------------
 
-_HEAD = r"""
-import json, signal, sys, time
-import ray
-ctx = ray.init(num_cpus=1, include_dashboard=True, dashboard_host="127.0.0.1",
-               dashboard_port=int(sys.argv[1]), _temp_dir=sys.argv[2], object_store_memory=100 * 2**20,
-               log_to_driver=False, logging_level="WARNING")
-print(json.dumps({"dashboard": ctx.dashboard_url}), flush=True)
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-while True:
-    time.sleep(1)
-"""
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -335,29 +322,55 @@ def _clean_env(tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def _answers(url: str) -> bool:
+    """Whether an HTTP server answers at ``url`` (with any status: 401 without a token is an answer)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url, timeout=5).close()
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def token_cluster():
-    """A local Ray (one CPU, dashboard on 127.0.0.1) with token auth on, its token in a file of its own."""
+    """A local Ray head (one CPU, dashboard on 127.0.0.1) with token auth on, its token in a file of its own.
+
+    Every port is a free one, the dashboard agent's too: another Ray on this machine (a test session's, a
+    developer's) holds the default agent port, and a head whose agent cannot listen takes no job."""
     tmp = Path(tempfile.mkdtemp(prefix="mrdeploy-"))  # short: Ray's socket paths have a length limit
     token_file = tmp / "token"
     token_file.write_text("montage-test-" + os.urandom(16).hex(), encoding="utf-8")
     env = _clean_env(tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file),
                      RAY_USAGE_STATS_ENABLED="0")
-    port = _free_port()
-    head = subprocess.Popen([PYTHON, "-c", _HEAD, str(port), str(tmp / "r")], env=env, cwd=tmp,
-                            stdout=subprocess.PIPE, stderr=open(tmp / "head.log", "w"), text=True)
+    gcs, dashboard, agent, client = (_free_port() for _ in range(4))
+    log = open(tmp / "head.log", "w")
+    head = subprocess.Popen([str(Path(PYTHON).parent / "ray"), "start", "--head", "--block", "--port", str(gcs),
+                             "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
+                             "--dashboard-port", str(dashboard), "--dashboard-agent-listen-port", str(agent),
+                             "--ray-client-server-port", str(client), "--num-cpus", "1",
+                             "--object-store-memory", str(100 * 2**20), "--temp-dir", str(tmp / "r")],
+                            env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        line = head.stdout.readline()
-        if not line:
-            pytest.fail("the local Ray did not start:\n" + (tmp / "head.log").read_text()[-3000:])
-        yield {"address": f"http://127.0.0.1:{port}", "token_file": token_file, "tmp": tmp}
+        deadline = time.monotonic() + 180
+        while not (_answers(f"http://127.0.0.1:{dashboard}/api/version") and _answers(f"http://127.0.0.1:{agent}/")):
+            if head.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("the local Ray did not start:\n" + (tmp / "head.log").read_text()[-3000:])
+            time.sleep(1)
+        yield {"address": f"http://127.0.0.1:{dashboard}", "token_file": token_file, "tmp": tmp}
     finally:
-        head.send_signal(signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
         try:
             head.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait()
+            os.killpg(head.pid, signal.SIGKILL)
+        _kill_processes_mentioning(str(tmp))
+        log.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
