@@ -184,6 +184,7 @@ class EncoderSpec:
     standin_for: str | None
     label: str
     h264_high: str = "high"
+    copies: bool = False       # the pass-through stand-in: stream copy, no encode (see PASSTHROUGH)
 
     @property
     def is_standin(self) -> bool:
@@ -268,6 +269,19 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
 )}
 
 #: Resource labels a node can offer for hardware encoders (every backend but the CPU one).
+#: A STAND-IN that encodes nothing: it stream-copies each segment's packets, so that a benchmark measures
+#: only what the driver does (cut, ship through the object store, join, verify) at any feed rate
+#: (``scripts/bench_driver.py``). Not in :data:`BACKENDS`: never probed, never offered; only an encoders
+#: config names it (``passthrough: true`` on a stand-in label), and its label says so everywhere.
+PASSTHROUGH = Backend(
+    name="passthrough", resource=None, hardware=False, default_fps=3000.0, colour="#c0c0c0",
+    encoders={"h264": "copy", "hevc": "copy", "av1": "copy"},
+    quality={"h264": lambda q: [], "hevc": lambda q: [], "av1": lambda q: []},
+    notes="PASS-THROUGH stand-in (stream copy, no encode) for driver benchmarks; output keeps the source codec.")
+
+#: How the pass-through stand-in names itself in logs, actor labels and reports.
+PASSTHROUGH_LABEL = "{label} (PASS-THROUGH stand-in: stream copy, no encode)"
+
 HARDWARE_LABELS = tuple(name for name, b in BACKENDS.items() if b.hardware)
 
 

@@ -15,6 +15,8 @@ actor passes its node's ffmpeg, the driver its own::
 The kinds: :func:`cut_command` (the source into segments, stream copy), :func:`encode_command` (one
 segment; the probe's test encode is the same command, :func:`probe_encode_command`), :func:`align_command`
 and :func:`join_command` (the join and mux), :func:`verify_command` (ffprobe counting the joined frames),
+:func:`segment_check_command` (an actor's check of its own output), :func:`structure_command` and
+:func:`join_windows_command` (the driver's checks of the joined file),
 :func:`test_clip_command` and :func:`tiny_time_base_command` (the probe's own runs).
 
 What ffmpeg-python cannot express is said where it happens: global options (``-hide_banner``, ``-y``,
@@ -127,7 +129,8 @@ def encode_command(spec: Any, src: str, dst: str, *, caps: FFmpegCaps, video_arg
         raise EncoderError(caps.missing("readrate", "throttled stand-ins (readrate in the encoders file)"))
     if progress and not caps.progress:
         progress = None
-    filters = [f for f in (frame_filter, f"setsar={sar}" if sar else None, spec.video_filter) if f]
+    copies = getattr(spec, "copies", False)  # the pass-through stand-in: the packets as they are
+    filters = [] if copies else [f for f in (frame_filter, f"setsar={sar}" if sar else None, spec.video_filter) if f]
     # -noautorotate is an input option without a value: ffmpeg-python writes a None-valued keyword as a bare
     # flag before -i, which is what ffmpeg needs (the pixels are never rotated; the join sets the matrix).
     source = ffmpeg_python.input(file_url(src), noautorotate=None, **input_kwargs)
@@ -137,10 +140,13 @@ def encode_command(spec: Any, src: str, dst: str, *, caps: FFmpegCaps, video_arg
         # and the hardware backends' upload filters expect the simple form
         output["vf"] = ",".join(filters)
     output.update(option_kwargs(spec.codec_args))
-    output.update(option_kwargs(video_args))
+    if not copies:
+        output.update(option_kwargs(video_args))
     mode_option, mode = caps.passthrough
-    output.update({mode_option[1:]: mode, "enc_time_base": caps.enc_time_base, "bsf:v": "dump_extra",
+    output.update({mode_option[1:]: mode, "enc_time_base": caps.enc_time_base,
                    "an": None, "sn": None, "dn": None, "map_metadata": "-1", "f": "mp4"})
+    if not copies:  # copied packets keep their own framing (dump_extra would put Annex B into AVCC)
+        output["bsf:v"] = "dump_extra"
     stream = ffmpeg_python.output(source["v:0"], file_url(dst), **output)
     return _compile(_globals(caps.path, loglevel=loglevel, progress=progress, extra=device_globals), stream)
 
@@ -156,13 +162,15 @@ def probe_encode_command(spec: Any, src: str, dst: str, *, caps: FFmpegCaps, vid
 # ------------------------------------------------------------------------------------------------------
 
 def cut_command(source: str, stream_index: int, first_packets: Sequence[int], pattern: str, *,
-                caps: FFmpegCaps) -> list[str]:
+                caps: FFmpegCaps, segment_list: str | None = None) -> list[str]:
     """Stream-copy video stream ``stream_index`` of ``source`` into NUT files named by ``pattern``
     (``%06d``), cutting before each of ``first_packets`` (a single file at ``pattern % 0`` when empty).
 
     ``pattern`` is a bare file name, and the command runs in the folder the pieces go to
     (``ffmpeg_cli.run(..., cwd=folder)``): the segment muxer reads its whole output name as a printf
-    pattern, and a folder's name (a user's, say ``100%``) must never be one.
+    pattern, and a folder's name (a user's, say ``100%``) must never be one. With ``segment_list`` (any
+    path: it is no pattern) the segment muxer appends each piece to that CSV file (name, start, end) as it closes it,
+    flushed at once: how the pipeline learns that a piece is ready while the cut goes on.
     """
     if os.path.basename(pattern) != pattern or not pattern or pattern.startswith("-"):
         raise ValueError(f"cut_command wants a bare file name as its pattern, not {pattern!r}")
@@ -171,6 +179,8 @@ def cut_command(source: str, stream_index: int, first_packets: Sequence[int], pa
     if first_packets:
         out.update({"f": "segment", "segment_format": "nut", "reset_timestamps": "0",
                     "segment_frames": ",".join(str(p) for p in first_packets)})
+        if segment_list:
+            out.update({"segment_list": file_url(segment_list), "segment_list_type": "csv"})
         target = pattern
     else:
         out["f"] = "nut"
@@ -271,6 +281,31 @@ def verify_command(ffprobe: str, path: str, *, decode: bool) -> list[str]:
     count, field_name = ("-count_frames", "nb_read_frames") if decode else ("-count_packets", "nb_read_packets")
     return [ffprobe, "-v", "error", "-threads", str(os.cpu_count() or 1), "-of", "json", "-select_streams",
             "v:0", count, "-show_entries", f"stream={field_name},duration,start_time:format=nb_streams",
+            file_url(path)]
+
+
+def segment_check_command(ffprobe: str, path: str, *, decode: bool, threads: int = 1) -> list[str]:
+    """ffprobe counting an encoded segment's video packets, and with ``decode`` decoding every frame (the
+    encoder actor's own check of its output)."""
+    entries = "stream=nb_read_packets" + (",nb_read_frames" if decode else "")
+    return [ffprobe, "-v", "error", "-threads", str(max(1, threads)), "-of", "json", "-select_streams", "v:0",
+            "-count_packets", *(["-count_frames"] if decode else []), "-show_entries", entries, file_url(path)]
+
+
+def structure_command(ffprobe: str, path: str) -> list[str]:
+    """ffprobe listing every packet's stream, pts, dts and duration and every stream's kind and time base, as
+    CSV, in one demux pass without decoding (the driver's structure check of the joined file)."""
+    return [ffprobe, "-v", "error", "-show_entries",
+            "packet=stream_index,pts,dts,duration:stream=index,codec_type,time_base", "-of", "csv=p=1",
+            file_url(path)]
+
+
+def join_windows_command(ffprobe: str, path: str, windows: Sequence[tuple[float, float]]) -> list[str]:
+    """ffprobe decoding the video of ``path`` only within ``windows`` ((start, seconds), file clock; each
+    decode starts at the keyframe before its start) in one run, counting the frames."""
+    intervals = ",".join(f"{max(0.0, start):.6f}%+{length:.6f}" for start, length in windows)
+    return [ffprobe, "-v", "error", "-threads", str(os.cpu_count() or 1), "-of", "json", "-select_streams",
+            "v:0", "-read_intervals", intervals, "-count_frames", "-show_entries", "stream=nb_read_frames",
             file_url(path)]
 
 

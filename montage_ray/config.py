@@ -34,10 +34,11 @@ from typing import Any, Callable
 
 import yaml
 
-from montage_ray.backends import BACKENDS, FILE_PARAMS, PRESETS, EncoderSpec, tuning_options
+from montage_ray.backends import (BACKENDS, FILE_PARAMS, PASSTHROUGH, PASSTHROUGH_LABEL, PRESETS, EncoderSpec,
+                                  tuning_options)
 from montage_ray.errors import EncoderError, InputError
 
-_FIELDS = {"backend", "standin", "preset", "threads", "readrate", "extra_args", "remote", "bandwidth_mbps",
+_FIELDS = {"backend", "standin", "passthrough", "preset", "threads", "readrate", "extra_args", "remote", "bandwidth_mbps",
            "expected_fps", "quality_rank"}
 
 # --- cost and budget (issue 15): money fields of a paid (remote) label, validated in _cost_settings ---
@@ -61,6 +62,7 @@ class LabelConfig:
     bandwidth_mbps: float | None = None  # link speed to that node, when remote
     expected_fps: float | None = None   # a first guess of its speed before anything was measured
     quality_rank: int = 0               # higher is better; ``--profile master`` prefers the top rank
+    passthrough: bool = False           # a stand-in that stream-copies (no encode): driver benchmarks only
     # --- cost and budget (issue 15); see montage_ray.cost and montage_ray.ledger ---
     cost_per_hour: float | None = None  # billed while the job's actors there are busy
     cost_per_gb: float | None = None    # billed per GB moved to and from it
@@ -77,6 +79,7 @@ _TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "backend": ("a backend name", lambda v: isinstance(v, str)),
     "standin": ("true or false", lambda v: isinstance(v, bool)),
     "remote": ("true or false", lambda v: isinstance(v, bool)),
+    "passthrough": ("true or false", lambda v: isinstance(v, bool)),
     "preset": ("a preset name", lambda v: isinstance(v, str)),
     "threads": ("a whole number of at least 1", lambda v: _is_int(v) and v >= 1),
     "quality_rank": ("a whole number", lambda v: _is_int(v)),
@@ -201,7 +204,10 @@ def load_encoders_config(path: str | os.PathLike[str] | None) -> dict[str, Label
             preset=settings.get("preset"), threads=settings.get("threads"), readrate=settings.get("readrate"),
             extra_args=extra, remote=settings.get("remote", False), bandwidth_mbps=settings.get("bandwidth_mbps"),
             expected_fps=settings.get("expected_fps"), quality_rank=settings.get("quality_rank", 0),
-            **_cost_settings(shown, label, settings))
+            passthrough=settings.get("passthrough", False), **_cost_settings(shown, label, settings))
+        if out[label].passthrough and (label == "cpu" or not out[label].standin):
+            raise InputError(f"{where}: {label!r}: passthrough is only for a stand-in label "
+                             "(standin: true, not cpu)")
     return out
 
 
@@ -249,7 +255,10 @@ def resolve_spec(label: str, config: LabelConfig | None, *, codec: str, quality:
     standin = backend == "cpu" and label != "cpu"
     if config and config.standin and backend != "cpu":
         raise EncoderError(f"label {label!r}: a stand-in must use the cpu backend, not {backend!r}")
-    if backend == "cpu":
+    if config and config.passthrough:
+        spec = replace(PASSTHROUGH.spec(codec, threads=threads, standin_for=label), copies=True,
+                       label=PASSTHROUGH_LABEL.format(label=label))
+    elif backend == "cpu":
         spec = BACKENDS["cpu"].spec(codec, quality=quality, preset=preset, threads=threads,
                                     standin_for=label if standin else None)
     else:

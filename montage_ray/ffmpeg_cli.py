@@ -10,6 +10,15 @@ so that errors can be explained::
     done = ffmpeg_cli.run([ffmpeg_cli.ffmpeg(), "-hide_banner", "-version"], timeout=10)
     print(done.stdout.splitlines()[0])
 
+    cutter = ffmpeg_cli.start([ffmpeg_cli.ffmpeg(), ...], timeout=600)   # runs in the background
+    while cutter.poll() is None:                                         # timeout enforced on every poll
+        ...
+    cutter.wait()                                                        # Completed, or FFmpegError
+
+    with ffmpeg_cli.watch() as started:                                  # what this process launches
+        ...
+    len(started)
+
 File names from users never reach ffmpeg as they are: :func:`file_url` turns them into absolute
 ``file:`` URLs, so that ``-x.mp4`` is not an option and ``concat:a|b`` or ``http://...`` is not a protocol.
 """
@@ -24,11 +33,13 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from montage_ray.errors import FFmpegError, FFmpegNotFound
 
@@ -123,6 +134,42 @@ def tail(text: str, limit: int = STDERR_TAIL_CHARS) -> str:
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
+#: Lists that :func:`watch` hands out: every process this Python process starts is appended to each.
+_watchers: list[list[tuple[str, ...]]] = []
+
+
+@contextmanager
+def watch() -> Iterator[list[tuple[str, ...]]]:
+    """Collect the argument lists of every process started (by :func:`run` or :func:`start`) in this Python
+    process while the block runs: how tests prove that the driver does not start a process per segment."""
+    seen: list[tuple[str, ...]] = []
+    _watchers.append(seen)
+    try:
+        yield seen
+    finally:
+        _watchers.remove(seen)
+
+
+def _spawn(args: list[str], *, stdin: Any, stdout: Any, env: Mapping[str, str] | None,
+           cwd: str | None) -> subprocess.Popen[bytes]:
+    """Start ``args`` in its own process group, killed when this process dies; the one ``Popen`` call."""
+    child_env = None
+    if env:
+        child_env = dict(os.environ)
+        child_env.update(env)
+    for seen in list(_watchers):
+        seen.append(tuple(args))
+    try:
+        return subprocess.Popen(
+            args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=child_env, cwd=cwd,
+            start_new_session=True,  # setsid() in C, safe after fork: its own process group to kill
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()) if _PRCTL is not None else None)
+    except FileNotFoundError as err:
+        raise FFmpegNotFound(f"cannot run {args[0]!r}: {err.strerror}") from err
+    except PermissionError as err:
+        raise FFmpegNotFound(f"cannot run {args[0]!r}: permission denied") from err
+
+
 class Cancelled(FFmpegError):
     """The process was stopped because its caller asked (``should_stop`` returned true)."""
 
@@ -139,21 +186,9 @@ def run(args: Sequence[str], *, timeout: float, check: bool = True, input_bytes:
     :class:`Cancelled` raised (a cancelled Ray task, a duplicate that lost the race).
     """
     args = [os.fspath(a) for a in args]
-    child_env = None
-    if env:
-        child_env = dict(os.environ)
-        child_env.update(env)
     started = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            args, stdin=subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env, cwd=cwd,
-            start_new_session=True,  # setsid() in C, safe after fork: its own process group to kill
-            preexec_fn=functools.partial(_die_with_parent, os.getpid()) if _PRCTL is not None else None)
-    except FileNotFoundError as err:
-        raise FFmpegNotFound(f"cannot run {args[0]!r}: {err.strerror}") from err
-    except PermissionError as err:
-        raise FFmpegNotFound(f"cannot run {args[0]!r}: permission denied") from err
+    proc = _spawn(args, stdin=subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL,
+                  stdout=subprocess.PIPE, env=env, cwd=cwd)
     deadline = started + timeout
     try:
         while True:
@@ -184,6 +219,89 @@ def run(args: Sequence[str], *, timeout: float, check: bool = True, input_bytes:
     if check and done.returncode != 0:
         raise FFmpegError(describe_failure(done), returncode=done.returncode, stderr=tail(done.stderr))
     return done
+
+
+class Running:
+    """A process started by :func:`start`: it runs in the background until :meth:`wait` or :meth:`kill`.
+
+    The same rules as :func:`run`: its own process group (killed whole), killed when this process dies, a
+    hard timeout (checked by :meth:`poll` and :meth:`wait`), and the tail of its stderr kept (read by a
+    thread, so a chatty process never blocks on a full pipe). Its stdout is discarded unless the caller
+    asked for it (``capture_stdout``: read by a second thread, whole, into :attr:`Completed.stdout`).
+    """
+
+    def __init__(self, args: list[str], proc: subprocess.Popen[bytes], timeout: float) -> None:
+        self.args = tuple(args)
+        self._proc = proc
+        self._started = time.monotonic()
+        self._deadline = self._started + timeout
+        self._timeout = timeout
+        self._stderr = bytearray()
+        self._stdout = bytearray()
+        self._reader = threading.Thread(target=self._read_stderr, name="stderr-" + Path(args[0]).name, daemon=True)
+        self._reader.start()
+        self._out_reader = None
+        if proc.stdout is not None:
+            self._out_reader = threading.Thread(target=self._read_stdout, name="stdout-" + Path(args[0]).name,
+                                                daemon=True)
+            self._out_reader.start()
+
+    def _read_stdout(self) -> None:
+        assert self._proc.stdout is not None
+        for chunk in iter(lambda: self._proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
+            self._stdout += chunk
+
+    def _read_stderr(self) -> None:
+        assert self._proc.stderr is not None
+        for chunk in iter(lambda: self._proc.stderr.read1(65536), b""):  # type: ignore[union-attr]
+            self._stderr += chunk
+            if len(self._stderr) > 4 * STDERR_TAIL_CHARS:
+                del self._stderr[:-STDERR_TAIL_CHARS]
+
+    @property
+    def stderr(self) -> str:
+        return tail(self._stderr.decode(errors="replace"))
+
+    def poll(self) -> int | None:
+        """The exit status, or None while it runs; past its timeout it is killed and FFmpegError raised."""
+        code = self._proc.poll()
+        if code is None and time.monotonic() >= self._deadline:
+            self.kill()
+            raise FFmpegError(f"{Path(self.args[0]).name} did not finish within {self._timeout:g} s and was killed",
+                              returncode=None, stderr=self.stderr, timed_out=True)
+        return code
+
+    def wait(self, *, check: bool = True) -> Completed:
+        """Wait for the end (within the timeout); with ``check`` a failure raises FFmpegError."""
+        try:
+            self._proc.wait(timeout=max(0.0, self._deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.poll()  # raises: past the deadline
+        self._reader.join(timeout=5)
+        if self._out_reader is not None:
+            self._out_reader.join(timeout=5)
+        done = Completed(self.args, self._proc.returncode, self._stdout.decode(errors="replace"), self.stderr,
+                         time.monotonic() - self._started)
+        if check and done.returncode != 0:
+            raise FFmpegError(describe_failure(done), returncode=done.returncode, stderr=done.stderr)
+        return done
+
+    def kill(self) -> None:
+        """Kill the whole process group (nothing if it already ended) and reap it."""
+        if self._proc.poll() is None:
+            _kill_group(self._proc)
+        self._proc.wait()
+        self._reader.join(timeout=5)
+
+
+def start(args: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None,
+          cwd: str | None = None, capture_stdout: bool = False) -> Running:
+    """Start ``args`` (a list) in the background and return its :class:`Running` handle (see :func:`run`
+    for the timeout, process-group and stderr rules); the caller must :meth:`~Running.wait` or
+    :meth:`~Running.kill` it."""
+    args = [os.fspath(a) for a in args]
+    stdout = subprocess.PIPE if capture_stdout else subprocess.DEVNULL
+    return Running(args, _spawn(args, stdin=subprocess.DEVNULL, stdout=stdout, env=env, cwd=cwd), timeout)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -1,8 +1,10 @@
 """One encode job from source to verified destination, as a straight list of phases.
 
 :func:`encode` is the public entry point behind :func:`montage_ray.encode` and ``montage-ray encode``. It
-reads top to bottom: validate -> inspect -> session -> offers/route -> workers -> plan -> cut -> encode ->
-settle -> join -> verify -> publish, each phase a function that returns what the next needs (settle: what
+reads top to bottom: validate -> inspect (in a thread, while Ray starts) -> session -> offers/route ->
+workers -> plan -> cut + encode (pipelined: the cutter runs in the background and each piece goes to the
+pool the moment it is cut) -> settle -> join -> verify (the structure and the joins decoded here; each actor
+decoded its own segment) -> publish, each phase a function that returns what the next needs (settle: what
 the paid labels cost, see :mod:`montage_ray.budget`, even when the encode failed); the
 :class:`~montage_ray.report.JobReport` is built at the end from what the phases returned. Only a verified
 file is ever renamed to the destination::
@@ -17,18 +19,21 @@ file is ever renamed to the destination::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from montage_ray import workdirs
+from montage_ray.caps import ffmpeg_caps
 from montage_ray.budget import Bill, BudgetView, price_of, refusals_at_start, settle
 from montage_ray.cluster.nodes import offered_labels, offers, placements, remote_labels
-from montage_ray.cluster.pool import EncoderPool, PoolOptions
+from montage_ray.cluster.pool import EncoderPool, PoolOptions, ReadyFeed
 from montage_ray.cluster.session import RaySession, ray_session
 from montage_ray.cluster.workers import Worker
 from montage_ray.config import LabelConfig
@@ -44,7 +49,7 @@ from montage_ray.quota import Refusal
 from montage_ray.report import FailedAttempt, JobReport
 from montage_ray.routing import JobFacts, Route, route
 from montage_ray.segment_encode import EncodeResult, JobSettings
-from montage_ray.split import split_source
+from montage_ray.split import Cut, start_cut
 
 log = logging.getLogger(__name__)
 
@@ -75,31 +80,40 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
     job = (options or EncodeOptions()).replace(**kwargs).validate(src, dst)      # validate
     opts = job.options
     clock.skip()
-    media = inspect(job.source)                                                 # inspect
-    clock.lap("probe")
-    fit = fit_frame(media.video.width, media.video.height)  # odd sizes: decided here, before any encoder
     job_id = uuid.uuid4().hex[:8]
-    settings = job_settings(media, opts, fit, job_id)
-    log.info("job %s: %s -> %s (%d frames)", job_id, src, dst, media.video.frames)
     folder = os.path.dirname(job.target)
     workdirs.sweep(folder, WORKDIR_PREFIX)  # leftovers of killed jobs (whose owner is gone)
     workdir = None
     try:
         workdir = workdirs.make_workdir(folder, WORKDIR_PREFIX)
-        with ray_session(opts.address) as session:                              # session
-            clock.lap("ray")
+        with contextlib.ExitStack() as in_session:
+            with ThreadPoolExecutor(2, thread_name_prefix="inspect") as side:
+                inspecting = side.submit(_timed, inspect, job.source)           # inspect, while ...
+                side.submit(ffmpeg_caps)  # (what this ffmpeg can do, for the cut: asked once per process)
+                ray_from = time.monotonic()
+                try:
+                    session = in_session.enter_context(ray_session(opts.address))  # ... Ray starts
+                except BaseException:
+                    inspecting.result()  # a bad input says so before a cluster problem does
+                    raise
+                ray_to = time.monotonic()
+                media, probe_from, probe_to = inspecting.result()
+            clock.overlapped([("probe", probe_from, probe_to), ("ray", ray_from, ray_to)])
+            fit = fit_frame(media.video.width, media.video.height)  # odd sizes: decided before any encoder
+            settings = job_settings(media, opts, fit, job_id)
+            log.info("job %s: %s -> %s (%d frames)", job_id, src, dst, media.video.frames)
             decision = route_job(media, job)                                    # offers/route
             crew = start_workers(session, decision, media, job, settings)       # workers
             segments = plan_job(media, opts, crew.ready)                        # plan
             ready = crew.ready[:max(1, len(segments))]
             clock.lap("plan")
-            pieces = split_source(media, segments, workdir)                     # cut
-            clock.lap("split")
+            cut = start_cut(media, segments, workdir)                           # cut, in the background
             encoded = Encoded.start(segments, workdir, ready)
             try:
-                encode_segments(encoded, segments, pieces, settings, session, pool_options,  # encode
+                encode_segments(encoded, segments, cut, settings, session, pool_options,  # encode as cut
                                 _listener(progress), fallback=lambda: _local_workers(session, job, settings))
             finally:  # even when the encode failed: the paid labels were used, the refusals happened
+                cut.close()
                 bill = settle_job(job_id, clock.started_at, crew, encoded, job.config)   # settle
             clock.lap("encode")
         clock.lap("ray")  # start-up above, shut-down (of a Ray started here) now
@@ -107,7 +121,8 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
         joined = join_segments(media, segments, encoded.paths, tmp_out, workdir, container=job.container,  # join
                                mixed=len({r.encoder for r in encoded.results}) > 1, codec=opts.codec)
         clock.lap("join")
-        checked = verify_output(tmp_out, joined, decode=(opts.verify == "decode"))  # verify
+        # each actor decoded its own segment in full (--verify decode): here the structure and the joins
+        checked = verify_output(tmp_out, joined, decode=False)                  # verify
         clock.lap("verify")
         publish(tmp_out, job.target, overwrite=opts.overwrite)                  # publish
     except (OSError, FFmpegError, EncoderError, VerificationError) as err:
@@ -140,7 +155,7 @@ def job_settings(media: MediaInfo, opts: EncodeOptions, fit: FrameFit, job_id: s
     preset, the source's video facts and the frame fit (:func:`~montage_ray.plan.fit_frame`)."""
     preset = PROFILE_PRESETS.get(opts.profile, opts.preset)
     return JobSettings(codec=opts.codec, quality=opts.quality, preset=preset, video=media.video, job_id=job_id,
-                       frame_filter=fit.filter)
+                       frame_filter=fit.filter, verify=opts.verify)
 
 
 def route_job(media: MediaInfo, job: ValidJob) -> Route:
@@ -215,15 +230,18 @@ class Encoded:
         self.refusals += pool.refusals
 
 
-def encode_segments(encoded: Encoded, segments: list[Segment], pieces: list[str], settings: JobSettings,
+def encode_segments(encoded: Encoded, segments: list[Segment], cut: Cut, settings: JobSettings,
                     session: RaySession, pool_options: PoolOptions | None, listener: ProgressListener | None, *,
                     fallback: Callable[[], list[Worker]] | None = None) -> Encoded:
-    """Run every segment through a pool of ``encoded.workers``, writing each encoded piece as it arrives.
+    """Run every segment through a pool of ``encoded.workers`` the moment ``cut`` has it, writing each encoded
+    piece as it arrives.
 
     When a provider refuses every label of the pool (quota, session limit), the segments left go to
     ``fallback()``'s workers (the local encoders) instead of failing the job.
     """
     pool = EncoderPool(encoded.workers, pool_options, registry=session.registry)
+    pieces = cut.paths
+    arrivals = _Arrivals(cut)
     done: set[int] = set()
     told = 0  # failures of this pool already passed on to the listener
 
@@ -247,7 +265,8 @@ def encode_segments(encoded: Encoded, segments: list[Segment], pieces: list[str]
         while True:
             try:
                 for seg, result, data in pool.run([s for s in segments if s.index not in done], load=load,
-                                                  settings=settings, on_tick=on_tick if listener else None):
+                                                  settings=settings, ready=arrivals.feed(),
+                                                  on_tick=on_tick if listener else None):
                     with open(encoded.paths[seg.index], "wb") as fh:
                         fh.write(data)
                     done.add(seg.index)
@@ -302,6 +321,36 @@ def write_extras(report: JobReport, job: ValidJob) -> None:
 # -- helpers --------------------------------------------------------------------------------------------
 
 
+class _Arrivals:
+    """The pieces a :class:`~montage_ray.split.Cut` has handed out, so that a second pool (after a fallback)
+    learns of those that arrived before it as well as of the ones still to come."""
+
+    def __init__(self, cut: Cut) -> None:
+        self.cut = cut
+        self.seen: list[int] = []
+
+    def feed(self) -> ReadyFeed:
+        """A fresh feed for one pool run: every piece cut so far at once, then each new one."""
+        backlog = list(self.seen)
+
+        def ready(wait: float) -> list[int]:
+            nonlocal backlog
+            if backlog:
+                out, backlog = backlog, []
+                return out
+            new = self.cut.ready(wait)
+            self.seen += new
+            return new
+
+        return ready
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
+    """``fn(*args)`` and when it ran (monotonic start, end): for a phase that runs beside another."""
+    started = time.monotonic()
+    return fn(*args), started, time.monotonic()
+
+
 def _all_refused(pool: EncoderPool) -> bool:
     """A provider refused a label of the pool, and no worker of it is left."""
     return bool(pool.refusals) and not any(w.alive for w in pool.workers)
@@ -349,6 +398,17 @@ class _Clock:
         self.timings[name] = self.timings.get(name, 0.0) + now - self._since
         self.spans.append((name, self._since - self._start, now - self._start))
         self._since = now
+
+    def overlapped(self, parts: list[tuple[str, float, float]]) -> None:
+        """Phases that ran side by side (name, monotonic start, end): each keeps its real span; the timings
+        count each second once (the phase that ended first gets its time, the next what it added)."""
+        counted = self._since
+        for name, start, end in sorted(parts, key=lambda p: p[2]):
+            self.timings[name] = self.timings.get(name, 0.0) + max(0.0, end - counted)
+            counted = max(counted, end)
+        for name, start, end in parts:
+            self.spans.append((name, start - self._start, end - self._start))
+        self._since = max(self._since, counted)
 
     def skip(self) -> None:
         """Start the next phase now, without counting the time since the last one."""

@@ -4,21 +4,31 @@ The encoded segments (MP4, parameter sets in-band) are concatenated by stream co
 source duration so that presentation times come out as they were in the source (variable frame rate
 included). Audio, subtitles, chapters and metadata come straight from the source in the same pass, so
 audio is copied or encoded **once for the whole file**: nothing is cut at segment joins. The result is
-written to a temporary name and only becomes the destination after :func:`verify_output` passes::
+written to a temporary name and only becomes the destination after :func:`verify_output` passes.
+
+Verification reads the joined file's structure in one demux pass (:func:`check_structure`: packets per
+stream, DTS rising, every presentation time where the source had it, so a gap or overlap at a join shows,
+and the duration), then decodes: every frame (``decode=True``), or, when the encoder actors already decoded
+their own segments in full, a short window around each join (:func:`decode_joins`), which is where
+joining can break a stream::
 
     from montage_ray.join import join_segments, verify_output
 
     plan = join_segments(info, segments, encoded_paths, tmp_path, workdir)
-    verify_output(tmp_path, plan)
+    verify_output(tmp_path, plan)                 # structure + a full decode
+    verify_output(tmp_path, plan, decode=False)   # structure + the joins decoded (actors decoded the rest)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Sequence
+
+import numpy as np
 
 from montage_ray import commands, ffmpeg_cli
 from montage_ray.caps import ffmpeg_caps
@@ -58,6 +68,12 @@ class JoinPlan:
     rotation: int = 0
     family: str = "mp4"
     notes: tuple[str, ...] = field(default=())
+    #: Where every frame must be shown: the source's sorted presentation times in seconds, from the first.
+    times: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: Where each segment after the first starts, in seconds from the first frame (the joins).
+    joins: tuple[float, ...] = ()
+    #: Where the joined video's first frame should be shown (the file's clock), seconds.
+    first_time: float | None = None
 
 
 def _concat_list(segments: Sequence[Segment], paths: Sequence[str], list_path: str) -> None:
@@ -209,7 +225,143 @@ def join_segments(media: MediaInfo, segments: Sequence[Segment], encoded: Sequen
     return JoinPlan(frames=sum(s.frames for s in segments), audio_streams=len(media.audio),
                     subtitle_streams=kept_subs, rotation=media.video.rotation, family=family,
                     duration=sum(s.duration for s in segments), frame_duration=frame_duration,
-                    notes=tuple(notes))
+                    notes=tuple(notes), times=source_times(media),
+                    joins=tuple(s.start - segments[0].start for s in segments[1:]), first_time=offset)
+
+
+def source_times(media: MediaInfo) -> np.ndarray:
+    """The source's video presentation times, sorted, in seconds from the first (from the packet table)."""
+    pts = np.sort(media.packets.pts)
+    return (pts - pts[0]).astype(np.float64) * float(media.video.time_base)
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What one demux pass over the joined file found (see :func:`check_structure`)."""
+
+    frames: int
+    audio_streams: int
+    subtitle_streams: int
+    video_duration: float
+    first_time: float        # the first video frame's presentation time, seconds (file clock)
+    rotation: int = 0
+    notes: tuple[str, ...] = ()
+
+
+def _packet_table(path: str) -> tuple[dict[int, tuple[str, Fraction]], dict[int, list[list[str]]], str]:
+    """({stream index: (kind, time base)}, {stream index: [[pts, dts, duration], ...]}, stderr): one pass."""
+    done = ffmpeg_cli.run(commands.structure_command(ffmpeg_cli.ffprobe(), path), timeout=600)
+    streams: dict[int, tuple[str, Fraction]] = {}
+    packets: dict[int, list[list[str]]] = {}
+    for line in done.stdout.splitlines():
+        fields = line.split(",")
+        if fields[0] == "packet" and len(fields) >= 5:
+            packets.setdefault(int(fields[1]), []).append(fields[2:5])
+        elif fields[0] == "stream" and len(fields) >= 4:
+            streams[int(fields[1])] = (fields[2], Fraction(fields[3]) if "/" in fields[3] else Fraction(1, 90000))
+    return streams, packets, done.stderr
+
+
+def _ticks(column: list[str]) -> np.ndarray:
+    return np.array([int(v) if v not in ("N/A", "") else np.iinfo(np.int64).min for v in column], dtype=np.int64)
+
+
+def check_structure(path: str, plan: JoinPlan) -> Structure:
+    """The joined file's structure from one demux pass (no decoding): packets per stream, video DTS rising,
+    every video frame shown when the source showed it (relative to the first: a gap or overlap at a join
+    fails, naming the join), streams and duration. Raises :class:`VerificationError`."""
+    try:
+        streams, packets, stderr = _packet_table(path)
+        listing = ffmpeg_cli.probe_json(["-show_entries",
+                                         "stream=codec_type:stream_side_data=rotation:stream_tags=rotate",
+                                         ffmpeg_cli.file_url(path)], timeout=60)
+    except FFmpegError as err:
+        raise VerificationError(f"the joined output cannot be read back: {err}") from None
+    if stderr.strip():
+        raise VerificationError("reading the joined output reported errors: " + ffmpeg_cli.last_error_line(stderr))
+    video = [i for i, (kind, _) in sorted(streams.items()) if kind == "video"]
+    table = packets.get(video[0], []) if video else []
+    if len(table) != plan.frames:
+        raise VerificationError(f"the joined output has {len(table)} video frames, the source has {plan.frames}")
+    kinds = [s.get("codec_type") for s in listing.get("streams", [])]
+    audio, subs = kinds.count("audio"), kinds.count("subtitle")
+    if audio != plan.audio_streams:
+        raise VerificationError(f"the joined output has {audio} audio streams, expected {plan.audio_streams}")
+    if subs != plan.subtitle_streams:
+        raise VerificationError(f"the joined output has {subs} subtitle streams, expected {plan.subtitle_streams}")
+    for index, (kind, _) in streams.items():
+        if kind == "audio" and not packets.get(index):
+            raise VerificationError(f"audio stream {index} of the joined output has no packets")
+    tb = streams[video[0]][1]
+    columns = list(zip(*table))
+    pts, dts, dur = _ticks(list(columns[0])), _ticks(list(columns[1])), _ticks(list(columns[2]))
+    missing = np.iinfo(np.int64).min
+    if (pts == missing).any():
+        raise VerificationError("the joined output has video packets without a presentation time")
+    known = dts[dts != missing]
+    if known.size > 1 and (np.diff(known) <= 0).any():
+        where = int(np.argmax(np.diff(known) <= 0))
+        raise VerificationError(f"the joined output's video decode times do not rise at packet {where + 1}")
+    shown = np.sort(pts)
+    times = (shown - shown[0]).astype(np.float64) * float(tb)
+    if plan.times is not None and plan.times.shape == times.shape:
+        off = np.abs(times - plan.times) > max(plan.frame_duration / 2, 2 * float(tb))
+        if off.any():
+            frame = int(np.argmax(off))
+            at = float(plan.times[frame])
+            join = sum(1 for j in plan.joins if j <= at + 1e-9)
+            where = f"after join {join} (at {plan.joins[join - 1]:.3f} s)" if join else "in the first segment"
+            raise VerificationError(f"the joined video shows frame {frame} at {times[frame]:.3f} s instead of "
+                                    f"{at:.3f} s: timestamps are not continuous {where}")
+    last = int(np.argmax(pts))
+    duration = float((int(pts[last]) + max(0, int(dur[last]) if dur[last] != missing else 0) - int(shown[0])) * tb)
+    if abs(duration - plan.duration) > plan.frame_duration * 1.5:
+        raise VerificationError(f"the joined video lasts {duration:.3f} s, the source {plan.duration:.3f} s")
+    rotation = 0
+    for entry in listing.get("streams", []):
+        if entry.get("codec_type") == "video":
+            rotation = stream_rotation(entry)
+            break
+    notes: tuple[str, ...] = ()
+    if rotation != plan.rotation:
+        if plan.family == "mp4":
+            raise VerificationError(f"the joined output is rotated {rotation} degrees, the source {plan.rotation}")
+        notes = (f"display rotation {plan.rotation} is not stored in .mkv by this ffmpeg; use .mp4 to keep it",)
+    return Structure(frames=len(table), audio_streams=audio, subtitle_streams=subs, video_duration=duration,
+                     first_time=float(shown[0] * tb), rotation=rotation, notes=notes)
+
+
+#: Frames decoded before each join (the decode starts at the keyframe before them: the previous segment's
+#: last GOP) ...
+JOIN_FRAMES_BEFORE = 2
+#: ... and seconds after it (the next segment's first frames, its reordering included).
+JOIN_AFTER = 0.5
+
+
+def join_windows(plan: JoinPlan, first_time: float) -> list[tuple[float, float]]:
+    """(start, seconds) on the file's clock of the window decoded around each join."""
+    before = JOIN_FRAMES_BEFORE * plan.frame_duration
+    return [(first_time + j - before, before + JOIN_AFTER) for j in plan.joins]
+
+
+def _judge_windows(done: ffmpeg_cli.Completed) -> int:
+    if done.returncode != 0:
+        raise VerificationError("decoding the joins of the output failed: " + ffmpeg_cli.describe_failure(done))
+    if done.stderr.strip():
+        raise VerificationError("decoding the joins of the output reported errors: "
+                                + ffmpeg_cli.last_error_line(done.stderr))
+    frames = int(((json.loads(done.stdout or "{}").get("streams") or [{}])[0]).get("nb_read_frames") or 0)
+    if frames <= 0:
+        raise VerificationError("decoding the joins of the output gave no frames")
+    return frames
+
+
+def decode_joins(path: str, plan: JoinPlan, first_time: float, *, timeout: float = 600.0) -> int:
+    """Decode a short window around every join in one ffprobe run; any decoder message fails. Frames decoded."""
+    if not plan.joins:
+        return 0
+    return _judge_windows(ffmpeg_cli.run(commands.join_windows_command(ffmpeg_cli.ffprobe(), path, join_windows(plan, first_time)),
+                                         timeout=timeout, check=False))
 
 
 @dataclass(frozen=True)
@@ -226,46 +378,39 @@ class Verification:
 
 
 def verify_output(path: str, plan: JoinPlan, *, decode: bool = True, timeout: float = 3600.0) -> Verification:
-    """Check the joined file before it is called done: frame count, a clean decode, streams, duration.
-
-    With ``decode`` every video frame is decoded (ffprobe ``-count_frames``) and any decoder message fails
-    verification; without it, packets are counted. Raises :class:`VerificationError` on any mismatch.
-    """
-    field_name = "nb_read_frames" if decode else "nb_read_packets"
+    """Check the joined file before it is called done: its structure (:func:`check_structure`), then a
+    decode of every frame (``decode``) or of a window around each join (when the encoder actors decoded
+    their own segments in full: ``decode=False``). Raises :class:`VerificationError` on any mismatch."""
+    started = time.monotonic()
+    windows = None
+    if not decode and plan.joins and plan.first_time is not None:  # beside the structure pass, where it starts
+        windows = ffmpeg_cli.start(commands.join_windows_command(ffmpeg_cli.ffprobe(), path,
+                                                                 join_windows(plan, plan.first_time)), timeout=timeout,
+                                   capture_stdout=True)
     try:
-        done = ffmpeg_cli.run(commands.verify_command(ffmpeg_cli.ffprobe(), path, decode=decode), timeout=timeout)
-        listing = ffmpeg_cli.probe_json(["-show_entries", "stream=codec_type:stream_side_data=rotation:stream_tags=rotate",
-                                         ffmpeg_cli.file_url(path)], timeout=60)
-    except FFmpegError as err:
-        raise VerificationError(f"the joined output cannot be read back: {err}") from None
-    data = json.loads(done.stdout or "{}")
-    if done.stderr.strip():
-        raise VerificationError("decoding the joined output reported errors: "
-                                + ffmpeg_cli.last_error_line(done.stderr))
-    stream = (data.get("streams") or [{}])[0]
-    frames = int(stream.get(field_name) or 0)
-    if frames != plan.frames:
-        raise VerificationError(f"the joined output has {frames} video frames, the source has {plan.frames}")
-    kinds = [s.get("codec_type") for s in listing.get("streams", [])]
-    audio, subs = kinds.count("audio"), kinds.count("subtitle")
-    if audio != plan.audio_streams:
-        raise VerificationError(f"the joined output has {audio} audio streams, expected {plan.audio_streams}")
-    if subs != plan.subtitle_streams:
-        raise VerificationError(f"the joined output has {subs} subtitle streams, "
-                                f"expected {plan.subtitle_streams}")
-    rotation = 0
-    for entry in listing.get("streams", []):
-        if entry.get("codec_type") == "video":
-            rotation = stream_rotation(entry)
-            break
-    notes: tuple[str, ...] = ()
-    if rotation != plan.rotation:
-        if plan.family == "mp4":
-            raise VerificationError(f"the joined output is rotated {rotation} degrees, the source "
-                                    f"{plan.rotation}")
-        notes = (f"display rotation {plan.rotation} is not stored in .mkv by this ffmpeg; use .mp4 to keep it",)
-    duration = float(stream.get("duration") or 0.0)
-    if duration and abs(duration - plan.duration) > plan.frame_duration * 1.5:
-        raise VerificationError(f"the joined video lasts {duration:.3f} s, the source {plan.duration:.3f} s")
-    return Verification(frames=frames, audio_streams=audio, subtitle_streams=subs, video_duration=duration,
-                        seconds=done.seconds, rotation=rotation, notes=notes)
+        found = check_structure(path, plan)
+    except BaseException:
+        if windows is not None:
+            windows.kill()
+        raise
+    if windows is not None and abs(found.first_time - (plan.first_time or 0.0)) > plan.frame_duration / 2:
+        windows.kill()  # the file starts elsewhere than planned: decode the windows where it really does
+        windows = None
+    if decode:
+        try:
+            done = ffmpeg_cli.run(commands.verify_command(ffmpeg_cli.ffprobe(), path, decode=True), timeout=timeout)
+        except FFmpegError as err:
+            raise VerificationError(f"the joined output cannot be decoded: {err}") from None
+        if done.stderr.strip():
+            raise VerificationError("decoding the joined output reported errors: "
+                                    + ffmpeg_cli.last_error_line(done.stderr))
+        frames = int(((json.loads(done.stdout or "{}").get("streams") or [{}])[0]).get("nb_read_frames") or 0)
+        if frames != plan.frames:
+            raise VerificationError(f"the joined output decodes to {frames} video frames, the source has {plan.frames}")
+    elif windows is not None:
+        _judge_windows(windows.wait(check=False))
+    else:
+        decode_joins(path, plan, found.first_time)
+    return Verification(frames=found.frames, audio_streams=found.audio_streams,
+                        subtitle_streams=found.subtitle_streams, video_duration=found.video_duration,
+                        seconds=time.monotonic() - started, rotation=found.rotation, notes=found.notes)

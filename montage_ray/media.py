@@ -131,6 +131,36 @@ class MediaInfo:
         return self.packets.clean_cuts()
 
 
+#: The packet fields read for the packet table, in ffprobe's CSV order.
+#: The packet fields read, in ffprobe's own output order (it writes them in this order whatever was asked).
+PACKET_FIELDS = ("pts", "dts", "duration", "flags")
+
+
+def parse_packet_csv(text: str) -> PacketIndex:
+    """The packet table from ffprobe's ``packet=pts,dts,duration,flags`` CSV, parsed column-wise with numpy (no
+    loop per packet): a missing pts falls back to the dts; with neither, decode order is taken as display
+    order. ``last_duration`` is the last-shown frame's own duration where the source gives one."""
+    rows = text.split()
+    if not rows:
+        return PacketIndex(pts=np.zeros(0, dtype=np.int64), key=np.zeros(0, dtype=bool))
+    width = len(PACKET_FIELDS)
+    cells = np.array(",".join(rows).split(","), dtype=object)
+    if cells.size != len(rows) * width:  # a row with a missing field: pad row by row (never seen in practice)
+        cells = np.array([(r.split(",") + ["N/A"] * width)[:width] for r in rows], dtype=object).ravel()
+    table = cells.reshape(len(rows), width)
+    col = {name: table[:, i] for i, name in enumerate(PACKET_FIELDS)}
+    pts_text = np.where(col["pts"] == "N/A", col["dts"], col["pts"])
+    missing = pts_text == "N/A"
+    pts = np.where(missing, "0", pts_text).astype(np.int64)
+    if missing.any():  # no timestamps at all: one tick after the previous packet
+        for i in np.flatnonzero(missing):
+            pts[i] = pts[i - 1] + 1 if i else 0
+    key = np.char.startswith(col["flags"].astype(str), "K")
+    durations = col["duration"].astype(str)
+    last = durations[int(np.argmax(pts))]
+    return PacketIndex(pts=pts, key=key, last_duration=int(last) if last.isdigit() else 0)
+
+
 def stream_rotation(stream: dict[str, Any]) -> int:
     """Display rotation in degrees of one ffprobe stream entry, however this ffprobe reports it.
 
@@ -151,27 +181,9 @@ def stream_rotation(stream: dict[str, Any]) -> int:
 def _read_packets(url: str, index: int) -> tuple[PacketIndex, str]:
     done = ffmpeg_cli.run(
         [ffmpeg_cli.ffprobe(), "-v", "error", "-fflags", "+genpts", "-select_streams", str(index),
-         "-show_entries", "packet=pts,dts,duration,flags", "-of", "csv=p=0", url],
+         "-show_entries", "packet=" + ",".join(PACKET_FIELDS), "-of", "csv=p=0", url],
         timeout=PROBE_TIMEOUT)
-    lines = done.stdout.split()
-    n = len(lines)
-    pts = np.empty(n, dtype=np.int64)
-    key = np.zeros(n, dtype=bool)
-    durations = np.zeros(n, dtype=np.int64)
-    for i, line in enumerate(lines):
-        fields = line.split(",")  # ffprobe's own order: pts, dts, duration, flags
-        p, d = fields[0], fields[1] if len(fields) > 1 else "N/A"
-        if len(fields) > 2 and fields[2].isdigit():
-            durations[i] = int(fields[2])
-        if p == "N/A":
-            p = d
-        if p == "N/A":  # no timestamps at all: assume decode order is display order
-            pts[i] = pts[i - 1] + 1 if i else 0
-        else:
-            pts[i] = int(p)
-        key[i] = len(fields) > 3 and fields[3].startswith("K")
-    last = int(durations[int(np.argmax(pts))]) if n else 0
-    return PacketIndex(pts=pts, key=key, last_duration=last), done.stderr
+    return parse_packet_csv(done.stdout), done.stderr
 
 
 def inspect(path: str | os.PathLike[str]) -> MediaInfo:

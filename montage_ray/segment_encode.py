@@ -17,6 +17,7 @@ nothing::
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -119,6 +120,31 @@ def count_packets(path: str, *, timeout: float = 60.0) -> int:
         return 0
 
 
+def check_encoded(path: str, expected: int, *, decode: bool, threads: int = 1, timeout: float = 600.0) -> str:
+    """Check an encoded segment where it was made: its packet count, and with ``decode`` a full decode that
+    must give ``expected`` frames without a decoder message. Returns "" when it is good, else what is wrong.
+
+    One ffprobe pass; ffprobe (unlike ffmpeg's exit status) tells a truncated or damaged file."""
+    try:
+        done = ffmpeg_cli.run(commands.segment_check_command(ffmpeg_cli.ffprobe(), path, decode=decode,
+                                                             threads=threads), timeout=timeout)
+    except FFmpegError as err:
+        return "cannot be read back: " + (ffmpeg_cli.last_error_line(err.stderr) or str(err))
+    try:
+        stream = (json.loads(done.stdout or "{}").get("streams") or [{}])[0]
+        packets = int(stream.get("nb_read_packets") or 0)
+        frames = int(stream.get("nb_read_frames") or 0) if decode else packets
+    except (ValueError, TypeError):
+        return "cannot be read back"
+    if packets != expected:
+        return f"wrote {packets} frames, expected {expected}"
+    if frames != expected:
+        return f"decodes to {frames} frames, expected {expected}"
+    if decode and done.stderr.strip():
+        return "decoding it reported errors: " + ffmpeg_cli.last_error_line(done.stderr)
+    return ""
+
+
 @dataclass(frozen=True)
 class JobSettings:
     """What every segment of one job shares: the codec and quality asked for, and the source's look."""
@@ -129,6 +155,7 @@ class JobSettings:
     video: VideoInfo
     job_id: str = ""        # carried into the actors' log lines
     frame_filter: str | None = None  # plan.fit_frame's filter for sizes the encoders cannot take as they are
+    verify: str = "packets"  # "decode": each actor decodes its own output in full (see check_encoded)
 
     @property
     def sar(self) -> str | None:
@@ -168,8 +195,13 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
                    sar: str | None = None, timeout: float = 600.0, workdir: str | None = None,
                    actor: str = "", attempt: int = 1, should_stop: Callable[[], bool] | None = None,
                    on_progress: Callable[[int], None] | None = None, frame_filter: str | None = None,
+                   decode: bool = False, threads: int = 1,
                    caps: FFmpegCaps | None = None) -> tuple[EncodeResult, bytes]:
     """Encode one segment's packets (a NUT file's bytes) and return the result and the encoded MP4 bytes.
+
+    The output is checked here (:func:`check_encoded`): its packet count, and with ``decode`` a full
+    decode. When it comes out short, the input is counted too: a piece that was cut wrong is a
+    ``bad-input`` failure (no other encoder would do better), not this encoder's.
 
     ``on_progress(frames)`` is called about twice a second with the frames encoded so far. ``caps`` are
     those of the ffmpeg that encodes (default: this process's, :func:`montage_ray.caps.ffmpeg_caps`).
@@ -213,9 +245,15 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
         except FFmpegError as err:
             reason = "timeout" if err.timed_out else ("crash" if (err.returncode or 0) < 0 else "failed")
             raise failed(str(err), reason, err.stderr) from None
-        frames = count_packets(dst) if os.path.exists(dst) else 0
-        if frames != segment.frames:
-            raise failed(f"wrote {frames} frames, expected {segment.frames}", "frame-count", done.stderr)
+        wrong = check_encoded(dst, segment.frames, decode=decode, threads=threads,
+                              timeout=max(60.0, timeout / 2)) if os.path.exists(dst) else "wrote no file"
+        if wrong:
+            given = count_packets(src)
+            if given != segment.frames:
+                raise failed(f"was given {given} packets instead of {segment.frames} (the cut went wrong)",
+                             "bad-input", done.stderr)
+            raise failed(wrong, "frame-count", done.stderr)
+        frames = segment.frames
         with open(dst, "rb") as fh:
             encoded = fh.read()
     finally:
@@ -229,7 +267,8 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
 
 
 class SegmentEncodeError(EncoderError):
-    """One segment failed on one encoder; ``reason`` is failed, crash, timeout, frame-count or cancelled.
+    """One segment failed on one encoder; ``reason`` is failed, crash, timeout, frame-count, bad-input (the
+    piece it was given is wrong: no retry helps) or cancelled.
 
     ``started`` (epoch seconds) and ``seconds`` say when the failed attempt ran, for the job's timeline.
     """

@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Benchmark: plain ffmpeg (all threads) against montage-ray on this machine, same input, same settings.
 
-    .venv/bin/python scripts/bench.py                       # 60 s 1080p lavfi clip, preset veryfast
+    .venv/bin/python scripts/bench.py                       # 60 s 1080p lavfi clip, libx264 veryfast
     .venv/bin/python scripts/bench.py --seconds 20 --size 1280x720 --preset medium --json out.json
+    .venv/bin/python scripts/bench.py --codec hevc --preset fast
 
-Prints wall times, the ratio, montage-ray's phases (probe, plan, split, encode, join, verify), the probe's
-share of the encode time and the driver's peak memory. Ray's start-up is timed on its own (a long-lived
-cluster pays it once, not per job).
+Prints, from the same run: plain ffmpeg; the *limit line* (the same pieces montage-ray encodes, encoded
+side by side by plain single-thread ffmpeg processes, one per core: what splitting can reach on this host
+at best); montage-ray's wall time, its ratio to plain ffmpeg and its share of the limit line; the phases;
+the serial share (wall time not overlapped by any segment encode: what the driver alone costs) and the
+driver's peak memory. Ray's start-up is timed on its own (a long-lived cluster pays it once, not per job).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 
 def sh(args: list[str]) -> float:
@@ -34,12 +38,41 @@ def frames(path: str) -> int:
     return int(out.strip())
 
 
+def limit_line(src: str, codec: str, preset: str, quality: int, seconds: float, segments: int, work: str,
+               cpus: int) -> tuple[float, int]:
+    """Cut ``src`` as montage-ray would and encode the pieces with plain single-thread ffmpeg, ``cpus`` at a
+    time; (wall seconds, pieces). Uses montage-ray's own cut and encoder arguments, so only Ray is absent."""
+    from montage_ray.backends import cpu_spec
+    from montage_ray.media import inspect
+    from montage_ray.plan import plan_segments
+    from montage_ray import commands
+    from montage_ray.caps import ffmpeg_caps
+    from montage_ray.segment_encode import video_output_args
+    from montage_ray.split import split_source
+
+    info = inspect(src)
+    length = seconds or (info.video.frames / float(info.video.frame_rate or 30)) / max(1, segments)
+    plan = plan_segments(info.packets, info.video.time_base, length)
+    pieces_dir = os.path.join(work, "limit")
+    os.makedirs(pieces_dir, exist_ok=True)
+    pieces = split_source(info, plan, pieces_dir)
+    spec = cpu_spec(codec, quality=quality, preset=preset, threads=1)
+    by_size = sorted(pieces, key=os.path.getsize, reverse=True)  # the largest pieces first
+    cmds = [commands.encode_command(spec, p, p + ".mp4", caps=ffmpeg_caps(), video_args=video_output_args(info.video, spec))
+            for p in by_size]
+    started = time.monotonic()
+    with ThreadPoolExecutor(cpus) as side:  # one process per core, the largest pieces first
+        list(side.map(lambda c: subprocess.run(c, check=True), cmds))
+    return time.monotonic() - started, len(pieces)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--size", default="1920x1080")
     ap.add_argument("--rate", default="30")
-    ap.add_argument("--preset", default="veryfast")
+    ap.add_argument("--codec", default="h264", choices=["h264", "hevc", "av1"])
+    ap.add_argument("--preset", default="veryfast", help="x264/x265 preset name, or SVT-AV1's number")
     ap.add_argument("--quality", type=int, default=23)
     ap.add_argument("--segment-seconds", type=float, default=10)
     ap.add_argument("--workers", type=int, default=None, help="encoder actors (default: one per CPU)")
@@ -62,29 +95,41 @@ def main() -> int:
     n = frames(src)
     cpus = os.cpu_count() or 1
 
+    from montage_ray.backends import cpu_spec
+
     plain_out = os.path.join(work, "plain.mp4")
-    plain = sh(["ffmpeg", "-hide_banner", "-v", "error", "-y", "-i", src, "-map", "0", "-c:v", "libx264",
-                "-preset", args.preset, "-crf", str(args.quality), "-pix_fmt", "yuv420p", "-c:a", "copy",
-                plain_out])
-    print(f"plain ffmpeg, all {cpus} threads: {plain:.2f} s ({n / plain:.1f} fps)", flush=True)
+    all_threads = cpu_spec(args.codec, quality=args.quality, preset=args.preset, threads=0)
+    plain = sh(["ffmpeg", "-hide_banner", "-v", "error", "-y", "-i", src, "-map", "0:v:0", "-map", "0:a?",
+                *all_threads.codec_args, "-pix_fmt", "yuv420p", "-c:a", "copy", plain_out])
+    print(f"plain ffmpeg ({' '.join(all_threads.codec_args)}), all {cpus} threads: {plain:.2f} s "
+          f"({n / plain:.1f} fps)", flush=True)
 
     started = time.monotonic()
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     ray_start = time.monotonic() - started
     try:
         out = os.path.join(work, "montage.mp4")
-        report = encode(src, out, preset=args.preset, quality=args.quality,
+        report = encode(src, out, codec=args.codec, preset=args.preset, quality=args.quality,
                         segment_seconds=args.segment_seconds, workers=args.workers, overwrite=True)
     finally:
         ray.shutdown()
     wall = report.wall_seconds
+    limit, limit_pieces = limit_line(src, args.codec, args.preset, args.quality, args.segment_seconds,
+                                     len(report.segments), work, args.workers or cpus)
+    starts = [r.started for r in report.segments]
+    ends = [r.started + r.seconds for r in report.segments]
+    encode_span = max(ends) - min(starts) if starts else 0.0
+    serial = max(0.0, wall - encode_span)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     sizes = {"plain": os.path.getsize(plain_out), "montage": os.path.getsize(out)}
     figures = {
         "input": {"seconds": args.seconds, "size": args.size, "frames": n, "preset": args.preset,
                   "cpus": cpus, "segments": len(report.segments), "actors": len({s.actor for s in report.segments})},
         "plain_seconds": plain, "montage_seconds": wall, "ray_start_seconds": ray_start,
-        "speedup": plain / wall, "timings": report.timings,
+        "speedup": plain / wall, "timings": report.timings, "codec": args.codec,
+        "limit_seconds": limit, "limit_pieces": limit_pieces, "limit_speedup": plain / limit,
+        "share_of_limit": limit / wall, "encode_span_seconds": encode_span, "serial_seconds": serial,
+        "serial_share": serial / wall,
         "probe_share_of_encode": report.timings.get("probe", 0) / max(report.timings.get("encode", 1e-9), 1e-9),
         "driver_peak_rss_mb": peak_rss_mb, "bytes": sizes,
     }
@@ -92,6 +137,10 @@ def main() -> int:
     print(f"montage-ray ({figures['input']['actors']} actors, {len(report.segments)} segments): {wall:.2f} s "
           f"({n / wall:.1f} fps); Ray start-up {ray_start:.2f} s, not counted")
     print(f"ratio plain/montage-ray: {plain / wall:.2f}x  (above 1 means montage-ray is faster)")
+    print(f"limit line: the same {limit_pieces} pieces, plain single-thread ffmpeg, {args.workers or cpus} side by "
+          f"side: {limit:.2f} s = {plain / limit:.2f}x plain; montage-ray reaches {100 * limit / wall:.0f}% of it")
+    print(f"serial share: {serial:.2f} s of {wall:.2f} s ({100 * serial / wall:.1f}%) not overlapped by any "
+          f"segment encode (encodes span {encode_span:.2f} s)")
     print("phases: " + ", ".join(f"{k} {v:.2f} s ({100 * v / wall:.1f}%)" for k, v in report.timings.items()))
     print(f"probe / encode: {100 * figures['probe_share_of_encode']:.2f}%   driver peak RSS: {peak_rss_mb:.0f} MB   "
           f"sizes: plain {sizes['plain'] / 1e6:.1f} MB, montage-ray {sizes['montage'] / 1e6:.1f} MB")

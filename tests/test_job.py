@@ -140,7 +140,7 @@ def test_hevc_and_report_file(make_clip, tmp_path):
     assert mc.decoded_frames(dst) == 600 and mc.decode_errors(dst) == ""
     data = json.loads(rep.read_text())
     assert data["frames"] == 600 and len(data["segments"]) == len(report.segments) == 5
-    assert {"probe", "plan", "split", "encode", "join", "verify"} <= set(data["timings"])
+    assert {"probe", "plan", "encode", "join", "verify"} <= set(data["timings"])  # cutting overlaps encoding
     assert len({s["actor"] for s in data["segments"]}) == 2  # both actors took work
 
 
@@ -156,3 +156,17 @@ def test_actors_are_reused_across_jobs_and_replaced_when_the_setup_changes(make_
     assert {w["pid"] for w in third.workers}.isdisjoint({w["pid"] for w in first.workers})
     assert {s.encoder for s in third.segments} == {"cpu:libx264 [superfast]"}
     assert mc.decoded_frames(tmp_path / "3.mp4") == 600
+
+
+def test_the_driver_starts_no_process_per_segment(make_clip, tmp_path):
+    """Ten segments, and the driver still starts only its fixed handful: probe, cut, join, structure, joins."""
+    from montage_ray import ffmpeg_cli
+    from montage_ray.caps import ffmpeg_caps
+
+    ffmpeg_caps()  # what this ffmpeg can do is asked once per process, not per job or segment
+    with ffmpeg_cli.watch() as started:
+        report = encode(make_clip("long"), tmp_path / "out.mp4", segment_seconds=2)
+    assert len(report.segments) == 10
+    assert len(started) <= 7, [a[:3] for a in started]
+    pieces = [a for a in started if any(("src-" in x or "enc-" in x) and not x.endswith(".ffconcat") for x in a)]
+    assert pieces == [] or all("-segment_list" in a for a in pieces)  # only the one cutter names pieces

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import pytest
 import ray
@@ -13,7 +14,7 @@ from montage_ray.cluster.pool import EncoderPool
 from montage_ray.cluster.session import connected
 from montage_ray.segment_encode import JobSettings
 from montage_ray.errors import VerificationError
-from montage_ray.join import container_for, join_segments, verify_output
+from montage_ray.join import check_structure, container_for, join_segments, verify_output
 from montage_ray.media import inspect
 from montage_ray.plan import plan_segments
 from montage_ray.split import split_source
@@ -52,11 +53,11 @@ def mixed_output(make_clip, tmp_path_factory, ray_cluster):
     out = str(work / "mixed.mp4")
     plan = join_segments(info, segments, encoded, out, str(work), container=container_for(out), mixed=True,
                          codec="h264")
-    return info, out, plan, results
+    return info, out, plan, results, segments, encoded
 
 
 def test_three_encoders_join_into_one_clean_stream(mixed_output, make_clip):
-    info, out, plan, results = mixed_output
+    info, out, plan, results, *_ = mixed_output
     assert len({r.encoder for r in results}) == 3
     verify_output(out, plan)
     assert mc.decode_errors(out) == ""
@@ -70,7 +71,7 @@ def test_three_encoders_join_into_one_clean_stream(mixed_output, make_clip):
 
 
 def test_verification_refuses_a_truncated_join(mixed_output, tmp_path):
-    info, out, plan, _ = mixed_output
+    info, out, plan, *_ = mixed_output
     cut = tmp_path / "cut.mp4"
     data = open(out, "rb").read()
     cut.write_bytes(data[: int(len(data) * 0.7)])
@@ -79,7 +80,7 @@ def test_verification_refuses_a_truncated_join(mixed_output, tmp_path):
 
 
 def test_verification_refuses_a_missing_frame(mixed_output, tmp_path):
-    info, out, plan, _ = mixed_output
+    info, out, plan, *_ = mixed_output
     fewer = tmp_path / "fewer.mp4"
     mc.run_ffmpeg(["-i", out, "-map", "0", "-c", "copy", "-frames:v", str(info.video.frames - 1), str(fewer)])
     with pytest.raises(VerificationError, match="video frames"):
@@ -88,9 +89,23 @@ def test_verification_refuses_a_missing_frame(mixed_output, tmp_path):
     assert verify_output(str(tmp_path / "same.mp4"), plan, decode=False).frames == info.video.frames
 
 
+def test_the_structure_check_catches_a_timestamp_gap_at_a_join(mixed_output, tmp_path):
+    """Segment 3 joined 0.1 s too long and segment 5 0.1 s too short: every frame is there and decodes, the
+    length is right, but the joins after segment 3 have a gap (and the one after 5 closes it)."""
+    info, out, plan, _, segments, encoded = mixed_output
+    assert check_structure(out, plan).frames == info.video.frames
+    moved = {3: 0.1, 5: -0.1}
+    gapped = [replace(s, duration=s.duration + moved.get(s.index, 0.0)) for s in segments]
+    bad = str(tmp_path / "gap.mp4")
+    join_segments(info, gapped, encoded, bad, str(tmp_path), container=container_for(bad), mixed=True, codec="h264")
+    assert mc.decoded_frames(bad) == info.video.frames
+    with pytest.raises(VerificationError, match="not continuous after join 4"):
+        check_structure(bad, plan)
+
+
 @pytest.mark.skipif(browser.CHROMIUM is None, reason="chromium is not installed (scripts/test.sh installs it)")
 def test_chromium_plays_the_mixed_join_to_the_end(mixed_output):
-    info, out, plan, _ = mixed_output
+    info, out, plan, *_ = mixed_output
     outcome = browser.play_to_end(out)
     assert outcome.startswith("ended "), outcome
     _, duration, frames, _dropped, size = outcome.split()

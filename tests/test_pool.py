@@ -188,3 +188,19 @@ def test_run_finish_counts_the_first_copy_only():
     assert not run.done
     run.finished.update({1, 2})
     assert run.done
+
+
+def test_the_plan_covers_segments_not_cut_yet_and_only_cut_ones_go_out():
+    pool, run, segs, _ = _run_state()
+    fast, slow = pool.workers
+    fast.fps, slow.fps = 100.0, 10.0
+    run.pending = [(segs[0], 1)]
+    run.waiting = {s.index: s for s in segs[1:]}
+    plan = pool._shares(run)
+    assert sorted(i for mine in plan.values() for i in mine) == [0, 1, 2]  # the whole job is planned
+    assert plan["w1"] == []  # the slow one gets nothing the fast one finishes sooner
+    assert run.pick(fast, plan["w0"]) == (segs[0], 1)
+    assert run.pick(fast, plan["w0"]) is None  # segments 1 and 2 are planned, not cut: nothing to send
+    run.feed = lambda wait: [2]
+    run.arrive()
+    assert run.pick(fast, plan["w0"]) == (segs[2], 1) and list(run.waiting) == [1]

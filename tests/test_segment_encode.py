@@ -74,6 +74,23 @@ def test_run_kills_the_process_group_on_timeout():
     assert caught.value.timed_out
 
 
+def test_a_started_process_keeps_the_same_rules_in_the_background(tmp_path):
+    """ffmpeg_cli.start: the timeout is enforced by poll/wait, the group is killed, a failure carries its
+    stderr line, and watch() sees every process started."""
+    with ffmpeg_cli.watch() as started:
+        slow = ffmpeg_cli.start([ffmpeg_cli.ffmpeg(), "-v", "error", "-re", "-f", "lavfi", "-i",
+                                 "testsrc2=duration=60", "-f", "null", "-"], timeout=0.5)
+        assert slow.poll() is None  # running: poll never blocks
+        with pytest.raises(FFmpegError) as caught:
+            slow.wait()
+        assert caught.value.timed_out and slow.poll() is not None
+        bad = ffmpeg_cli.start([ffmpeg_cli.ffmpeg(), "-v", "error", "-i", str(tmp_path / "missing.mp4"),
+                                "-f", "null", "-"], timeout=30)
+        with pytest.raises(FFmpegError, match="No such file"):
+            bad.wait()
+    assert len(started) == 2 and all(a[0] == ffmpeg_cli.ffmpeg() for a in started)
+
+
 def test_file_url_never_lets_a_name_become_a_protocol_or_option(tmp_path):
     for name in ("concat:a.mp4|b.mp4", "-x.mp4", "http:x"):
         url = ffmpeg_cli.file_url(tmp_path / name)
@@ -109,3 +126,33 @@ def test_quality_means_the_same_on_every_cpu_encoder(tmp_path):
     for codec in ("h264", "hevc", "av1"):
         assert psnr[codec, 18] > psnr[codec, 23] + 2 > psnr[codec, 28] + 4, psnr
     assert psnr["h264", 23] > 33  # a sane picture, not a broken comparison
+
+
+def test_the_actor_side_check_catches_a_truncated_or_damaged_segment(pieces, tmp_path):
+    from montage_ray.segment_encode import check_encoded
+
+    info, segments, paths = pieces
+    result, encoded = encode_segment(cpu_spec("h264", preset="ultrafast"), segments[1], open(paths[1], "rb").read())
+    good = tmp_path / "good.mp4"
+    good.write_bytes(encoded)
+    assert check_encoded(str(good), 60, decode=True) == ""
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(encoded[: len(encoded) * 2 // 3])
+    assert check_encoded(str(truncated), 60, decode=False) != ""
+    damaged = bytearray(encoded)
+    mdat, moov = damaged.find(b"mdat"), damaged.find(b"moov")
+    end = moov if moov > mdat else len(damaged)
+    for at in range(mdat + 2000, end - 100, 997):  # scribble over the coded pictures, not the index
+        damaged[at:at + 16] = b"\xff" * 16
+    bad = tmp_path / "damaged.mp4"
+    bad.write_bytes(bytes(damaged))
+    assert check_encoded(str(bad), 60, decode=False) == ""  # the packets are all there ...
+    assert "decod" in check_encoded(str(bad), 60, decode=True)  # ... but they do not decode cleanly
+
+
+def test_a_piece_cut_wrong_is_a_bad_input_not_an_encoder_failure(pieces):
+    info, segments, paths = pieces
+    wrong = replace(segments[0], end_packet=segments[0].end_packet + 5)  # the plan says 65 packets, the piece has 60
+    with pytest.raises(SegmentEncodeError) as caught:
+        encode_segment(cpu_spec("h264", preset="ultrafast"), wrong, open(paths[0], "rb").read())
+    assert caught.value.reason == "bad-input" and "given 60 packets instead of 65" in str(caught.value)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from montage_ray.backends import BACKENDS
 from montage_ray.errors import InputError

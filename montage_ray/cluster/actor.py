@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import socket
+import threading
 from typing import Any
 
 import ray
@@ -49,6 +50,9 @@ class EncoderActor:
         self._progress: dict[int, int] = {}   # segment index -> frames encoded so far (the running one)
         self._node = ""
         self._served = 0  # segments taken (the stand-in quota knob counts them; see montage_ray.quota)
+        # Ask this node's ffmpeg what it can do now, beside the driver's planning and cutting, rather than in
+        # front of the first segment (the answer is cached for the process).
+        threading.Thread(target=_warm_caps, name="montage-caps", daemon=True).start()
 
     def _spec(self, settings: JobSettings, threads: int):
         key = (settings.codec, settings.quality, settings.preset, threads)
@@ -96,6 +100,7 @@ class EncoderActor:
                                              sar=settings.sar, timeout=timeout, actor=self._name, attempt=attempt,
                                              should_stop=ctx.is_canceled, on_progress=on_progress,
                                              frame_filter=settings.frame_filter,
+                                             decode=settings.verify == "decode", threads=threads,
                                              caps=ffmpeg_caps())  # this node's ffmpeg, asked once per process
         except SegmentEncodeError as err:
             log.warning("job %s segment %d attempt %d failed on %s: %s", settings.job_id, segment.index, attempt,
@@ -108,3 +113,10 @@ class EncoderActor:
                                 seconds=result.seconds, bytes_in=result.bytes_in, bytes_out=result.bytes_out)
         log.info("job %s segment %d done on %s: %.1f fps", settings.job_id, segment.index, self._name, result.fps)
         return result, encoded
+
+
+def _warm_caps() -> None:
+    try:
+        ffmpeg_caps()
+    except Exception:  # noqa: BLE001 - the first encode asks again and reports what is wrong
+        pass

@@ -18,6 +18,10 @@ Ray's ``util/actor_pool.py``::
     pool = EncoderPool(ready_workers, registry=registry)
     for segment, result, data in pool.run(segments, load=read_segment, settings=settings):
         save(segment, data)
+
+    # pipelined: segments join the run as they are cut (``ready(wait)`` -> indices newly ready)
+    for segment, result, data in pool.run(segments, load=read_segment, settings=settings, ready=cut.ready):
+        save(segment, data)
 """
 
 from __future__ import annotations
@@ -41,6 +45,13 @@ log = logging.getLogger(__name__)
 
 #: Called by :meth:`EncoderPool.run` about once a second: ({segment index: frames done}, busy actors).
 TickCallback = Callable[[dict[int, int], int], None]
+
+#: Segments that became ready since the last call, waiting up to the given seconds for one (a cutter's
+#: :meth:`~montage_ray.split.Cut.ready`); it raises when the segments cannot come.
+ReadyFeed = Callable[[float], list[int]]
+
+#: Longest the pool waits on Ray while segments are still being cut, so that new ones go out promptly.
+FEED_POLL_SECONDS = 0.05
 
 
 @dataclass
@@ -77,6 +88,8 @@ class _Run:
     threads: dict[str, int]                                           # worker name -> ffmpeg threads
     total: int
     pending: list[tuple[Segment, int]] = field(default_factory=list)  # (segment, attempt), largest first
+    waiting: dict[int, Segment] = field(default_factory=dict)         # index -> segment not cut yet
+    feed: ReadyFeed | None = None
     in_flight: dict[Any, _Task] = field(default_factory=dict)         # object ref -> task
     copies: dict[int, set[Any]] = field(default_factory=dict)         # segment index -> its running refs
     failed_on: dict[int, set[str]] = field(default_factory=dict)      # segment index -> workers it failed on
@@ -85,6 +98,13 @@ class _Run:
     @property
     def done(self) -> bool:
         return len(self.finished) >= self.total
+
+    def arrive(self, wait: float = 0.0) -> None:
+        """Move the segments the feed says are ready from ``waiting`` to ``pending`` (the largest first)."""
+        if not self.waiting or self.feed is None:
+            return
+        new = [self.waiting.pop(i) for i in self.feed(wait) if i in self.waiting]
+        self.pending.extend((seg, 1) for seg in sorted(new, key=lambda s: -s.frames))
 
     def submit(self, worker: Worker, seg: Segment, attempt: int, duplicate: bool = False) -> None:
         """Send ``seg`` to ``worker``."""
@@ -186,9 +206,13 @@ class EncoderPool:
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, segments: Sequence[Segment], *, load: Callable[[Segment], bytes], settings: JobSettings,
-            on_tick: TickCallback | None = None, tick: float = 1.0
+            on_tick: TickCallback | None = None, tick: float = 1.0, ready: ReadyFeed | None = None
             ) -> Iterator[tuple[Segment, EncodeResult, bytes]]:
         """Encode every segment; yield ``(segment, result, encoded bytes)`` in completion order.
+
+        With ``ready`` the segments are not all there yet: ``ready(wait)`` returns the indices of those
+        that became ready since the last call (waiting up to ``wait`` seconds for one), and each goes out
+        the moment it is ready. The earliest-finish plan still covers the whole job, waiting segments too.
 
         ``on_tick(partial, busy)`` is called about every ``tick`` seconds with the frames done so far of
         the segments being encoded (``{index: frames}``, from the actors' ``-progress``) and the number
@@ -200,7 +224,11 @@ class EncoderPool:
             if w.fps_for != setup:
                 w.fps, w.fps_for = w.base_fps, setup
         run = _Run(self, settings, load, {w.name: self._threads(w, len(segments)) for w in self.workers},
-                   len(segments), pending=sorted(((s, 1) for s in segments), key=lambda x: -x[0].frames))
+                   len(segments), feed=ready)
+        if ready is None:
+            run.pending = sorted(((s, 1) for s in segments), key=lambda x: -x[0].frames)
+        else:
+            run.waiting = {s.index: s for s in segments}
         try:
             yield from self._loop(run, on_tick, tick)
         finally:
@@ -217,13 +245,21 @@ class EncoderPool:
         polls: list[Any] = []
         next_tick = time.monotonic() + tick
         while not run.done:
+            run.arrive()
             self._fill(run)
-            if opts.duplicate_tail and not run.pending:
+            if opts.duplicate_tail and not run.pending and not run.waiting:
                 self._duplicate_tail(run)
             if not run.in_flight:
+                if run.waiting and not run.pending:  # nothing to do until the cutter lists the next segment
+                    run.arrive(wait=0.5)
+                    if time.monotonic() - last_progress > opts.stall_timeout:
+                        raise ClusterError(f"no segment was cut in {opts.stall_timeout:.0f} s")
+                    continue
                 reasons = "; ".join(f"{f.encoder}: {f.message}" for f in self.failures[-3:])
                 raise EncoderError(f"no encoder is left to finish the job ({reasons or 'all actors died'})")
             wait = min(5.0, opts.stall_timeout) if on_tick is None else max(0.05, next_tick - time.monotonic())
+            if run.waiting:
+                wait = min(wait, FEED_POLL_SECONDS)
             ready, _ = ray.wait(list(run.in_flight), num_returns=1, timeout=wait)
             if on_tick is not None and time.monotonic() >= next_tick:
                 polls = self._tick(polls, on_tick)
@@ -269,6 +305,8 @@ class EncoderPool:
         except RayTaskError as err:
             cause = err.cause if isinstance(err.cause, BaseException) else err
             reason = getattr(cause, "reason", "error")
+            if reason == "bad-input":  # the piece itself is wrong: no other encoder would do better
+                raise EncoderError(first_line(cause))
             if reason != "cancelled":
                 self._failed(run, task, reason, first_line(cause), getattr(cause, "stderr", ""),
                              started=getattr(cause, "started", 0.0), seconds=getattr(cause, "seconds", 0.0))
@@ -302,11 +340,12 @@ class EncoderPool:
         alive = [w for w in self.workers if w.alive]
         if not run.pending or not alive or all(w.fps <= 0 for w in self.workers):
             return None
+        upcoming = [(seg, 1) for seg in run.waiting.values()]  # planned too, though not cut yet
         now = time.monotonic()
         free = {w.name: self._free_in(w, run, now) for w in alive}
         fps = {w.name: self._expected_fps(w) for w in alive}
         plan: dict[str, list[int]] = {w.name: [] for w in alive}
-        for seg, _ in run.pending:
+        for seg, _ in [*run.pending, *upcoming]:
             failed = run.failed_on.get(seg.index, set())
             names = [n for n in free if n not in failed] or list(free)
             name = min(names, key=lambda n: (free[n] + seg.frames / fps[n], -fps[n]))
