@@ -288,8 +288,11 @@ def segment_check_command(ffprobe: str, path: str, *, decode: bool, threads: int
     """ffprobe counting an encoded segment's video packets, and with ``decode`` decoding every frame (the
     encoder actor's own check of its output)."""
     entries = "stream=nb_read_packets" + (",nb_read_frames" if decode else "")
+    # -ignore_editlist: every packet decodes to a frame, whatever edit list the encoding ffmpeg wrote (4.2
+    # trims the first or last frame of some segments by one there; the join uses the packets, not the list)
     return [ffprobe, "-v", "error", "-threads", str(max(1, threads)), "-of", "json", "-select_streams", "v:0",
-            "-count_packets", *(["-count_frames"] if decode else []), "-show_entries", entries, file_url(path)]
+            "-count_packets", *(["-count_frames"] if decode else []), "-show_entries", entries,
+            "-ignore_editlist", "1", file_url(path)]
 
 
 def structure_command(ffprobe: str, path: str) -> list[str]:
