@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 import uuid
 
 import pytest
@@ -22,6 +21,7 @@ from montage_ray.ledger import NAMESPACE, Ledger, Spend
 from montage_ray.quota import Refusal
 from montage_ray.report import FailedAttempt, JobReport
 from montage_ray.segment_encode import EncodeResult
+from tests.raycheck import exported_total
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,16 +127,7 @@ def test_settle_records_cost_per_label_backs_off_refusals_and_exports_the_metric
     assert "nvenc" not in ledger.back_offs()
     assert ledger.month(month_of(t0))["nvenc"]["cost"] == pytest.approx(0.75)
 
-    node = ray.nodes()[0]
-    url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
-    deadline, exported = time.monotonic() + 30, 0.0
-    while time.monotonic() < deadline:
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
-        exported = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                       if line.startswith("ray_montage_cost") and 'label="nvenc"' in line and 'currency="USD"' in line)
-        if exported >= 0.75 - 1e-9:
-            break
-        time.sleep(1)
+    exported, _ = exported_total("ray_montage_cost", 'label="nvenc"', 'currency="USD"', at_least=0.75)
     assert exported == pytest.approx(0.75)
 
 

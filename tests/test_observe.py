@@ -10,7 +10,6 @@ import re
 import select
 import sys
 import time
-import urllib.request
 import zlib
 
 import numpy as np
@@ -29,6 +28,7 @@ from montage_ray.progress import JobProgress, ProgressPrinter
 from montage_ray.report import FailedAttempt, JobReport
 from montage_ray.split import split_source
 from montage_ray.timeline import FAILED_COLOUR, LABEL_COLOURS, draw_timeline
+from tests.raycheck import exported_total
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -139,16 +139,7 @@ def test_report_lists_every_segment_with_who_where_and_how_much(observed):
 
 def test_metrics_reach_the_nodes_exporter_tagged_by_label_and_node(observed):
     report, _ = observed
-    node = ray.nodes()[0]
-    url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
-    deadline, frames = time.monotonic() + 30, 0.0
-    while time.monotonic() < deadline:
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
-        frames = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                     if line.startswith("ray_montage_frames_encoded") and 'label="cpu"' in line)
-        if frames >= report.frames:
-            break
-        time.sleep(1)
+    frames, text = exported_total("ray_montage_frames_encoded", 'label="cpu"', at_least=report.frames)
     assert frames >= report.frames, "montage frames counter not exported"
     assert re.search(r'ray_montage_segments_encoded\S*\{[^}]*label="cpu"[^}]*node="[^"]+/[0-9a-f]{8}"', text)
     assert "ray_montage_segment_fps_bucket" in text and 'direction="out"' in text
