@@ -129,6 +129,26 @@ def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the chi
         os._exit(1)
 
 
+class AppendedLines:
+    """The whole lines a running process appends to a file (ffmpeg's ``-progress`` file, the segment
+    muxer's list), each line handed out once: a half-written last line waits for the next read."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.offset = path, 0
+
+    def read(self) -> list[bytes]:
+        """The lines completed since the last call (none while the file does not exist yet)."""
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return []
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        return chunk[:end].splitlines()
+
+
 def tail(text: str, limit: int = STDERR_TAIL_CHARS) -> str:
     """The last ``limit`` characters of ``text`` (a process's stderr), marked "..." where cut."""
     return text if len(text) <= limit else "..." + text[-limit:]

@@ -167,18 +167,14 @@ class _ProgressFile:
     """Reads the frame count ffmpeg's ``-progress`` writes, from where the last read stopped."""
 
     def __init__(self, path: str, report: Callable[[int], None]) -> None:
-        self.path, self.report, self.offset, self.frame = path, report, 0, -1
+        self.lines, self.report, self.frame = ffmpeg_cli.AppendedLines(path), report, -1
 
     def poll(self) -> None:
         try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                chunk = fh.read()
+            lines = self.lines.read()
         except OSError:
             return
-        end = chunk.rfind(b"\n") + 1  # only whole lines; the rest is read next time
-        self.offset += end
-        for line in reversed(chunk[:end].splitlines()):
+        for line in reversed(lines):
             if line.startswith(b"frame="):
                 frame = int(line[6:] or 0)
                 if frame != self.frame:

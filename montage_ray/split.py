@@ -60,7 +60,7 @@ class Cut:
         self.paths = [self._piece(i) for i in range(len(self.segments))]
         self.events: list[tuple[str, int]] = []
         self._listed: list[float] = []     # start time (s) of each listed piece, from the segment list
-        self._offset = 0                   # bytes of the segment list read so far
+        self._list = ffmpeg_cli.AppendedLines(self.list_path)
         self._given = 0                    # pieces handed out
         self._exit: int | None = None
         self.finished = False
@@ -137,15 +137,7 @@ class Cut:
             if self._exit is not None and not self._listed:
                 self._listed.append(self.segments[0].start)
             return
-        try:
-            with open(self.list_path, "rb") as fh:
-                fh.seek(self._offset)
-                chunk = fh.read()
-        except FileNotFoundError:
-            return
-        end = chunk.rfind(b"\n") + 1   # whole lines only
-        self._offset += end
-        for line in chunk[:end].decode(errors="replace").splitlines():
+        for line in (raw.decode(errors="replace") for raw in self._list.read()):
             fields = line.rsplit(",", 2)
             if len(fields) == 3:
                 self._listed.append(float(fields[1]))
