@@ -91,13 +91,6 @@ def ffprobe() -> str:
     return found
 
 
-@lru_cache(maxsize=None)
-def supports_option(name: str) -> bool:
-    """Whether this ffmpeg build knows the command-line option ``-name`` (read once from ``-h full``)."""
-    done = run([ffmpeg(), "-hide_banner", "-h", "full"], timeout=30, check=False)
-    return f"\n-{name} " in done.stdout or f"\n  -{name} " in done.stdout
-
-
 def file_url(path: str | os.PathLike[str]) -> str:
     """An ffmpeg URL that can only mean the local file ``path`` (never an option or a protocol)."""
     return "file:" + os.path.abspath(os.fspath(path))
