@@ -25,8 +25,6 @@ File names from users never reach ffmpeg as they are: :func:`file_url` turns the
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import json
 import os
 import re
@@ -96,30 +94,32 @@ def file_url(path: str | os.PathLike[str]) -> str:
     return "file:" + os.path.abspath(os.fspath(path))
 
 
-def _load_prctl() -> Callable[..., int] | None:
-    """libc's prctl, looked up once in the parent: never dlopen() between fork and exec."""
-    try:
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
+def _find_setpriv() -> str | None:
+    """util-linux's ``setpriv`` where it can set the parent-death signal (Linux), looked up once at import."""
+    found = shutil.which("setpriv") if os.name == "posix" and os.uname().sysname == "Linux" else None
+    if not found:
         return None
+    try:
+        helptext = subprocess.run([found, "--help"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found if "--pdeathsig" in helptext else None
 
 
-#: Resolved at import. A child forked from a threaded process (a Ray worker) may only make plain system
-#: calls before exec: another thread may have held the dynamic loader's or malloc's lock at the fork, and
-#: ``ctypes.CDLL`` in the child (as this module did before) could wait on it forever.
-_PRCTL = _load_prctl() if os.name == "posix" and os.uname().sysname == "Linux" else None
-_PR_SET_PDEATHSIG = 1
+#: ffmpeg runs as ``setpriv --pdeathsig KILL -- ffmpeg ...`` so that it dies with the process that started it
+#: (no orphaned ffmpeg when a Ray actor is killed). No Python code runs between fork and exec: a
+#: ``preexec_fn`` in a threaded process (every Ray worker) also runs the at-fork handlers of gRPC and others,
+#: and a child forked while another thread held their locks hung forever (seen in the test suite).
+_SETPRIV = _find_setpriv()
 
 
-def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to kill this child when the thread that started it dies (no orphaned ffmpeg).
-
-    Only two system calls through a function pointer resolved before the fork: no import, no dlopen, no
-    lock. If the parent died before prctl took effect, the child exits at once instead of running orphaned.
-    """
-    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)  # type: ignore[misc]
-    if os.getppid() != parent:
-        os._exit(1)
+def _executable(name: str) -> None:
+    """FFmpegNotFound, as Popen would raise it, when ``name`` cannot be run (checked before the wrapper)."""
+    path = name if os.sep in name else shutil.which(name) or name
+    if not os.path.exists(path):
+        raise FFmpegNotFound(f"cannot run {name!r}: No such file or directory")
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        raise FFmpegNotFound(f"cannot run {name!r}: permission denied")
 
 
 class AppendedLines:
@@ -173,10 +173,12 @@ def _spawn(args: list[str], *, stdin: Any, stdout: Any, env: Mapping[str, str] |
     for seen in list(_watchers):
         seen.append(tuple(args))
     try:
+        if _SETPRIV is not None:
+            _executable(args[0])
+        wrapped = [_SETPRIV, "--pdeathsig", "KILL", "--", *args] if _SETPRIV is not None else args
         return subprocess.Popen(
-            args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=child_env, cwd=cwd,
-            start_new_session=True,  # setsid() in C, safe after fork: its own process group to kill
-            preexec_fn=functools.partial(_die_with_parent, os.getpid()) if _PRCTL is not None else None)
+            wrapped, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=child_env, cwd=cwd,
+            start_new_session=True)  # setsid() in C, safe after fork: its own process group to kill
     except FileNotFoundError as err:
         raise FFmpegNotFound(f"cannot run {args[0]!r}: {err.strerror}") from err
     except PermissionError as err:
