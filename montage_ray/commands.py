@@ -303,11 +303,13 @@ def structure_command(ffprobe: str, path: str) -> list[str]:
             file_url(path)]
 
 
-def join_windows_command(ffprobe: str, path: str, windows: Sequence[tuple[float, float]]) -> list[str]:
+def join_windows_command(ffprobe: str, path: str, windows: Sequence[tuple[float, float]], *,
+                         threads: int | None = None) -> list[str]:
     """ffprobe decoding the video of ``path`` only within ``windows`` ((start, seconds), file clock; each
-    decode starts at the keyframe before its start) in one run, counting the frames."""
+    decode starts at the keyframe before its start) in one run, counting the frames, with ``threads``
+    decoder threads (default: one per CPU)."""
     intervals = ",".join(f"{max(0.0, start):.6f}%+{length:.6f}" for start, length in windows)
-    return [ffprobe, "-v", "error", "-threads", str(os.cpu_count() or 1), "-of", "json", "-select_streams",
+    return [ffprobe, "-v", "error", "-threads", str(threads or os.cpu_count() or 1), "-of", "json", "-select_streams",
             "v:0", "-read_intervals", intervals, "-count_frames", "-show_entries", "stream=nb_read_frames",
             file_url(path)]
 

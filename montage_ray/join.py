@@ -331,17 +331,53 @@ def check_structure(path: str, plan: JoinPlan) -> Structure:
                      first_time=float(shown[0] * tb), rotation=rotation, notes=notes)
 
 
-#: Frames decoded before each join (the decode starts at the keyframe before them: the previous segment's
-#: last GOP) ...
-JOIN_FRAMES_BEFORE = 2
-#: ... and seconds after it (the next segment's first frames, its reordering included).
+#: Seconds decoded from each join on (the next segment's first frames, its reordering included). Each
+#: window starts half a frame after the join, so that ffprobe seeks to the segment's own first keyframe and
+#: decodes from it: a window that starts before the join seeks to the previous segment's keyframe and skips
+#: the packets before the window unread, the join's keyframe among them (its DTS is earlier), and a damaged
+#: picture there went unnoticed (tests/test_join.py shows it). The frames before a join were decoded in full
+#: by the actor that encoded them.
 JOIN_AFTER = 0.5
 
 
 def join_windows(plan: JoinPlan, first_time: float) -> list[tuple[float, float]]:
-    """(start, seconds) on the file's clock of the window decoded around each join."""
-    before = JOIN_FRAMES_BEFORE * plan.frame_duration
-    return [(first_time + j - before, before + JOIN_AFTER) for j in plan.joins]
+    """(start, seconds) on the file's clock of the window decoded from each join."""
+    return [(first_time + j + plan.frame_duration / 2, JOIN_AFTER) for j in plan.joins]
+
+
+#: At most this many ffprobe processes decode the join windows side by side: one process seeks and decodes
+#: its windows one after another, so splitting them is what makes the check's wall time short (measured on
+#: 16 cores, 120 s of 1080p in 30 pieces: 0.74 s in one process, 0.36 s in eight).
+WINDOW_PROCESSES = 8
+
+
+class _Windows:
+    """The join windows decoding in the background, split over a few ffprobe processes."""
+
+    def __init__(self, path: str, windows: list[tuple[float, float]], timeout: float) -> None:
+        cpus = os.cpu_count() or 1
+        n = max(1, min(len(windows), WINDOW_PROCESSES, cpus))
+        self.running: list[ffmpeg_cli.Running] = []
+        try:
+            for i in range(n):
+                self.running.append(ffmpeg_cli.start(
+                    commands.join_windows_command(ffmpeg_cli.ffprobe(), path, windows[i::n],
+                                                  threads=max(1, cpus // n)),
+                    timeout=timeout, capture_stdout=True))
+        except BaseException:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        for run in self.running:
+            run.kill()
+
+    def judge(self) -> int:
+        """Frames decoded in all windows; raises :class:`VerificationError` on any failure or message."""
+        try:
+            return sum(_judge_windows(run.wait(check=False)) for run in self.running)
+        finally:
+            self.kill()
 
 
 def _judge_windows(done: ffmpeg_cli.Completed) -> int:
@@ -357,11 +393,11 @@ def _judge_windows(done: ffmpeg_cli.Completed) -> int:
 
 
 def decode_joins(path: str, plan: JoinPlan, first_time: float, *, timeout: float = 600.0) -> int:
-    """Decode a short window around every join in one ffprobe run; any decoder message fails. Frames decoded."""
+    """Decode a short window around every join (a few ffprobe runs side by side); any decoder message fails.
+    Frames decoded."""
     if not plan.joins:
         return 0
-    return _judge_windows(ffmpeg_cli.run(commands.join_windows_command(ffmpeg_cli.ffprobe(), path, join_windows(plan, first_time)),
-                                         timeout=timeout, check=False))
+    return _Windows(path, join_windows(plan, first_time), timeout).judge()
 
 
 @dataclass(frozen=True)
@@ -384,9 +420,7 @@ def verify_output(path: str, plan: JoinPlan, *, decode: bool = True, timeout: fl
     started = time.monotonic()
     windows = None
     if not decode and plan.joins and plan.first_time is not None:  # beside the structure pass, where it starts
-        windows = ffmpeg_cli.start(commands.join_windows_command(ffmpeg_cli.ffprobe(), path,
-                                                                 join_windows(plan, plan.first_time)), timeout=timeout,
-                                   capture_stdout=True)
+        windows = _Windows(path, join_windows(plan, plan.first_time), timeout)
     try:
         found = check_structure(path, plan)
     except BaseException:
@@ -408,7 +442,7 @@ def verify_output(path: str, plan: JoinPlan, *, decode: bool = True, timeout: fl
         if frames != plan.frames:
             raise VerificationError(f"the joined output decodes to {frames} video frames, the source has {plan.frames}")
     elif windows is not None:
-        _judge_windows(windows.wait(check=False))
+        windows.judge()
     else:
         decode_joins(path, plan, found.first_time)
     return Verification(frames=found.frames, audio_streams=found.audio_streams,

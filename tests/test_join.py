@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import ray
 
@@ -101,6 +102,26 @@ def test_the_structure_check_catches_a_timestamp_gap_at_a_join(mixed_output, tmp
     assert mc.decoded_frames(bad) == info.video.frames
     with pytest.raises(VerificationError, match="not continuous after join 4"):
         check_structure(bad, plan)
+
+
+def test_the_join_windows_catch_a_damaged_picture_at_the_last_join(mixed_output, tmp_path):
+    """The structure is intact (every packet is there, same sizes), but the first picture after the last join
+    is damaged: the windows decoded around the joins (several ffprobe runs side by side) must catch it."""
+    info, out, plan, *_ = mixed_output
+    assert len(plan.joins) >= 3  # more windows than one process takes, so the damaged one is not the first
+    packets = mc.ffprobe(out, "-select_streams", "v:0", "-show_entries", "packet=pts_time,pos,size")["packets"]
+    at = plan.first_time + plan.joins[-1]
+    victim = min(packets, key=lambda p: abs(float(p["pts_time"]) - at))
+    pos, size = int(victim["pos"]), int(victim["size"])
+    data = bytearray(open(out, "rb").read())
+    rng = np.random.default_rng(7)
+    data[pos + size // 4: pos + size * 3 // 4] = rng.integers(0, 256, size * 3 // 4 - size // 4, dtype=np.uint8).tobytes()
+    bad = tmp_path / "damaged.mp4"
+    bad.write_bytes(bytes(data))
+    assert check_structure(str(bad), plan).frames == info.video.frames  # nothing a demuxer could see
+    with pytest.raises(VerificationError, match="decoding the joins"):
+        verify_output(str(bad), plan, decode=False)
+    assert verify_output(out, plan, decode=False).frames == info.video.frames
 
 
 @pytest.mark.skipif(browser.CHROMIUM is None, reason="chromium is not installed (scripts/test.sh installs it)")
