@@ -252,3 +252,25 @@ def test_a_dolby_vision_job_is_refused_unless_allowed(hdr10_clip, tmp_path):
     report = encode(dv, dst, codec="hevc", preset="ultrafast", allow_dv_loss=True)
     assert any("Dolby Vision (profile 8.1) dropped as allowed" in line for line in report.hdr)
     assert hdr_entries(side_data(dst)[0]) == hdr_entries(side_data(hdr10_clip)[0])
+
+
+def test_the_probe_says_which_encoders_keep_hdr10():
+    from montage_ray._cli.probe_cmd import table
+    from montage_ray.probe.node import probe_node
+
+    node = probe_node()
+    cpu = node.hdr_support()["cpu"]
+    assert cpu["h264"].startswith("lost: libx264 cannot carry HDR10 metadata")
+    assert cpu["hevc"].startswith("kept: libx265") and cpu["av1"].startswith("kept: libsvtav1")
+    assert node.to_json()["hdr"]["cpu"] == cpu
+    assert "hdr: cpu hevc: HDR10 metadata kept: libx265" in table(node)
+    assert set(node.hdr_support()) == {name for name, s in node.backends.items() if s.available}
+
+
+def test_the_cli_flag_allows_dolby_vision_loss():
+    from montage_ray._cli import build_parser
+    from montage_ray._cli.encode_cmd import options_from_args
+
+    parse = build_parser().parse_args
+    assert options_from_args(parse(["encode", "in.mp4", "out.mp4", "--allow-dv-loss"])).allow_dv_loss is True
+    assert options_from_args(parse(["encode", "in.mp4", "out.mp4"])).allow_dv_loss is False
