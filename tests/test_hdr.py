@@ -7,6 +7,7 @@ Real encodes of lavfi clips made HDR by x265 itself; the side data is read back 
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import subprocess
 from fractions import Fraction
@@ -24,7 +25,8 @@ from montage_ray.routing import Offer
 from tests import mediacheck as mc
 
 MASTER_DISPLAY = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1)"
-HDR10_PARAMS = f"colorprim=bt2020:transfer=smpte2084:colormatrix=bt2020nc:master-display={MASTER_DISPLAY}:max-cll=1000,400"
+HDR10_PARAMS = (f"colorprim=bt2020:transfer=smpte2084:colormatrix=bt2020nc:master-display={MASTER_DISPLAY}"
+                ":max-cll=1000,400")
 HLG_PARAMS = "colorprim=bt2020:transfer=arib-std-b67:colormatrix=bt2020nc"
 MASTERING_TYPE, LIGHT_TYPE = "Mastering display metadata", "Content light level metadata"
 
@@ -129,7 +131,7 @@ def test_backend_table_spells_the_metadata_in_each_encoders_units(hdr10_clip):
                           "WP(0.31270,0.32900)L(1000.0000,0.0001):content-light=1000,400"]
     # an encoders config's own -x265-params are kept, the metadata appended to them
     spec = cpu_spec("hevc")
-    spec = spec.__class__(**{**spec.__dict__, "codec_args": spec.codec_args + ("-x265-params", "aq-mode=3")})
+    spec = dataclasses.replace(spec, codec_args=spec.codec_args + ("-x265-params", "aq-mode=3"))
     carried, lost = hdr.for_encoder(spec, info, ffmpeg_caps())
     assert lost == ""
     at = carried.codec_args.index("-x265-params")
