@@ -19,13 +19,23 @@ editing this table through ``MONTAGE_<NAME>_SESSIONS`` (``MONTAGE_NVENC_SESSIONS
 allows eight NVENC sessions, ``MONTAGE_VAAPI_SESSIONS=2`` on a GPU with two encode engines)::
 
     BACKENDS["nvenc"].session_count()            # 3, or $MONTAGE_NVENC_SESSIONS
+
+How each encoder carries HDR10 static metadata (mastering display, content light level) is a column too,
+:attr:`Backend.hdr`: codec -> :class:`HdrCarry`; an encoder without an entry cannot carry it (see
+:mod:`montage_ray.hdr`, which applies it and checks every encoded segment)::
+
+    BACKENDS["cpu"].hdr["hevc"].params(mastering, light)   # ['-x265-params', 'master-display=G(13250,...']
+    "hevc" in BACKENDS["nvenc"].hdr                        # False: hevc_nvenc writes no HDR10 SEI
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
+
+if TYPE_CHECKING:  # the metadata types, from the module that reads them (no import at run time)
+    from montage_ray.media import ContentLight, MasteringDisplay
 
 #: Codecs a user can ask for, with their encoded name in ffprobe's ``codec_name``.
 CODECS = ("h264", "hevc", "av1")
@@ -65,6 +75,50 @@ def _nvmpi_q(q: int) -> list[str]:
 def _v4l2_q(q: int) -> list[str]:
     kbps = int(6000 * 2 ** ((23 - q) / 6))
     return ["-b:v", f"{kbps}k"]
+
+
+def _x265_hdr(mastering: "MasteringDisplay | None", light: "ContentLight | None") -> list[str]:
+    # x265's own units (as its CLI and ffmpeg's HEVC SEI): chromaticity in 1/50000, luminance in 1/10000 cd/m2
+    params = []
+    if mastering is not None:
+        def xy(pair) -> str:
+            return f"({round(pair[0] * 50000)},{round(pair[1] * 50000)})"
+        params.append(f"master-display=G{xy(mastering.green)}B{xy(mastering.blue)}R{xy(mastering.red)}"
+                      f"WP{xy(mastering.white)}L({round(mastering.max_luminance * 10000)},"
+                      f"{round(mastering.min_luminance * 10000)})")
+    if light is not None:
+        params.append(f"max-cll={light.max_content},{light.max_average}")
+    return ["-x265-params", ":".join(params)] if params else []
+
+
+def _svt_hdr(mastering: "MasteringDisplay | None", light: "ContentLight | None") -> list[str]:
+    # SVT-AV1 (1.0+) takes the same G/B/R/WP/L form in plain numbers: xy as 0..1, luminance in cd/m2
+    params = []
+    if mastering is not None:
+        def xy(pair) -> str:
+            return f"({float(pair[0]):.5f},{float(pair[1]):.5f})"
+        params.append(f"mastering-display=G{xy(mastering.green)}B{xy(mastering.blue)}R{xy(mastering.red)}"
+                      f"WP{xy(mastering.white)}L({float(mastering.max_luminance):.4f},"
+                      f"{float(mastering.min_luminance):.4f})")
+    if light is not None:
+        params.append(f"content-light={light.max_content},{light.max_average}")
+    return ["-svtav1-params", ":".join(params)] if params else []
+
+
+@dataclass(frozen=True)
+class HdrCarry:
+    """How one encoder keeps an HDR source HDR: 10 bits and the HDR10 static metadata.
+
+    ``how`` is "params" (montage-ray passes the metadata as the encoder's own options, ``params(mastering,
+    light)``, which needs this ffmpeg to have ``option``) or "frames" (the encoder writes it from each
+    frame's side data by itself, which the decoder attaches). ``video_filter`` replaces the backend's
+    upload filter for HDR sources (a 10-bit surface). Every encoded segment is checked either way."""
+
+    how: str
+    params: Callable[["MasteringDisplay | None", "ContentLight | None"], list[str]] | None = None
+    option: str | None = None               # the ffmpeg option ``params`` uses (asked of each ffmpeg)
+    video_filter: str | None = None
+    note: str = ""
 
 
 _X264_PRESETS = {p: p for p in PRESETS}
@@ -112,6 +166,8 @@ class Backend:
     #                                         different encoders must share profile and level to join)
     default_fps: float = 60.0               # first guess of one session's frames/s at 1080p, before measuring
     colour: str = "#8c8c8c"                 # its bars on the timeline
+    hdr: Mapping[str, HdrCarry] = field(default_factory=dict)  # codec -> how HDR10 survives (absent: dropped)
+    hdr_gap: str = ""                       # why the codecs without an entry cannot carry HDR10
 
     def encoder_names(self, codec: str) -> tuple[str, ...]:
         """Every ffmpeg encoder that can serve ``codec`` on this backend, preferred first."""
@@ -199,6 +255,13 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         quality={"h264": _crf, "hevc": _crf, "av1": _svt_crf},
         presets={"h264": ("-preset", _X264_PRESETS), "hevc": ("-preset", _X264_PRESETS),
                  "av1": ("-preset", _SVT_PRESETS)},
+        hdr={"hevc": HdrCarry("params", _x265_hdr, "x265-params",
+                              note="libx265: -x265-params master-display/max-cll (ffmpeg before 7.0 passes "
+                                   "no side data to x265; later ones would, the explicit values agree)"),
+             "av1": HdrCarry("params", _svt_hdr, "svtav1-params",
+                             note="libsvtav1: -svtav1-params mastering-display/content-light (SVT-AV1 1.0+, "
+                                  "ffmpeg 5.1+)")},
+        hdr_gap="libx264 writes no mastering display or light level SEI",
         notes="Software encoders; always available where ffmpeg was built with them."),
     Backend(
         name="vaapi", default_fps=200.0, colour="#dd8452", resource="vaapi",
@@ -206,6 +269,10 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         quality={"h264": _qp, "hevc": _qp, "av1": _qp},
         presets={c: ("-compression_level", _VAAPI_LEVELS) for c in ("h264", "hevc", "av1")},
         input_args=("-vaapi_device", "{device}"), video_filter="format=nv12,hwupload",
+        hdr={"hevc": HdrCarry("frames", video_filter="format=p010,hwupload",
+                              note="hevc_vaapi writes mastering display and light level SEI from the frames' "
+                                   "side data (its -sei option, hdr on by default); Main 10 from a p010 upload")},
+        hdr_gap="h264_vaapi and av1_vaapi write no HDR10 metadata from FFmpeg (not verified on hardware)",
         probe=ProbeRecipe(devices=("/dev/dri/renderD*",), device_arg=True, driver_env="LIBVA_DRIVER_NAME",
                           drivers=("radeonsi", "iHD", "i965"), libraries=("libva.so.2", "libva-drm.so.2"),
                           no_device_fix="No render node (/dev/dri/renderD*): this machine has no GPU with a "
@@ -220,6 +287,10 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         input_args=("-init_hw_device", "vaapi=va:{device}", "-init_hw_device", "qsv=qs@va",
                     "-filter_hw_device", "qs"),
         video_filter="format=nv12,hwupload=extra_hw_frames=64",
+        hdr={"hevc": HdrCarry("frames", video_filter="format=p010,hwupload=extra_hw_frames=64",
+                              note="hevc_qsv passes the frames' mastering display and light level side data "
+                                   "to the runtime (QSV runtime 1.25+); Main 10 from a p010 upload")},
+        hdr_gap="h264_qsv and av1_qsv write no HDR10 metadata from FFmpeg (not verified on hardware)",
         probe=ProbeRecipe(devices=("/dev/dri/renderD*",), device_arg=True, vendors=("0x8086",),
                           driver_env="LIBVA_DRIVER_NAME", drivers=("iHD", "i965"),
                           libraries=("libvpl.so.2", "libmfx.so.1", "libmfx-gen.so.1.2", "libmfxhw64.so.1"),
@@ -233,6 +304,9 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         quality={"h264": _nvenc_cq, "hevc": _nvenc_cq, "av1": _nvenc_cq},
         presets={c: ("-preset", _NVENC_PRESETS) for c in ("h264", "hevc", "av1")},
         sessions=3,
+        hdr_gap="hevc_nvenc and av1_nvenc write mastering display and light level only with NVENC SDK 13 "
+                "headers (FFmpeg 7.1+) and only when the metadata is stream side data, which a segment "
+                "(NUT, in-band SEI) never has: dropped",
         # WSL2 reaches the GPU through /dev/dxg with no /dev/nvidia*: a missing node is not decisive.
         probe=ProbeRecipe(devices=("/dev/nvidia[0-9]*", "/dev/dxg"), devices_required=False,
                           libraries=("libcuda.so.1", "libnvidia-encode.so.1"),
@@ -248,6 +322,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         alternatives={"h264": ("h264_nvv4l2",), "hevc": ("hevc_nvv4l2",)},
         quality={"h264": _nvmpi_q, "hevc": _nvmpi_q},
         video_filter="format=yuv420p",      # both encoders take 8-bit yuv420p only
+        hdr_gap="8-bit only: HDR cannot survive",
         probe=ProbeRecipe(devices=("/dev/nvhost-msenc", "/dev/v4l2-nvenc"),
                           marker_files=("/etc/nv_tegra_release",), libraries=("libnvmpi.so.1.0.0",),
                           no_device_fix="No Jetson encoder node (/dev/nvhost-msenc): nvmpi runs only on a "
@@ -261,6 +336,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         quality={"h264": _v4l2_q},
         h264_high="100",                     # no named profiles: the generic option takes the number
         video_filter="format=yuv420p",
+        hdr_gap="H.264 at 8 bits only: HDR cannot survive",
         probe=ProbeRecipe(devices=("/dev/video*",),
                           no_device_fix="No V4L2 device (/dev/video*): on a Raspberry Pi 4 load bcm2835-codec "
                                         "(/dev/video11); the Raspberry Pi 5 has no hardware encoder: use the "

@@ -44,7 +44,8 @@ SINCE = {
 #: Options montage-ray needs in every command; an ffmpeg without one of them cannot take part.
 REQUIRED_OPTIONS = ("progress", "autorotate", "enc_time_base", "map_metadata", "bsf")  # -noautorotate: -autorotate
 
-_OPTION_LINE = re.compile(r"^\s{0,2}-([A-Za-z0-9_]+)(?=[\s<[])", re.MULTILINE)
+# Names may hold a dash after the first character (encoders' private -x265-params, -svtav1-params).
+_OPTION_LINE = re.compile(r"^\s{0,2}-([A-Za-z0-9_][A-Za-z0-9_-]*)(?=[\s<[])", re.MULTILINE)
 _VERSION = re.compile(r"ffmpeg version \D{0,2}(\d+)\.(\d+)(?:\.(\d+))?")
 
 

@@ -20,6 +20,7 @@ file is ever renamed to the destination::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -29,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from montage_ray import workdirs
+from montage_ray import hdr, workdirs
 from montage_ray.caps import ffmpeg_caps
 from montage_ray.budget import Bill, BudgetView, price_of, refusals_at_start, settle
 from montage_ray.cluster.nodes import offered_labels, offers, placements, remote_labels
@@ -98,6 +99,7 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
                     raise
                 ray_to = time.monotonic()
                 media, probe_from, probe_to = inspecting.result()
+            dv_note = hdr.refuse_dolby_vision(media, allow_loss=opts.allow_dv_loss)  # InputError unless allowed
             clock.overlapped([("probe", probe_from, probe_to), ("ray", ray_from, ray_to)])
             fit = fit_frame(media.video.width, media.video.height)  # odd sizes: decided before any encoder
             settings = job_settings(media, opts, fit, job_id)
@@ -123,6 +125,7 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
         clock.lap("join")
         # each actor decoded its own segment in full (--verify decode): here the structure and the joins
         checked = verify_output(tmp_out, joined, decode=False)                  # verify
+        hdr_out = hdr_output_line(tmp_out, media)
         clock.lap("verify")
         publish(tmp_out, job.target, overwrite=opts.overwrite)                  # publish
     except (OSError, FFmpegError, EncoderError, VerificationError) as err:
@@ -141,6 +144,7 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
         notes=[*([fit.note] if fit.note else []), *joined.notes, *checked.notes, *bill.notes],
         ray_address=session.address, profile=opts.profile, route=list(decision.reasons),
         duplicates=encoded.duplicates, cost=bill.cost, provider=[*bill.provider, *encoded.provider],
+        hdr=[*hdr.report_lines(media.video.hdr, encoded.results, output=hdr_out), *([dv_note] if dv_note else [])],
         workers=[{"name": w.name, "label": w.label, "encoder": w.encoder, "host": w.hostname, "node": w.node,
                   "pid": w.pid} for w in encoded.workers])
     write_extras(report, job)
@@ -167,12 +171,25 @@ def route_job(media: MediaInfo, job: ValidJob) -> Route:
     budget = BudgetView.load(job.config)
     offered = offers(ray.nodes(), job.config, pixels=media.video.width * media.video.height, labels=opts.labels,
                      terms=budget.terms)
+    offered, hdr_reasons = (hdr.master_offers(offered, media.video.hdr, opts.codec, job.config)
+                            if opts.profile == "master" else (offered, []))
     decision = route(JobFacts(frames=media.video.frames, duration=_duration(media), input_bytes=media.size,
                               profile=opts.profile, small_job_seconds=small_job_seconds(opts.segment_seconds)),
                      offered)
+    if hdr_reasons:
+        decision = dataclasses.replace(decision, reasons=(*hdr_reasons, *decision.reasons))
     if not decision.labels:
         raise ClusterError("no encoder in the cluster can serve this job: " + "; ".join(decision.reasons))
     return decision
+
+
+def hdr_output_line(path: str, media: MediaInfo) -> str:
+    """For an HDR source, whether the joined file's first frame still carries its HDR (one ffprobe of one
+    frame; each segment's first frame was checked by its actor)."""
+    if media.video.hdr is None:
+        return ""
+    lost = hdr.check_output(path, media.video.hdr)
+    return f"output frame 0: {hdr.LOST + lost if lost else 'kept'}"
 
 
 @dataclass

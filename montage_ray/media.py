@@ -10,6 +10,7 @@ no frame after it is shown before it (no open-GOP leading pictures)::
     info = inspect("talk.mp4")
     info.video.codec, info.video.frames, info.duration
     info.clean_cuts()            # packet indices where a segment may start
+    info.video.hdr               # HdrInfo (HDR10 / HLG / Dolby Vision, read from frame 0) or None for SDR
 
 Bad inputs raise :class:`~montage_ray.errors.InputError` with one line a user can act on.
 """
@@ -61,6 +62,138 @@ class StreamInfo:
 
 
 @dataclass(frozen=True)
+class MasteringDisplay:
+    """SMPTE ST 2086 mastering display colour volume: chromaticities (CIE 1931 xy) of the red, green and blue
+    primaries and the white point, and the luminance range in cd/m2, as exact fractions."""
+
+    red: tuple[Fraction, Fraction]
+    green: tuple[Fraction, Fraction]
+    blue: tuple[Fraction, Fraction]
+    white: tuple[Fraction, Fraction]
+    max_luminance: Fraction
+    min_luminance: Fraction
+
+
+@dataclass(frozen=True)
+class ContentLight:
+    """CTA-861.3 content light level: MaxCLL and MaxFALL in cd/m2."""
+
+    max_content: int
+    max_average: int
+
+
+#: Transfer characteristics (ffprobe's ``color_transfer``) of HDR video: PQ (HDR10) and HLG.
+HDR_TRANSFERS = {"smpte2084": "hdr10", "arib-std-b67": "hlg"}
+
+#: Codec tags of Dolby Vision streams (MP4 sample entries dvh1/dvhe for HEVC, dav1 for AV1, dvav/dva1 AVC).
+DOLBY_VISION_TAGS = frozenset({"dvh1", "dvhe", "dav1", "dva1", "dvav"})
+
+
+@dataclass(frozen=True)
+class HdrInfo:
+    """What makes a source HDR: its transfer (``kind`` "hdr10" for PQ, "hlg"), the static metadata of its
+    first frame (or of the stream, where the container holds it) and any Dolby Vision layer."""
+
+    kind: str | None                          # "hdr10", "hlg", or None (SDR transfer, e.g. DV profile 5)
+    mastering: MasteringDisplay | None = None
+    light: ContentLight | None = None
+    dolby_vision: str | None = None           # e.g. "profile 8.1" (or "codec tag dvh1"); None without DV
+
+    @property
+    def static_metadata(self) -> bool:
+        """Whether there is HDR10 static metadata to carry (mastering display and/or content light)."""
+        return self.mastering is not None or self.light is not None
+
+    def describe(self) -> str:
+        """One phrase for reports: ``HDR10 (PQ, BT.2020) with mastering display 1000 cd/m2, MaxCLL 1000``."""
+        parts = [{"hdr10": "HDR10 (PQ)", "hlg": "HLG"}.get(self.kind or "", "SDR transfer")]
+        if self.mastering:
+            parts.append(f"mastering display {float(self.mastering.max_luminance):g}-"
+                         f"{float(self.mastering.min_luminance):g} cd/m2")
+        if self.light:
+            parts.append(f"MaxCLL {self.light.max_content}, MaxFALL {self.light.max_average}")
+        if self.dolby_vision:
+            parts.append(f"Dolby Vision {self.dolby_vision}")
+        return ", ".join(parts)
+
+
+def _ratio(value: Any) -> Fraction:
+    """``"34000/50000"`` (or a number) as a Fraction; 0 when missing or unreadable (0 is a valid value here)."""
+    try:
+        return Fraction(str(value).replace(":", "/"))
+    except (ValueError, ZeroDivisionError):
+        return Fraction(0)
+
+
+def _xy(side: dict[str, Any], name: str) -> tuple[Fraction, Fraction]:
+    return _ratio(side.get(f"{name}_x")), _ratio(side.get(f"{name}_y"))
+
+
+def parse_hdr_side_data(entries: Any) -> tuple[MasteringDisplay | None, ContentLight | None, str | None]:
+    """(mastering display, content light, Dolby Vision) from ffprobe ``side_data_list`` entries of a frame or
+    a stream. ffprobe names them by ``side_data_type`` ("Mastering display metadata", "Content light level
+    metadata", "DOVI configuration record"); values are fractions such as ``34000/50000``."""
+    mastering = light = dovi = None
+    for side in entries or []:
+        kind = str(side.get("side_data_type", ""))
+        if kind == "Mastering display metadata" and "red_x" in side:
+            mastering = MasteringDisplay(
+                red=_xy(side, "red"), green=_xy(side, "green"), blue=_xy(side, "blue"),
+                white=_xy(side, "white_point"),
+                max_luminance=_ratio(side.get("max_luminance")), min_luminance=_ratio(side.get("min_luminance")))
+        elif kind == "Content light level metadata":
+            light = ContentLight(int(_float(side.get("max_content"))), int(_float(side.get("max_average"))))
+        elif kind == "DOVI configuration record":
+            dovi = f"profile {side.get('dv_profile', '?')}"
+            if side.get("dv_bl_signal_compatibility_id") not in (None, 0, "0"):
+                dovi += f".{side.get('dv_bl_signal_compatibility_id')}"
+        elif kind.startswith("Dolby Vision") and dovi is None:   # RPU / metadata on frames (ffmpeg 6+)
+            dovi = "RPU on frames"
+    return mastering, light, dovi
+
+
+def hdr_info(stream: dict[str, Any], frame: dict[str, Any] | None = None) -> HdrInfo | None:
+    """The HDR facts of one ffprobe stream entry and (optionally) its first frame's entry; None for SDR.
+
+    The frame's side data wins over the stream's (HEVC and AV1 carry it in the bitstream; MP4's mdcv/clli
+    boxes and Matroska's Colour element are read as stream side data)."""
+    kind = HDR_TRANSFERS.get(str(stream.get("color_transfer") or (frame or {}).get("color_transfer") or ""))
+    mastering, light, dovi = parse_hdr_side_data(stream.get("side_data_list"))
+    if frame is not None:
+        f_mastering, f_light, f_dovi = parse_hdr_side_data(frame.get("side_data_list"))
+        mastering, light, dovi = f_mastering or mastering, f_light or light, dovi or f_dovi
+    tag = str(stream.get("codec_tag_string") or "").lower()
+    if dovi is None and tag in DOLBY_VISION_TAGS:
+        dovi = f"codec tag {tag}"
+    if kind is None and mastering is None and light is None and dovi is None:
+        return None
+    return HdrInfo(kind=kind, mastering=mastering, light=light, dolby_vision=dovi)
+
+
+def might_be_hdr(stream: dict[str, Any]) -> bool:
+    """Whether a stream is worth reading its first frame for HDR metadata (PQ/HLG, 10 bits or more, or HDR
+    side data or a Dolby Vision tag on the stream): an SDR 8-bit source costs nothing more."""
+    pix = str(stream.get("pix_fmt") or "")
+    return (str(stream.get("color_transfer")) in HDR_TRANSFERS or "10" in pix or "12" in pix
+            or bool(stream.get("side_data_list") and hdr_info(stream))
+            or str(stream.get("codec_tag_string") or "").lower() in DOLBY_VISION_TAGS)
+
+
+def read_first_frame(url: str, index: int, *, timeout: float = PROBE_TIMEOUT) -> dict[str, Any] | None:
+    """ffprobe's entry for the first decoded frame of stream ``index`` (its side data, colours), or None.
+
+    This decodes one frame (and what it depends on): the only place :mod:`montage_ray.media` decodes."""
+    try:
+        data = ffmpeg_cli.probe_json(["-select_streams", str(index), "-read_intervals", "%+#1", "-show_frames",
+                                      "-show_entries", "frame=color_transfer,color_primaries,color_space,"
+                                      "side_data_list", url], timeout=timeout)
+    except FFmpegError:
+        return None
+    frames = data.get("frames") or []
+    return frames[0] if frames else None
+
+
+@dataclass(frozen=True)
 class VideoInfo:
     """The video stream that montage-ray encodes (the first one that is not cover art)."""
 
@@ -79,6 +212,7 @@ class VideoInfo:
     color_primaries: str | None
     frames: int                        # packets in the stream
     start: float                       # first presentation time, seconds
+    hdr: HdrInfo | None = None         # HDR10/HLG/Dolby Vision facts (None: SDR)
 
 
 @dataclass(frozen=True)
@@ -234,7 +368,8 @@ def inspect(path: str | os.PathLike[str]) -> MediaInfo:
         sar=None if sar in (None, Fraction(1)) else sar, rotation=rotation,
         color_range=_known(v.get("color_range")), color_space=_known(v.get("color_space")),
         color_transfer=_known(v.get("color_transfer")), color_primaries=_known(v.get("color_primaries")),
-        frames=len(packets), start=float(int(packets.pts.min()) * time_base))
+        frames=len(packets), start=float(int(packets.pts.min()) * time_base),
+        hdr=hdr_info(v, read_first_frame(url, int(v["index"]))) if might_be_hdr(v) else None)
 
     def others(kind: str) -> tuple[StreamInfo, ...]:
         return tuple(StreamInfo(int(s["index"]), kind, s.get("codec_name") or "unknown",

@@ -48,6 +48,7 @@ class EncodeOptions:
     profile: str = "standard"               # fast, standard, master
     encoders_config: PathLike | None = None  # encoders YAML (see montage_ray.config)
     labels: tuple[str, ...] | None = None   # use only these resource labels
+    allow_dv_loss: bool = False             # encode a Dolby Vision source, dropping its RPU (else refused)
 
     def __post_init__(self) -> None:
         if self.labels is not None and not isinstance(self.labels, tuple):

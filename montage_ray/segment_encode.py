@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from montage_ray import commands, ffmpeg_cli, workdirs
+from montage_ray import hdr as hdr_carry
 from montage_ray.caps import FFmpegCaps, ffmpeg_caps
 from montage_ray.backends import EncoderSpec
 from montage_ray.errors import EncoderError, FFmpegError
-from montage_ray.media import VideoInfo
+from montage_ray.media import HdrInfo, VideoInfo
 from montage_ray.plan import Segment
 
 #: Pixel formats each codec is encoded to on CPU backends (broadest playback support).
@@ -57,6 +58,7 @@ class EncodeResult:
     stderr: str = field(default="", repr=False)
     started: float = 0.0    # wall-clock time (epoch seconds) the encode began on its node
     ffmpeg: str = ""        # version of the ffmpeg that encoded it (nodes may run different ones)
+    hdr: str = ""           # HDR source only: "kept", or "lost: why" (see montage_ray.hdr)
 
     @property
     def fps(self) -> float:
@@ -192,7 +194,7 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
                    actor: str = "", attempt: int = 1, should_stop: Callable[[], bool] | None = None,
                    on_progress: Callable[[int], None] | None = None, frame_filter: str | None = None,
                    decode: bool = False, threads: int = 1,
-                   caps: FFmpegCaps | None = None) -> tuple[EncodeResult, bytes]:
+                   caps: FFmpegCaps | None = None, hdr: HdrInfo | None = None) -> tuple[EncodeResult, bytes]:
     """Encode one segment's packets (a NUT file's bytes) and return the result and the encoded MP4 bytes.
 
     The output is checked here (:func:`check_encoded`): its packet count, and with ``decode`` a full
@@ -201,6 +203,8 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
 
     ``on_progress(frames)`` is called about twice a second with the frames encoded so far. ``caps`` are
     those of the ffmpeg that encodes (default: this process's, :func:`montage_ray.caps.ffmpeg_caps`).
+    ``hdr`` (the source's HDR facts) makes the encoder carry them (:func:`montage_ray.hdr.for_encoder`) and
+    has the output's first frame checked for them: ``EncodeResult.hdr`` says "kept" or what was lost.
     Raises :class:`EncoderError` when ffmpeg fails, crashes, hangs past ``timeout`` or writes a wrong
     number of frames; the error's message carries ffmpeg's last line and ``stderr`` its tail.
     """
@@ -229,6 +233,7 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
                 return bool(should_stop and should_stop())
 
         caps = caps or ffmpeg_caps()
+        spec, hdr_lost = hdr_carry.for_encoder(spec, hdr, caps)
         try:
             cmd = commands.encode_command(spec, src, dst, caps=caps, video_args=video_args,
                                           sar=sar, progress=progress_path, frame_filter=frame_filter)
@@ -250,6 +255,8 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
                              "bad-input", done.stderr)
             raise failed(wrong, "frame-count", done.stderr)
         frames = segment.frames
+        if hdr is not None and not hdr_lost:
+            hdr_lost = hdr_carry.check_output(dst, hdr)
         with open(dst, "rb") as fh:
             encoded = fh.read()
     finally:
@@ -258,7 +265,8 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
         segment=segment.index, frames=frames, bytes_in=len(data), bytes_out=len(encoded),
         seconds=time.monotonic() - started, encoder=spec.label, backend=spec.backend,
         resource=spec.resource, standin=spec.is_standin, node=socket.gethostname(), actor=actor,
-        attempt=attempt, stderr=done.stderr[-2000:], started=started_at, ffmpeg=caps.version)
+        attempt=attempt, stderr=done.stderr[-2000:], started=started_at, ffmpeg=caps.version,
+        hdr="" if hdr is None else (hdr_carry.LOST + hdr_lost if hdr_lost else "kept"))
     return result, encoded
 
 

@@ -42,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", metavar="R.json", default=None, help="write the job report as JSON")
     p.add_argument("--timeline", metavar="T.png", default=None,
                    help="draw who encoded what and when (one row per encoder, a bar per attempt) as PNG")
+    p.add_argument("--allow-dv-loss", action="store_true",
+                   help="encode a Dolby Vision source anyway: re-encoding drops its RPU (the HDR10/HLG base "
+                        "layer's metadata is kept); without it such a source is refused")
     p.add_argument("--quiet", action="store_true",
                    help="print nothing but errors (no progress bar, no summary)")
     p.add_argument("--verbose", action="store_true",
@@ -55,6 +58,7 @@ def options_from_args(args: argparse.Namespace) -> EncodeOptions:
                          segment_seconds=args.segment_seconds, address=args.address, overwrite=args.overwrite,
                          report=args.report, timeline=args.timeline, workers=args.workers, verify=args.verify,
                          profile=args.profile, encoders_config=args.encoders_config,
+                         allow_dv_loss=args.allow_dv_loss,
                          labels=tuple(x for x in args.labels.split(",") if x) if args.labels else None)
 
 

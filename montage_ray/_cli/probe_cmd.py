@@ -98,4 +98,7 @@ def table(node: NodeProbe) -> str:
                  + (f", version {node.caps.version})" if node.caps else ")"))
     for diagnosis in node.ffmpeg_diagnoses():
         lines.append(f"ffmpeg-version: {diagnosis.line}")
+    for name, codecs in node.hdr_support().items():
+        for codec, verdict in codecs.items():
+            lines.append(f"hdr: {name} {codec}: HDR10 metadata {verdict}")
     return "\n".join(lines)

@@ -154,7 +154,16 @@ class NodeProbe:
                 "ray_resources": self.ray_resources(), "node_label": self.node_label(),
                 "ffmpeg_caps": self.caps.to_json() if self.caps else None,
                 "ffmpeg_version": [d.to_json() for d in self.ffmpeg_diagnoses()],
-                "backends": {name: status.to_json() for name, status in self.backends.items()}}
+                "backends": {name: status.to_json() for name, status in self.backends.items()},
+                "hdr": self.hdr_support()}
+
+    def hdr_support(self) -> dict[str, dict[str, str]]:
+        """Per available backend and codec, whether an HDR source keeps its HDR10 metadata ("kept: how") or
+        loses it ("lost: why"); see :mod:`montage_ray.hdr`."""
+        from montage_ray.hdr import support
+
+        return {name: support(name, status.encoders, self.caps) for name, status in self.backends.items()
+                if status.available}
 
 
 # ---------------------------------------------------------------------------------------------------
