@@ -194,7 +194,7 @@ def test_worker_groups_match_their_node_labels(raycluster):
     spec = raycluster["spec"]
     assert raycluster["apiVersion"] == "ray.io/v1"
     assert spec["rayVersion"] == "2.60.0"
-    assert spec["authOptions"]["mode"] == "token"
+    assert "authOptions" not in spec  # KubeRay's would put the token in every container's environment
     groups = spec["workerGroupSpecs"]
     assert {g["groupName"] for g in groups} == {"vaapi-qsv", "nvmpi", "nvenc", "cpu"}
     for group in groups:
@@ -215,6 +215,29 @@ def test_worker_groups_match_their_node_labels(raycluster):
         nvidia = bool(wanted & {"nvenc", "nvmpi"})
         assert (pod.get("runtimeClassName") == "nvidia") == nvidia, f"{label}: runtimeClassName"
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+
+
+def test_every_ray_container_reads_the_token_from_a_mounted_secret_file(raycluster):
+    """Token auth on in every Ray container, the token a read-only file from the Secret, readable by the pod's
+    user through its group, and never an environment variable (inherited by every child, ffmpeg included)."""
+    spec = raycluster["spec"]
+    pods = [spec["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in spec["workerGroupSpecs"]]
+    assert len(pods) == 5
+    for pod in pods:
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod["containers"]:
+            env = {e["name"]: e for e in container.get("env", [])}
+            assert env["RAY_AUTH_MODE"]["value"] == "token"
+            assert "RAY_AUTH_TOKEN" not in env
+            path = env["RAY_AUTH_TOKEN_PATH"]["value"]
+            (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+            assert mount.get("readOnly") is True
+            secret = volumes[mount["name"]]["secret"]
+            assert secret["secretName"] == "montage-ray-token"
+            assert path.rsplit("/", 1)[1] == "auth_token"  # the Secret's key, as docs/deployment.md makes it
+            assert secret["defaultMode"] & 0o007 == 0, "the token file must not be world-readable"
+            assert secret["defaultMode"] & 0o040, "the pod's group must read it"
+            assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
 
 
 def test_no_privileged_pods_and_devices_through_plugins(raycluster):
