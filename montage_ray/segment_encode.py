@@ -231,7 +231,8 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
         caps = caps or ffmpeg_caps()
         try:
             cmd = commands.encode_command(spec, src, dst, caps=caps, video_args=video_args,
-                                          sar=sar, progress=progress_path, frame_filter=frame_filter)
+                                          sar=sar, progress=progress_path, frame_filter=frame_filter,
+                                          keep=segment.keep)
         except EncoderError as err:  # this ffmpeg lacks what the command needs: no retry will help here
             raise failed(str(err), "failed", "") from None
         try:
@@ -245,8 +246,8 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
                               timeout=max(60.0, timeout / 2)) if os.path.exists(dst) else "wrote no file"
         if wrong:
             given = count_packets(src)
-            if given != segment.frames:
-                raise failed(f"was given {given} packets instead of {segment.frames} (the cut went wrong)",
+            if given != segment.packets:
+                raise failed(f"was given {given} packets instead of {segment.packets} (the cut went wrong)",
                              "bad-input", done.stderr)
             raise failed(wrong, "frame-count", done.stderr)
         frames = segment.frames
