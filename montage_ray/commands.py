@@ -198,12 +198,14 @@ def cut_command(source: str, stream_index: int, first_packets: Sequence[int], pa
 @dataclass(frozen=True)
 class CutLane:
     """One output of a cut: pieces cut before each of ``first_packets`` into ``pattern`` (see
-    :func:`cut_command`), listed in ``segment_list``; ``anywhere`` cuts before packets that are no keyframe."""
+    :func:`cut_command`), listed in ``segment_list``; ``anywhere`` cuts before packets that are no keyframe;
+    with ``packets`` the output stops after that many (the rest of the stream is no piece of this lane)."""
 
     first_packets: Sequence[int]
     pattern: str
     segment_list: str | None = None
     anywhere: bool = False
+    packets: int | None = None
 
 
 def cut_lanes_command(source: str, stream_index: int, lanes: Sequence[CutLane], *, caps: FFmpegCaps) -> list[str]:
@@ -218,6 +220,8 @@ def cut_lanes_command(source: str, stream_index: int, lanes: Sequence[CutLane], 
         if os.path.basename(pattern) != pattern or not pattern or pattern.startswith("-"):
             raise ValueError(f"cut_command wants a bare file name as its pattern, not {pattern!r}")
         out: dict[str, Any] = {"c": "copy", "map_metadata": "-1"}
+        if lane.packets is not None:
+            out["frames:v"] = str(lane.packets)
         if lane.first_packets:
             out.update({"f": "segment", "segment_format": "nut", "reset_timestamps": "0",
                         "segment_frames": ",".join(str(p) for p in lane.first_packets)})

@@ -209,6 +209,9 @@ def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: fl
                     best = _nearest(shown, want, low)
             if best is None or last_end - best < step // 2:
                 break  # the rest is too short to stand alone
+            after = n - int(np.searchsorted(shown, best))
+            if after * MAX_EXTRA_WORK < table.dropped_before(best) * DECODE_COST:
+                break  # the rest could not pay for what it would decode to drop: it stays in this segment
             starts.append(best)
     bounds = starts + [last_end]
     return [table.segment(i, bounds[i], bounds[i + 1], time_base, last=i == len(starts) - 1)
@@ -223,6 +226,8 @@ class _Table:
         self.order = np.argsort(packets.pts, kind="stable")   # presentation position -> packet index
         self.shown = self.pts[self.order]
         self.keys = decode_starts(packets)
+        self.first_after = np.minimum.accumulate(self.order[::-1])[::-1]  # first packet shown from position i on
+        self.last_before = np.maximum.accumulate(self.order)              # last packet shown up to position i
 
     def frames(self, start: int, end: int | None) -> np.ndarray:
         """Packet indices of the frames shown in ``[start, end)`` (``end`` None: to the end)."""
@@ -241,9 +246,11 @@ class _Table:
 
     def dropped_before(self, start: int) -> int:
         """Frames a segment starting at ``start`` decodes and drops before it (0 at a clean cut)."""
-        mine = self.frames(start, None)
-        begin = self.decode_from(start, int(mine.min()))
-        return int(np.count_nonzero(self.pts[begin:int(mine.max()) + 1] < start))
+        at = int(np.searchsorted(self.shown, start))
+        if at == 0 or at >= self.shown.size:
+            return 0
+        begin = self.decode_from(start, int(self.first_after[at]))
+        return int(np.count_nonzero(self.pts[begin:int(self.last_before[at - 1]) + 1] < start))
 
     def segment(self, index: int, start: int, end: int, time_base: Fraction, *, last: bool) -> Segment:
         """The segment of the frames shown in ``[start, end)`` (ticks; the last one: everything from start)."""

@@ -65,9 +65,9 @@ class _Lane:
     """One output of the cutter: its pieces (in packet order), which segment each one is (None: a filler
     between two of its segments, deleted once closed) and what its segment list said so far."""
 
-    def __init__(self, number: int, segments: Sequence[Segment], members: list[int], total: int,
-                 workdir: str) -> None:
-        bounds = sorted({0, total} | {segments[i].first_packet for i in members}
+    def __init__(self, number: int, segments: Sequence[Segment], members: list[int], workdir: str) -> None:
+        self.end = max(segments[i].end_packet for i in members)  # the lane's output stops there
+        bounds = sorted({0, self.end} | {segments[i].first_packet for i in members}
                         | {segments[i].end_packet for i in members})
         owner = {(segments[i].first_packet, segments[i].end_packet): i for i in members}
         self.starts = bounds[:-1]                                   # first packet of each piece
@@ -116,8 +116,8 @@ class Cut:
         # ffmpeg runs inside workdir and gets relative names (see commands.cut_command): the segment muxer
         # reads its output name as a printf pattern, and the folder's own name (a user's, say "100%") must
         # never be one.
-        total = self.segments[-1].end_packet if self.segments else 0
-        self.lanes = [_Lane(n, self.segments, members, total, workdir)
+        total = len(media.packets)
+        self.lanes = [_Lane(n, self.segments, members, workdir)
                       for n, members in enumerate(cut_lanes(self.segments))]
         self.pattern = self.lanes[0].pattern
         self.list_path = self.lanes[0].list_path
@@ -133,7 +133,8 @@ class Cut:
         self.finished = False
         keys = media.packets.key
         lanes = [commands.CutLane(lane.starts[1:], lane.pattern, lane.list_path,
-                                  anywhere=not all(keys[p] for p in lane.starts[1:])) for lane in self.lanes]
+                                  anywhere=not all(keys[p] for p in lane.starts[1:]),
+                                  packets=lane.end if lane.end < total else None) for lane in self.lanes]
         args = commands.cut_lanes_command(media.path, media.video.index, lanes, caps=ffmpeg_caps())
         self._proc = ffmpeg_cli.start(args, timeout=split_timeout(media), cwd=workdir)
 
