@@ -1,17 +1,21 @@
-"""Where to cut: group GOPs into segments of about ``segment_seconds``, cutting only at clean keyframes.
+"""Where to cut: group GOPs into segments of about ``segment_seconds``, at clean keyframes where they allow it.
 
 Planning is pure: it reads a :class:`~montage_ray.media.PacketIndex` and returns :class:`Segment` rows.
 This module also owns the whole segment-length policy (:func:`segment_length`): about six segments per
 encoder (2-10 s), shorter when the encoders' speeds are known, a tapered tail on several encoders, and one
 segment on one encoder for a clip shorter than two segments (:func:`is_small_job`).
-A segment is a half-open range of packets in decode order; because every cut is *clean* (see
-:meth:`~montage_ray.media.PacketIndex.clean_cuts`), the frames of consecutive segments follow each other
-exactly, none duplicated, none lost::
+A segment is the frames shown in a half-open range of time, made from a range of packets in decode order.
+At a *clean* cut (see :meth:`~montage_ray.media.PacketIndex.clean_cuts`) the packets are exactly the frames;
+where clean keyframes are too far apart (one keyframe, long or open GOPs) a segment starts at any frame and
+carries the packets from the keyframe it needs, which its encoder decodes and drops (``skip_frames``,
+``keep``); the plan weighs that extra decode (``DECODE_COST``, ``MAX_EXTRA_WORK``). Either way the frames of
+consecutive segments follow each other exactly, none duplicated, none lost::
 
     from montage_ray.plan import plan_segments
 
     segments = plan_segments(info.packets, info.video.time_base, segment_seconds=10)
-    [(s.index, s.frames, round(s.duration, 2)) for s in segments]
+    [(s.index, s.frames, round(s.duration, 2), s.skip_frames) for s in segments]
+    # one keyframe in 20 s: [(0, 300, 10.0, 0), (1, 300, 10.0, 300)]: segment 1 decodes 0-299 to drop them
 
     length = segment_length(duration=60.0, chosen=None, speeds=[240.0, 25.0, 25.0])
     length.seconds, length.taper        # (3.33..., 0.2): six per encoder, a tapered tail

@@ -5,6 +5,10 @@ clean keyframes, into NUT files that keep the source's timestamps exactly. The m
 CSV segment list the moment it closes it, so a piece can be encoded while the rest is still being cut:
 :func:`start_cut` returns a :class:`Cut` whose :meth:`Cut.ready` hands out the pieces as they are done.
 
+Segments cut between keyframes overlap (each carries the packets from the keyframe it needs): they are
+cut by the same one ffmpeg into several outputs, one per *lane* of pieces that do not overlap
+(:func:`cut_lanes`); what lies between two pieces of a lane is deleted as soon as it is closed.
+
 No process is started per piece: a piece's packet count is known from the plan (a stream copy of a planned
 packet range), and each piece's start time from the segment list is checked against the plan in Python.
 The encoder actor counts its input again when its output comes out short (see
