@@ -133,6 +133,9 @@ def encode_command(spec: Any, src: str, dst: str, *, caps: FFmpegCaps, video_arg
     if progress and not caps.progress:
         progress = None
     copies = getattr(spec, "copies", False)  # the pass-through stand-in: the packets as they are
+    if copies and keep:
+        raise EncoderError("the pass-through stand-in copies packets and cannot drop the frames before a cut "
+                           "between keyframes: benchmark it with a source cut at clean keyframes")
     filters = [] if copies else [f for f in (keep_filter(keep) if keep else None, frame_filter,
                                              f"setsar={sar}" if sar else None, spec.video_filter) if f]
     # -noautorotate is an input option without a value: ffmpeg-python writes a None-valued keyword as a bare
