@@ -167,8 +167,8 @@ def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: fl
 
     The plan weighs the extra decode (2. and 3., not with ``any_frame=False``): a segment must hold at least
     ``DECODE_COST / MAX_EXTRA_WORK`` times as many frames as it decodes only to drop, so in a one-keyframe
-    stream segments grow as they go (each at least as long as everything before it) and the extra work
-    stays under a quarter of the encode. The last segment takes whatever is left once less than one and a
+    stream segments grow as they go (each at least as long as everything before it, the last one its second
+    half) and the extra work stays under a quarter of the encode. The last segment takes whatever is left once less than one and a
     half segments remain, and no piece shorter than half a segment is cut off at the end. With ``taper``
     (0..1), the last ``taper`` share of the stream is cut into half-length segments: encoders of mixed
     speeds then finish the job's tail together.
@@ -217,6 +217,8 @@ def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: fl
             if after * MAX_EXTRA_WORK < table.dropped_before(best) * DECODE_COST:
                 break  # the rest could not pay for what it would decode to drop: it stays in this segment
             starts.append(best)
+    if len(starts) > 1:
+        starts[-1] = table.balance_last(starts[-1])
     bounds = starts + [last_end]
     return [table.segment(i, bounds[i], bounds[i + 1], time_base, last=i == len(starts) - 1)
             for i in range(len(starts))]
@@ -255,6 +257,26 @@ class _Table:
             return 0
         begin = self.decode_from(start, int(self.first_after[at]))
         return int(np.count_nonzero(self.pts[begin:int(self.last_before[at - 1]) + 1] < start))
+
+    def balance_last(self, start: int) -> int:
+        """Where the last segment should start, given that the plan would start it at ``start``: later, where
+        a long GOP makes it decode much more than it needs to pay for its drops, as long as it can still pay
+        (a one-keyframe stream's last segment then holds its second half, not up to two thirds)."""
+        at = int(np.searchsorted(self.shown, start))
+        dropped = self.dropped_before(start)
+        if not dropped:
+            return start
+        begin = self.decode_from(start, int(self.first_after[at]))
+        if np.any(self.keys > begin):
+            return start  # another keyframe follows: what it drops is no longer linear in where it starts
+        origin = int(np.searchsorted(self.shown, int(self.pts[begin])))
+        ratio = DECODE_COST / MAX_EXTRA_WORK
+        n = self.shown.size
+        best = int((n + ratio * origin) // (1 + ratio))   # (n - at) >= (at - origin) * ratio, at its largest
+        for at in range(best, int(np.searchsorted(self.shown, start)), -1):
+            if (n - at) * MAX_EXTRA_WORK >= self.dropped_before(int(self.shown[at])) * DECODE_COST:
+                return int(self.shown[at])
+        return start
 
     def segment(self, index: int, start: int, end: int, time_base: Fraction, *, last: bool) -> Segment:
         """The segment of the frames shown in ``[start, end)`` (ticks; the last one: everything from start)."""

@@ -61,9 +61,10 @@ def test_a_single_keyframe_stream_is_cut_and_the_extra_decode_is_weighed():
     assert plan_segments(idx, TB, 2, any_frame=False)[0].frames == 600   # what keyframe-only cutting can do
     segs = plan_segments(idx, TB, 2)
     _check_plan(idx, segs)
-    assert [s.frames for s in segs] == [60, 60, 120, 360]   # each at least as long as all before it
+    # each at least as long as all before it, the last one the second half (it decodes the first to drop it)
+    assert [s.frames for s in segs] == [60, 60, 180, 300]
     assert all(s.first_packet == 0 for s in segs)           # everything decodes from the one keyframe
-    assert [s.skip_frames for s in segs] == [0, 60, 120, 240]
+    assert [s.skip_frames for s in segs] == [0, 60, 120, 300]
     for s in segs:                                          # the rule: dropped work <= a quarter of the encode
         assert s.dropped * DECODE_COST <= MAX_EXTRA_WORK * s.frames + DECODE_COST
 
@@ -116,17 +117,17 @@ def test_the_encoder_drops_exactly_the_frames_before_the_cut_on_old_and_new_ffmp
                                                                                    tmp_path):
     info = inspect(one_key)
     segs = plan_segments(info.packets, info.video.time_base, 2)
-    seg = segs[2]                                          # frames 120..239, decoded from frame 0
-    assert seg.skip_frames == 120 and seg.keep is not None
+    seg = segs[2]                                          # frames 120..299, decoded from frame 0
+    assert (seg.skip_frames, seg.frames, seg.first_packet) == (120, 180, 0) and seg.keep is not None
     path = split_source(info, segs, str(tmp_path))[2]
     caps = ffmpeg_caps(str(ffmpeg_builds[build]))
     result, encoded = encode_segment(cpu_spec("h264", preset="ultrafast"), seg, open(path, "rb").read(),
                                      video_args=["-pix_fmt", "yuv420p"], caps=caps, decode=True)
     out = tmp_path / "seg.mp4"
     out.write_bytes(encoded)
-    assert result.frames == mc.decoded_frames(out) == 120
-    # the output's frames are the source's 120..239 (each nearer its own source frame than a neighbour)
-    src, got = mc.frame_signatures(one_key)[120:240], mc.frame_signatures(out)
+    assert result.frames == mc.decoded_frames(out) == 180
+    # the output's frames are the source's 120..299 (each nearest its own source frame)
+    src, got = mc.frame_signatures(one_key)[120:300], mc.frame_signatures(out)
     for i in range(len(got)):
         errors = [float(np.mean((src[j] - got[i]) ** 2)) for j in range(len(src))]
         assert int(np.argmin(errors)) == i
