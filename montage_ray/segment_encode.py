@@ -199,6 +199,9 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
     decode. When it comes out short, the input is counted too: a piece that was cut wrong is a
     ``bad-input`` failure (no other encoder would do better), not this encoder's.
 
+    A segment cut between keyframes gets ``segment.packets`` packets for its ``segment.frames`` frames: the
+    encode keeps only those shown within ``segment.keep`` (:func:`montage_ray.commands.keep_filter`).
+
     ``on_progress(frames)`` is called about twice a second with the frames encoded so far. ``caps`` are
     those of the ffmpeg that encodes (default: this process's, :func:`montage_ray.caps.ffmpeg_caps`).
     Raises :class:`EncoderError` when ffmpeg fails, crashes, hangs past ``timeout`` or writes a wrong
