@@ -12,7 +12,7 @@ actor passes its node's ffmpeg, the driver its own::
     cmd = commands.encode_command(spec, "in.nut", "out.mp4", caps=caps, video_args=["-pix_fmt", "yuv420p"])
     # [.../ffmpeg, -hide_banner, ..., -i, file:/.../in.nut, -map, 0:v:0, ..., -vsync, passthrough, ...] on 4.2
 
-The kinds: :func:`cut_command` (the source into segments, stream copy), :func:`encode_command` (one
+The kinds: :func:`cut_command` and :func:`cut_lanes_command` (the source into segments, stream copy), :func:`encode_command` (one
 segment; the probe's test encode is the same command, :func:`probe_encode_command`), :func:`align_command`
 and :func:`join_command` (the join and mux), :func:`verify_command` (ffprobe counting the joined frames),
 :func:`segment_check_command` (an actor's check of its own output), :func:`structure_command` and
@@ -109,8 +109,11 @@ def _compile(head: list[str], stream: Any) -> list[str]:
 
 def encode_command(spec: Any, src: str, dst: str, *, caps: FFmpegCaps, video_args: Sequence[str] = (),
                    sar: str | None = None, progress: str | None = None, loglevel: str = "error",
-                   frame_filter: str | None = None) -> list[str]:
+                   frame_filter: str | None = None, keep: tuple[float, float] | None = None) -> list[str]:
     """Encode file ``src`` (NUT) into ``dst`` (MP4) with ``spec`` (an EncoderSpec) on ``caps``'s ffmpeg.
+
+    ``keep`` (a segment cut between keyframes: :attr:`montage_ray.plan.Segment.keep`) encodes only the frames
+    shown within it (:func:`keep_filter`), before any other filter.
 
     ``frame_filter`` comes first in the filter chain: the job's frame fit (:func:`montage_ray.plan.fit_frame`
     pads an odd size to what 4:2:0 can hold), decided once per job before any encoder starts.
@@ -130,7 +133,11 @@ def encode_command(spec: Any, src: str, dst: str, *, caps: FFmpegCaps, video_arg
     if progress and not caps.progress:
         progress = None
     copies = getattr(spec, "copies", False)  # the pass-through stand-in: the packets as they are
-    filters = [] if copies else [f for f in (frame_filter, f"setsar={sar}" if sar else None, spec.video_filter) if f]
+    if copies and keep:
+        raise EncoderError("the pass-through stand-in copies packets and cannot drop the frames before a cut "
+                           "between keyframes: benchmark it with a source cut at clean keyframes")
+    filters = [] if copies else [f for f in (keep_filter(keep) if keep else None, frame_filter,
+                                             f"setsar={sar}" if sar else None, spec.video_filter) if f]
     # -noautorotate is an input option without a value: ffmpeg-python writes a None-valued keyword as a bare
     # flag before -i, which is what ffmpeg needs (the pixels are never rotated; the join sets the matrix).
     source = ffmpeg_python.input(file_url(src), noautorotate=None, **input_kwargs)
@@ -149,6 +156,22 @@ def encode_command(spec: Any, src: str, dst: str, *, caps: FFmpegCaps, video_arg
         output["bsf:v"] = "dump_extra"
     stream = ffmpeg_python.output(source["v:0"], file_url(dst), **output)
     return _compile(_globals(caps.path, loglevel=loglevel, progress=progress, extra=device_globals), stream)
+
+
+def keep_filter(keep: tuple[float, float]) -> str:
+    """Frames shown from ``keep[0]`` up to ``keep[1]`` seconds after the first keyframe decoded, starting at 0.
+
+    Frame-exact on every ffmpeg from 4.2 on whatever the decoder does with the pictures before that
+    keyframe: a segment's packets start at a keyframe, but an open-GOP keyframe's leading pictures come
+    after it in decode order, and decoders differ on them (H.264 shows them damaged, HEVC and MPEG-2 drop
+    them), so neither a frame count (``trim=start_frame``) nor the file's start time (which ffmpeg subtracts)
+    is a sure origin. ``select`` keeps nothing until the first keyframe arrives and stores its time
+    (``st``/``ld``: the expression's variables live as long as the filter), then keeps the frames within the
+    window; ``setpts`` starts the kept frames at 0, as a segment cut at a clean keyframe starts.
+    """
+    lo, hi = keep
+    gate = "if(key*not(ld(0)),st(1,t)+st(0,1))*0"
+    return f"select='{gate}+ld(0)*gte(t-ld(1),{lo:.9f})*lt(t-ld(1),{hi:.9f})',setpts=PTS-STARTPTS"
 
 
 def probe_encode_command(spec: Any, src: str, dst: str, *, caps: FFmpegCaps, video_args: Sequence[str],
@@ -172,21 +195,51 @@ def cut_command(source: str, stream_index: int, first_packets: Sequence[int], pa
     path: it is no pattern) the segment muxer appends each piece to that CSV file (name, start, end) as it closes it,
     flushed at once: how the pipeline learns that a piece is ready while the cut goes on.
     """
-    if os.path.basename(pattern) != pattern or not pattern or pattern.startswith("-"):
-        raise ValueError(f"cut_command wants a bare file name as its pattern, not {pattern!r}")
+    return cut_lanes_command(source, stream_index, [CutLane(first_packets, pattern, segment_list)], caps=caps)
+
+
+@dataclass(frozen=True)
+class CutLane:
+    """One output of a cut: pieces cut before each of ``first_packets`` into ``pattern`` (see
+    :func:`cut_command`), listed in ``segment_list``; ``anywhere`` cuts before packets that are no keyframe;
+    with ``packets`` the output stops after that many (the rest of the stream is no piece of this lane)."""
+
+    first_packets: Sequence[int]
+    pattern: str
+    segment_list: str | None = None
+    anywhere: bool = False
+    packets: int | None = None
+
+
+def cut_lanes_command(source: str, stream_index: int, lanes: Sequence[CutLane], *, caps: FFmpegCaps) -> list[str]:
+    """One stream-copy pass of ``source``'s video into several outputs, each cut as :func:`cut_command` cuts
+    (whose command is this one with one lane). Segments cut between keyframes overlap (each carries the
+    packets from the keyframe it needs), and one segment muxer writes pieces that follow each other: pieces
+    that overlap go to different lanes (:func:`montage_ray.split.cut_lanes`)."""
     src = ffmpeg_python.input(file_url(source), fflags="+genpts", noautorotate=None)
-    out: dict[str, Any] = {"c": "copy", "map_metadata": "-1"}
-    if first_packets:
-        out.update({"f": "segment", "segment_format": "nut", "reset_timestamps": "0",
-                    "segment_frames": ",".join(str(p) for p in first_packets)})
-        if segment_list:
-            out.update({"segment_list": file_url(segment_list), "segment_list_type": "csv"})
-        target = pattern
-    else:
-        out["f"] = "nut"
-        target = pattern % 0
-    # "file:" + the relative name (file_url would make it absolute, folder and all)
-    return _compile(_globals(caps.path), ffmpeg_python.output(src[str(stream_index)], "file:" + target, **out))
+    outputs = []
+    for lane in lanes:
+        pattern = lane.pattern
+        if os.path.basename(pattern) != pattern or not pattern or pattern.startswith("-"):
+            raise ValueError(f"cut_command wants a bare file name as its pattern, not {pattern!r}")
+        out: dict[str, Any] = {"c": "copy", "map_metadata": "-1"}
+        if lane.packets is not None:
+            out["frames:v"] = str(lane.packets)
+        if lane.first_packets:
+            out.update({"f": "segment", "segment_format": "nut", "reset_timestamps": "0",
+                        "segment_frames": ",".join(str(p) for p in lane.first_packets)})
+            if lane.anywhere:
+                out["break_non_keyframes"] = "1"
+            if lane.segment_list:
+                out.update({"segment_list": file_url(lane.segment_list), "segment_list_type": "csv"})
+            target = pattern
+        else:
+            out["f"] = "nut"
+            target = pattern % 0
+        # "file:" + the relative name (file_url would make it absolute, folder and all)
+        outputs.append(ffmpeg_python.output(src[str(stream_index)], "file:" + target, **out))
+    graph = outputs[0] if len(outputs) == 1 else ffmpeg_python.merge_outputs(*outputs)
+    return _compile(_globals(caps.path), graph)
 
 
 # ------------------------------------------------------------------------------------------------------

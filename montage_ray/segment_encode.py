@@ -201,6 +201,9 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
     decode. When it comes out short, the input is counted too: a piece that was cut wrong is a
     ``bad-input`` failure (no other encoder would do better), not this encoder's.
 
+    A segment cut between keyframes gets ``segment.packets`` packets for its ``segment.frames`` frames: the
+    encode keeps only those shown within ``segment.keep`` (:func:`montage_ray.commands.keep_filter`).
+
     ``on_progress(frames)`` is called about twice a second with the frames encoded so far. ``caps`` are
     those of the ffmpeg that encodes (default: this process's, :func:`montage_ray.caps.ffmpeg_caps`).
     ``hdr`` (the source's HDR facts) makes the encoder carry them (:func:`montage_ray.hdr.for_encoder`) and
@@ -236,7 +239,8 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
         spec, hdr_lost = hdr_carry.for_encoder(spec, hdr, caps)
         try:
             cmd = commands.encode_command(spec, src, dst, caps=caps, video_args=video_args,
-                                          sar=sar, progress=progress_path, frame_filter=frame_filter)
+                                          sar=sar, progress=progress_path, frame_filter=frame_filter,
+                                          keep=segment.keep)
         except EncoderError as err:  # this ffmpeg lacks what the command needs: no retry will help here
             raise failed(str(err), "failed", "") from None
         try:
@@ -250,8 +254,8 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
                               timeout=max(60.0, timeout / 2)) if os.path.exists(dst) else "wrote no file"
         if wrong:
             given = count_packets(src)
-            if given != segment.frames:
-                raise failed(f"was given {given} packets instead of {segment.frames} (the cut went wrong)",
+            if given != segment.packets:
+                raise failed(f"was given {given} packets instead of {segment.packets} (the cut went wrong)",
                              "bad-input", done.stderr)
             raise failed(wrong, "frame-count", done.stderr)
         frames = segment.frames

@@ -58,9 +58,10 @@ def limit_line(src: str, codec: str, preset: str, quality: int, seconds: float, 
     os.makedirs(pieces_dir, exist_ok=True)
     pieces = split_source(info, plan, pieces_dir)
     spec = cpu_spec(codec, quality=quality, preset=preset, threads=1)
-    by_size = sorted(pieces, key=os.path.getsize, reverse=True)  # the largest pieces first
-    cmds = [commands.encode_command(spec, p, p + ".mp4", caps=ffmpeg_caps(), video_args=video_output_args(info.video, spec))
-            for p in by_size]
+    by_size = sorted(zip(plan, pieces), key=lambda sp: os.path.getsize(sp[1]), reverse=True)  # the largest first
+    cmds = [commands.encode_command(spec, p, p + ".mp4", caps=ffmpeg_caps(), video_args=video_output_args(info.video, spec),
+                                    keep=seg.keep)  # a piece cut between keyframes drops what it decodes before its cut
+            for seg, p in by_size]
     started = time.monotonic()
     with ThreadPoolExecutor(cpus) as side:  # one process per core, the largest pieces first
         list(side.map(lambda c: subprocess.run(c, check=True), cmds))

@@ -64,7 +64,6 @@ def test_open_gop_keyframes_are_not_clean_cuts():
     (300, 1, 2, [60, 60, 60, 60, 60]),           # all-intra: groups of many tiny GOPs, not 300 segments
     (90, 30, 2, [90]),                           # shorter than two segments: one segment
     (330, 30, 2, [60, 60, 60, 60, 90]),          # a 1 s tail joins the last segment
-    (300, 300, 2, [300]),                        # a single keyframe: one segment
     (310, 50, 3, [100, 100, 110]),               # cut at the keyframe nearest each 3 s boundary
 ])
 def test_segments(frames, gop, seconds, expected):
