@@ -98,4 +98,8 @@ def table(node: NodeProbe) -> str:
                  + (f", version {node.caps.version})" if node.caps else ")"))
     for diagnosis in node.ffmpeg_diagnoses():
         lines.append(f"ffmpeg-version: {diagnosis.line}")
+    if node.caps:  # what --target-quality / --measure can use here, and why not the others
+        metrics = node.caps.metrics()
+        lines.append("quality metrics: " + (", ".join(n for n, why in metrics.items() if why == "yes") or "none"))
+        lines += [f"quality metric {name}: {why}" for name, why in metrics.items() if why != "yes"]
     return "\n".join(lines)

@@ -101,7 +101,8 @@ class EncoderActor:
                                              should_stop=ctx.is_canceled, on_progress=on_progress,
                                              frame_filter=settings.frame_filter,
                                              decode=settings.verify == "decode", threads=threads,
-                                             caps=ffmpeg_caps())  # this node's ffmpeg, asked once per process
+                                             caps=ffmpeg_caps(),  # this node's ffmpeg, asked once per process
+                                             target=settings.target)  # --target-quality / --measure
         except SegmentEncodeError as err:
             log.warning("job %s segment %d attempt %d failed on %s: %s", settings.job_id, segment.index, attempt,
                         self._name, err)
