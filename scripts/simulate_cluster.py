@@ -6,6 +6,7 @@ CPU stand-ins of different speeds (they say so in every report line).
                                                  [--real LABEL] [--labels L1,L2] [--segment-seconds S]
                                                  [--paid-nvenc] [--quota-after N] [--preset-spread]
                                                  [--target-quality METRIC:VALUE[:TOL]] [--measure METRIC]
+                                                 [--compare-target METRIC:VALUE[:TOL]]
 
 Nodes (all bound to 127.0.0.1): a head with CPU slots, and one node each labelled ``vaapi``, ``nvenc`` and
 ``nvmpi``. Each label is served by libx264 throttled to a fixed multiple of realtime (``-readrate``), so
@@ -19,7 +20,8 @@ a real NVENC at its session limit does: the job must end exact on the local enco
 
 ``--preset-spread`` gives the stand-ins unlike presets (:data:`PRESET_SPREAD`), so that their segments differ
 in quality at one ``--quality`` as different hardware's do; with ``--measure psnr`` the report shows that
-spread, with ``--target-quality psnr:34`` how far a quality target closes it.
+spread, with ``--target-quality psnr:34`` how far a quality target closes it; ``--compare-target psnr:34``
+runs both jobs in one cluster and prints the two spreads and the extra encode time.
 """
 
 from __future__ import annotations
@@ -102,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target-quality", default=None, metavar="METRIC:VALUE[:TOL]",
                     help="as montage-ray encode's (each segment measured and re-encoded to reach it)")
     ap.add_argument("--measure", default=None, metavar="METRIC", help="as montage-ray encode's")
+    ap.add_argument("--compare-target", default=None, metavar="METRIC:VALUE[:TOL]",
+                    help="two jobs in one cluster: DST measured with METRIC (no target), then DST.target.EXT "
+                         "(report R.target.json) with the target; prints both spreads and encode times")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
 
@@ -139,11 +144,19 @@ def main(argv: list[str] | None = None) -> int:
             threading.Thread(target=cluster.remove_node, args=(nodes["vaapi"],), daemon=True).start()
             print("removing the vaapi node now", flush=True)
 
+    jobs = [(args.dst, args.report, {"target_quality": args.target_quality, "measure": args.measure})]
+    if args.compare_target:
+        jobs = [(args.dst, args.report, {"measure": args.compare_target.split(":")[0]}),
+                (_suffixed(args.dst, ".target"), args.report and _suffixed(args.report, ".target"),
+                 {"target_quality": args.compare_target})]
+    reports = []
     try:
-        report = encode(args.src, args.dst, encoders_config=config, report=args.report, progress=progress,
-                        timeline=args.timeline, labels=args.labels.split(",") if args.labels else None,
-                        segment_seconds=args.segment_seconds, overwrite=args.overwrite,
-                        target_quality=args.target_quality, measure=args.measure)
+        for dst, report_path, quality_options in jobs:
+            reports.append(encode(args.src, dst, encoders_config=config, report=report_path, progress=progress,
+                                  timeline=args.timeline if len(reports) == 0 else None,
+                                  labels=args.labels.split(",") if args.labels else None,
+                                  segment_seconds=args.segment_seconds, overwrite=args.overwrite,
+                                  **quality_options))
     except MontageError as err:
         print(f"simulate_cluster: error: {err}", file=sys.stderr)
         return err.exit_code
@@ -152,22 +165,43 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
         cluster.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(report.summary())
-    for line in report.route:
-        print("route:", line)
-    for f in report.failures:
-        print(f"failure: segment {f.segment} attempt {f.attempt} on {f.actor}: {f.reason}: {f.message}")
-    for line in report.provider:
-        print("provider:", line)
-    print(f"wrote {args.dst}" + (f" and {args.report}" if args.report else ""))
-    if args.report:
-        with open(args.report, encoding="utf-8") as fh:
-            data = json.load(fh)
-        data["simulation"] = {"layout": {k: v[1] for k, v in standins.items()}, "real": args.real,
-                              "killed_node": bool(killed)}
-        with open(args.report, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
+    for (dst, report_path, _), report in zip(jobs, reports):
+        print(report.summary())
+        for line in report.route:
+            print("route:", line)
+        for f in report.failures:
+            print(f"failure: segment {f.segment} attempt {f.attempt} on {f.actor}: {f.reason}: {f.message}")
+        for line in report.provider:
+            print("provider:", line)
+        print(f"wrote {dst}" + (f" and {report_path}" if report_path else ""))
+        if report_path:
+            with open(report_path, encoding="utf-8") as fh:
+                data = json.load(fh)
+            data["simulation"] = {"layout": {k: v[1] for k, v in standins.items()}, "real": args.real,
+                                  "killed_node": bool(killed)}
+            with open(report_path, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=2)
+    if args.compare_target:
+        print(compare_line(reports[0], reports[1]))
     return 0
+
+
+def _suffixed(path: str, suffix: str) -> str:
+    stem, ext = os.path.splitext(path)
+    return stem + suffix + ext
+
+
+def compare_line(without, with_target) -> str:
+    """The spread of per-segment scores without and with the target, and what the target cost in encoding."""
+    def facts(report):
+        scores = [s.score for s in report.segments if s.score is not None]
+        return (max(scores) - min(scores) if scores else float("nan"), sum(s.seconds for s in report.segments),
+                sum(s.tries - 1 for s in report.segments), report.wall_seconds)
+
+    (s0, e0, _, w0), (s1, e1, r1, w1) = facts(without), facts(with_target)
+    return (f"compare: spread without a target {s0:.3f}, with {s1:.3f} ({s1 / s0 if s0 else float('nan'):.2f}x); "
+            f"segment encode seconds {e0:.1f} -> {e1:.1f} ({e1 / e0 if e0 else float('nan'):.2f}x, {r1} re-encodes); "
+            f"job wall {w0:.1f} s -> {w1:.1f} s")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from montage_ray.options import EncodeOptions
 from montage_ray.plan import plan_segments
 from montage_ray.segment_encode import encode_segment
 from montage_ray.split import split_source
+from tests import mediacheck as mc
 from tests.conftest import FFMPEG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,16 +181,15 @@ def test_a_target_narrows_the_spread_of_unlike_stand_ins_to_a_third(noisy, tmp_p
     """Stand-ins with unlike presets (ultrafast .. medium, as unlike hardware) give segments whose PSNR
     differs by dB at one --quality; with --target-quality each segment is re-encoded until it is within the
     tolerance, and the spread of the scores is at most a third of what it was."""
-    reports = {}
-    for name, option in (("without", ["--measure", "psnr"]), ("with", ["--target-quality", "psnr:33.8"])):
-        report = tmp_path / f"{name}.json"
-        done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "simulate_cluster.py"), str(noisy),
-                               str(tmp_path / f"{name}.mp4"), "--preset-spread", "--segment-seconds", "1",
-                               "--report", str(report), *option], capture_output=True, text=True, timeout=600,
-                              cwd=ROOT)
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert "quality: psnr per segment" in done.stdout
-        reports[name] = json.loads(report.read_text())
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "simulate_cluster.py"), str(noisy),
+                           str(tmp_path / "out.mp4"), "--preset-spread", "--segment-seconds", "1", "--report",
+                           str(tmp_path / "r.json"), "--compare-target", "psnr:33.8"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("quality: psnr per segment") == 2 and "compare: spread without a target" in done.stdout
+    reports = {"without": json.loads((tmp_path / "r.json").read_text()),
+               "with": json.loads((tmp_path / "r.target.json").read_text())}
+    assert mc.decoded_frames(tmp_path / "out.target.mp4") == mc.decoded_frames(noisy)
     spread, presets, extra = {}, {}, {}
     for name, report in reports.items():
         segs = report["segments"]
@@ -209,5 +209,6 @@ def test_a_target_narrows_the_spread_of_unlike_stand_ins_to_a_third(noisy, tmp_p
           f"re-encodes) without {extra['without'][0]:.1f} ({extra['without'][1]}), with {extra['with'][0]:.1f} "
           f"({extra['with'][1]}); wall {reports['without']['wall_seconds']:.1f} s vs "
           f"{reports['with']['wall_seconds']:.1f} s; median score {statistics.median(s['score'] for s in segs):.2f}")
+    print(done.stdout.strip().splitlines()[-1])
     assert spread["without"] >= 1.0
     assert spread["with"] <= spread["without"] / 3
