@@ -12,13 +12,13 @@ that bracket it; at most ``tries`` encodes, and the best one is kept::
     from montage_ray.quality import parse_target, next_value, best
     from montage_ray.backends import BACKENDS
 
-    target = parse_target("psnr:40")              # Target(metric='psnr', value=40.0, tolerance=0.5)
-    knob = BACKENDS["cpu"].knobs["h264"]
+    target = parse_target("psnr:40")              # Target(metric='psnr', value=40.0, tolerance=0.5, tries=5)
+    knob = BACKENDS["cpu"].knobs["h264"]          # x264's -crf, 0..51 in steps of 0.25, lower is better
     tried = [(23.0, 38.2)]                        # (knob value, score) of the parity encode
     next_value(knob, target, tried)               # 19.0: a step towards more quality
     tried.append((19.0, 40.9))
-    next_value(knob, target, tried)               # 20.5: interpolated between the two
-    best(target, tried)                           # the try whose score is nearest the target
+    next_value(knob, target, tried)               # 20.25: interpolated between the two
+    best(target, tried)                           # 1: the index of the try whose score is nearest the target
 
 ``--measure METRIC`` measures and reports each segment's score without re-encoding (what the encoders
 give at the parity mapping). A metric that an ffmpeg lacks is refused before any encode when the driver's
