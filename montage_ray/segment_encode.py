@@ -242,6 +242,10 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
                 return bool(should_stop and should_stop())
 
         caps = caps or ffmpeg_caps()
+        try:  # a metric this node's ffmpeg lacks fails the segment here, before encoding: never a silent skip
+            quality.require(target, caps)
+        except InputError as err:
+            raise failed(str(err), "failed", "") from None
 
         def encode_to(spec_now: EncoderSpec, out: str) -> ffmpeg_cli.Completed:
             try:

@@ -19,7 +19,7 @@ from montage_ray.errors import InputError
 from montage_ray.media import inspect
 from montage_ray.options import EncodeOptions
 from montage_ray.plan import plan_segments
-from montage_ray.segment_encode import encode_segment
+from montage_ray.segment_encode import SegmentEncodeError, encode_segment
 from montage_ray.split import split_source
 from tests import mediacheck as mc
 from tests.conftest import FFMPEG
@@ -135,6 +135,15 @@ def test_xpsnr_where_the_ffmpeg_has_it(noisy_pieces, ffmpeg_builds):
                                video_args=["-pix_fmt", "yuv420p"], caps=caps,
                                target=quality.parse_target("xpsnr:31:0.5"))
     assert result.metric == "xpsnr" and abs(result.score - 31) <= 0.5 and result.ffmpeg == "9.0.2"
+
+
+def test_an_actor_whose_ffmpeg_lacks_the_metric_fails_its_segment_saying_so(noisy_pieces):
+    segments, paths = noisy_pieces
+    with pytest.raises(SegmentEncodeError) as caught:
+        encode_segment(cpu_spec("h264", preset="ultrafast"), segments[0], open(paths[0], "rb").read(),
+                       target=quality.parse_target("xpsnr:40"))
+    assert "lacks the filter xpsnr, needed for --target-quality xpsnr" in str(caught.value)
+    assert caught.value.reason == "failed" and caught.value.stderr == ""    # refused before any encode
 
 
 def test_filters_are_learnt_from_each_ffmpeg():
