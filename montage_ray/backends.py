@@ -221,7 +221,8 @@ class Backend:
             backend=self.name, codec=codec, encoder=encoder, resource=resource,
             input_args=input_args, video_filter=self.video_filter, codec_args=tuple(args),
             env=dict(env or {}), threads=threads, device=device, standin_for=standin_for,
-            h264_high=self.h264_high, quality_args=tuple(quality_args), label=label or (f"{standin_for} (stand-in: {encoder} on CPU)" if standin_for
+            h264_high=self.h264_high, quality_args=tuple(quality_args),
+            label=label or (f"{standin_for} (stand-in: {encoder} on CPU)" if standin_for
                             else f"{self.name}:{encoder}"))
 
 

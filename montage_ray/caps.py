@@ -12,8 +12,8 @@ Debian 12, 7.x and 9.x static builds). Every command montage-ray runs is spelt f
     caps.adaptations                           # ('this ffmpeg (4.2.2) lacks -fps_mode; ...',) on 4.2
 
 Option names come from ``-h full``, bitstream filters from ``-bsfs``, filters from ``-filters`` (the quality
-metrics ``psnr``, ``ssim``, ``xpsnr`` from 7.1, ``libvmaf`` where it was built with it), muxer options from ``-h muxer=...``;
-where the help text lies (ffmpeg 9 still documents ``-enc_time_base -1`` but refuses it) a tiny real run of
+metrics ``psnr``, ``ssim``, ``xpsnr`` from 7.1, ``libvmaf`` where it was built with it), muxer options from
+``-h muxer=...``; where the help text lies (ffmpeg 9 still documents ``-enc_time_base -1`` but refuses it) a tiny real run of
 one generated frame decides. Nothing here trusts the version string alone.
 """
 
