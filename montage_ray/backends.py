@@ -121,6 +121,62 @@ class HdrCarry:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class Knob:
+    """The one setting of an encoder family that a quality target turns (``--target-quality``, see
+    :mod:`montage_ray.quality`): its option, its range, which way is better, its step, and how the job's
+    CRF-like ``quality`` maps onto it (the parity guess the search starts from)::
+
+        knob = BACKENDS["cpu"].knobs["h264"]
+        knob.start(23), knob.args(24.5), knob.shown(24.5)    # 23.0, ['-crf', '24.5'], '-crf 24.5'
+    """
+
+    option: str                             # "-crf", "-cq", "-qp", "-global_quality", "-b:v"
+    low: float                              # the range the search stays in
+    high: float
+    lower_is_better: bool = True            # False for a bitrate: more bits, more quality
+    step: float = 1.0                       # the finest value the encoder takes (x264's CRF takes 0.25)
+    log_scale: bool = False                 # search in log space (bitrates; quality is ~linear in log rate)
+    from_quality: Callable[[int], float] = float   # the parity mapping of ``quality`` (its start)
+    to_args: Callable[[float], list[str]] | None = None   # value -> arguments (default: option, value)
+    unit: str = ""
+
+    def clamp(self, value: float) -> float:
+        """``value`` rounded to :attr:`step` and kept in the range."""
+        value = round(value / self.step) * self.step
+        return min(self.high, max(self.low, round(value, 6)))
+
+    def start(self, quality: int) -> float:
+        return self.clamp(self.from_quality(quality))
+
+    def text(self, value: float) -> str:
+        return f"{value:g}{self.unit}"
+
+    def args(self, value: float) -> list[str]:
+        value = self.clamp(value)
+        return self.to_args(value) if self.to_args else [self.option, self.text(value)]
+
+    def shown(self, value: float) -> str:
+        """How the report names the value: ``-crf 24.5``, ``-b:v 5039k``."""
+        return f"{self.option} {self.text(self.clamp(value))}"
+
+
+def _ladder(kbps_at_23: int) -> Callable[[int], float]:
+    return lambda q: int(kbps_at_23 * 2 ** ((23 - q) / 6))
+
+
+#: The knob of each encoder family (the arguments its ``quality`` function writes, as a searchable range).
+_CRF_KNOB = Knob("-crf", 0, 51, step=0.25)                       # x264 and x265 take fractional CRF
+_SVT_KNOB = Knob("-crf", 0, 63, from_quality=lambda q: q * 1.5 + 3)
+_QP_KNOB = Knob("-qp", 0, 51, to_args=lambda v: ["-rc_mode", "CQP", "-qp", f"{v:g}"])
+_GLOBAL_QUALITY_KNOB = Knob("-global_quality", 1, 51)
+_NVENC_KNOB = Knob("-cq", 0, 51, step=0.25, to_args=lambda v: ["-rc", "vbr", "-cq", f"{v:g}", "-b:v", "0"])
+_NVMPI_KNOB = Knob("-b:v", 200, 100000, lower_is_better=False, step=1, log_scale=True, unit="k",
+                   from_quality=_ladder(8000))
+_V4L2_KNOB = Knob("-b:v", 200, 100000, lower_is_better=False, step=1, log_scale=True, unit="k",
+                  from_quality=_ladder(6000))
+
+
 _X264_PRESETS = {p: p for p in PRESETS}
 _SVT_PRESETS = dict(zip(PRESETS, ("12", "11", "10", "9", "8", "7", "5", "4", "3")))
 _NVENC_PRESETS = dict(zip(PRESETS, ("p1", "p1", "p2", "p3", "p3", "p4", "p5", "p6", "p7")))
@@ -169,6 +225,9 @@ class Backend:
     hdr: Mapping[str, HdrCarry] = field(default_factory=dict)  # codec -> how HDR10 survives (absent: dropped)
     hdr_gap: str = ""                       # why the codecs without an entry cannot carry HDR10
 
+
+    knobs: Mapping[str, Knob] = field(default_factory=dict)  # codec -> the knob a quality target turns
+
     def encoder_names(self, codec: str) -> tuple[str, ...]:
         """Every ffmpeg encoder that can serve ``codec`` on this backend, preferred first."""
         if codec not in self.encoders:
@@ -207,7 +266,8 @@ class Backend:
         if codec in self.presets:
             option, table = self.presets[codec]
             args += [option, table.get(preset, table["medium"])]
-        args += self.quality[codec](quality)
+        quality_args = self.quality[codec](quality)
+        args += quality_args
         if not self.hardware and threads:
             args += ["-threads", str(threads)]
         args += list(self.extra_args)
@@ -219,7 +279,8 @@ class Backend:
             backend=self.name, codec=codec, encoder=encoder, resource=resource,
             input_args=input_args, video_filter=self.video_filter, codec_args=tuple(args),
             env=dict(env or {}), threads=threads, device=device, standin_for=standin_for,
-            h264_high=self.h264_high, label=label or (f"{standin_for} (stand-in: {encoder} on CPU)" if standin_for
+            h264_high=self.h264_high, quality_args=tuple(quality_args),
+            label=label or (f"{standin_for} (stand-in: {encoder} on CPU)" if standin_for
                             else f"{self.name}:{encoder}"))
 
 
@@ -241,6 +302,7 @@ class EncoderSpec:
     label: str
     h264_high: str = "high"
     copies: bool = False       # the pass-through stand-in: stream copy, no encode (see PASSTHROUGH)
+    quality_args: tuple[str, ...] = ()  # the part of codec_args that sets the quality (a target replaces it)
 
     @property
     def is_standin(self) -> bool:
@@ -253,6 +315,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         name="cpu", default_fps=25.0, colour="#4c72b0", resource=None, hardware=False,
         encoders={"h264": "libx264", "hevc": "libx265", "av1": "libsvtav1"},
         quality={"h264": _crf, "hevc": _crf, "av1": _svt_crf},
+        knobs={"h264": _CRF_KNOB, "hevc": _CRF_KNOB, "av1": _SVT_KNOB},
         presets={"h264": ("-preset", _X264_PRESETS), "hevc": ("-preset", _X264_PRESETS),
                  "av1": ("-preset", _SVT_PRESETS)},
         hdr={"hevc": HdrCarry("params", _x265_hdr, "x265-params",
@@ -267,6 +330,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         name="vaapi", default_fps=200.0, colour="#dd8452", resource="vaapi",
         encoders={"h264": "h264_vaapi", "hevc": "hevc_vaapi", "av1": "av1_vaapi"},
         quality={"h264": _qp, "hevc": _qp, "av1": _qp},
+        knobs={"h264": _QP_KNOB, "hevc": _QP_KNOB, "av1": _QP_KNOB},
         presets={c: ("-compression_level", _VAAPI_LEVELS) for c in ("h264", "hevc", "av1")},
         input_args=("-vaapi_device", "{device}"), video_filter="format=nv12,hwupload",
         hdr={"hevc": HdrCarry("frames", video_filter="format=p010,hwupload",
@@ -283,6 +347,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         name="qsv", default_fps=200.0, colour="#8172b3", resource="qsv",
         encoders={"h264": "h264_qsv", "hevc": "hevc_qsv", "av1": "av1_qsv"},
         quality={"h264": _global_quality, "hevc": _global_quality, "av1": _global_quality},
+        knobs={c: _GLOBAL_QUALITY_KNOB for c in ("h264", "hevc", "av1")},
         presets={c: ("-preset", _QSV_PRESETS) for c in ("h264", "hevc", "av1")},
         input_args=("-init_hw_device", "vaapi=va:{device}", "-init_hw_device", "qsv=qs@va",
                     "-filter_hw_device", "qs"),
@@ -302,6 +367,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         name="nvenc", default_fps=300.0, colour="#55a868", resource="nvenc",
         encoders={"h264": "h264_nvenc", "hevc": "hevc_nvenc", "av1": "av1_nvenc"},
         quality={"h264": _nvenc_cq, "hevc": _nvenc_cq, "av1": _nvenc_cq},
+        knobs={c: _NVENC_KNOB for c in ("h264", "hevc", "av1")},
         presets={c: ("-preset", _NVENC_PRESETS) for c in ("h264", "hevc", "av1")},
         sessions=3,
         hdr_gap="hevc_nvenc and av1_nvenc write mastering display and light level only with NVENC SDK 13 "
@@ -321,6 +387,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         encoders={"h264": "h264_nvmpi", "hevc": "hevc_nvmpi"},
         alternatives={"h264": ("h264_nvv4l2",), "hevc": ("hevc_nvv4l2",)},
         quality={"h264": _nvmpi_q, "hevc": _nvmpi_q},
+        knobs={"h264": _NVMPI_KNOB, "hevc": _NVMPI_KNOB},
         video_filter="format=yuv420p",      # both encoders take 8-bit yuv420p only
         hdr_gap="8-bit only: HDR cannot survive",
         probe=ProbeRecipe(devices=("/dev/nvhost-msenc", "/dev/v4l2-nvenc"),
@@ -334,6 +401,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         name="v4l2m2m", default_fps=60.0, colour="#da8bc3", resource="v4l2m2m",
         encoders={"h264": "h264_v4l2m2m"},
         quality={"h264": _v4l2_q},
+        knobs={"h264": _V4L2_KNOB},
         h264_high="100",                     # no named profiles: the generic option takes the number
         video_filter="format=yuv420p",
         hdr_gap="H.264 at 8 bits only: HDR cannot survive",

@@ -11,8 +11,9 @@ Debian 12, 7.x and 9.x static builds). Every command montage-ray runs is spelt f
     caps.enc_time_base                         # '-1' (ffmpeg 9 takes only 'demux')
     caps.adaptations                           # ('this ffmpeg (4.2.2) lacks -fps_mode; ...',) on 4.2
 
-Option names come from ``-h full``, bitstream filters from ``-bsfs``, muxer options from ``-h muxer=...``;
-where the help text lies (ffmpeg 9 still documents ``-enc_time_base -1`` but refuses it) a tiny real run of
+Option names come from ``-h full``, bitstream filters from ``-bsfs``, filters from ``-filters`` (the quality
+metrics ``psnr``, ``ssim``, ``xpsnr`` from 7.1, ``libvmaf`` where it was built with it), muxer options from
+``-h muxer=...``; where the help text lies (ffmpeg 9 still documents ``-enc_time_base -1`` but refuses it) a tiny real run of
 one generated frame decides. Nothing here trusts the version string alone.
 """
 
@@ -39,6 +40,8 @@ SINCE = {
     "setts": "4.4",               # bitstream filter used to align decode delays of mixed encoders
     "progress": "2.0",
     "dump_extra": "2.0",
+    "xpsnr": "7.1",               # filters that measure quality (--target-quality; see montage_ray.quality)
+    "libvmaf": "4.0 (built with --enable-libvmaf)",
 }
 
 #: Options montage-ray needs in every command; an ffmpeg without one of them cannot take part.
@@ -46,6 +49,7 @@ REQUIRED_OPTIONS = ("progress", "autorotate", "enc_time_base", "map_metadata", "
 
 # Names may hold a dash after the first character (encoders' private -x265-params, -svtav1-params).
 _OPTION_LINE = re.compile(r"^\s{0,2}-([A-Za-z0-9_][A-Za-z0-9_-]*)(?=[\s<[])", re.MULTILINE)
+_FILTER_LINE = re.compile(r"^\s*[A-Z.|]{2,3}\s+(\w+)\s+\S+->\S+", re.MULTILINE)
 _VERSION = re.compile(r"ffmpeg version \D{0,2}(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -60,6 +64,7 @@ class FFmpegCaps:
     bsfs: frozenset[str]                  # bitstream filters from -bsfs
     muxer_options: frozenset[str]         # options of the mp4, segment muxers and the concat demuxer
     enc_time_base: str | None             # the value that means "the source's time base": "-1" or "demux"
+    filters: frozenset[str] = frozenset()  # filters from -filters (quality metrics: psnr, ssim, xpsnr, libvmaf)
 
     @property
     def passthrough(self) -> tuple[str, str]:
@@ -82,6 +87,9 @@ class FFmpegCaps:
 
     def has_bsf(self, name: str) -> bool:
         return name in self.bsfs
+
+    def has_filter(self, name: str) -> bool:
+        return name in self.filters
 
     @property
     def adaptations(self) -> tuple[str, ...]:
@@ -124,16 +132,28 @@ class FFmpegCaps:
             return self.missing("dump_extra", "every encode")
         return None
 
+    _FILTERS = ("psnr", "ssim", "xpsnr", "libvmaf")
+
     def missing(self, feature: str, needed_for: str) -> str:
-        spelt = feature if feature in ("setts", "dump_extra") or " " in feature else "-" + feature
-        kind = "the bitstream filter " if feature in ("setts", "dump_extra") else ""
+        spelt = feature if feature in ("setts", "dump_extra") or " " in feature or feature in self._FILTERS \
+            else "-" + feature
+        kind = ("the bitstream filter " if feature in ("setts", "dump_extra")
+                else "the filter " if feature in self._FILTERS else "")
         return (f"this ffmpeg ({self.version}) lacks {kind}{spelt}, needed for {needed_for}; "
                 f"ffmpeg {SINCE.get(feature, '?')} and newer have it")
 
     def to_json(self) -> dict[str, object]:
         return {"path": self.path, "version": self.version, "passthrough": " ".join(self.passthrough),
                 "enc_time_base": self.enc_time_base, "display_rotation": self.display_rotation,
-                "readrate": self.readrate, "adaptations": list(self.adaptations), "limits": list(self.limits)}
+                "readrate": self.readrate, "adaptations": list(self.adaptations), "limits": list(self.limits),
+                "metrics": self.metrics()}
+
+    def metrics(self) -> dict[str, str]:
+        """Each quality metric (``--target-quality``) with "yes" or why this ffmpeg cannot measure it."""
+        from montage_ray.quality import METRICS  # quality builds on caps, not the other way round
+
+        return {name: "yes" if self.has_filter(m.filter) else self.missing(m.filter, f"--target-quality {name}")
+                for name, m in METRICS.items()}
 
 
 def parse_version(text: str) -> tuple[str, int]:
@@ -150,6 +170,11 @@ def parse_version(text: str) -> tuple[str, int]:
 def parse_options(help_text: str) -> frozenset[str]:
     """Option names listed by ``ffmpeg -h full`` (``-fps_mode[:<stream_spec>]`` on 7.0+ included)."""
     return frozenset(m.group(1) for m in _OPTION_LINE.finditer(help_text))
+
+
+def parse_filters(text: str) -> frozenset[str]:
+    """Filter names listed by ``ffmpeg -filters`` (three flag columns up to 6.x, two from 7.0)."""
+    return frozenset(m.group(1) for m in _FILTER_LINE.finditer(text))
 
 
 def _enc_time_base(ffmpeg: str, timeout: float) -> str | None:
@@ -176,12 +201,15 @@ def detect(ffmpeg: str, *, timeout: float = 30.0) -> FFmpegCaps:
     bsfs = frozenset(line.strip() for line in ffmpeg_cli.run([ffmpeg, "-hide_banner", "-bsfs"],
                                                              timeout=timeout).stdout.splitlines()[1:]
                      if line.strip())
+    filters = parse_filters(ffmpeg_cli.run([ffmpeg, "-hide_banner", "-filters"], timeout=timeout,
+                                           check=False).stdout)
     muxer_options: set[str] = set()
     for what in ("muxer=mp4", "muxer=segment", "demuxer=concat"):
         text = ffmpeg_cli.run([ffmpeg, "-hide_banner", "-h", what], timeout=timeout, check=False).stdout
         muxer_options |= {m.group(1) for m in re.finditer(r"^\s+-(\w+)\s", text, re.MULTILINE)}
     return FFmpegCaps(path=ffmpeg, version=version, major=major, options=options, bsfs=bsfs,
-                      muxer_options=frozenset(muxer_options), enc_time_base=_enc_time_base(ffmpeg, timeout))
+                      muxer_options=frozenset(muxer_options), enc_time_base=_enc_time_base(ffmpeg, timeout),
+                      filters=filters)
 
 
 _cache: dict[str, FFmpegCaps] = {}

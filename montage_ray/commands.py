@@ -15,7 +15,8 @@ actor passes its node's ffmpeg, the driver its own::
 The kinds: :func:`cut_command` and :func:`cut_lanes_command` (the source into segments, stream copy), :func:`encode_command` (one
 segment; the probe's test encode is the same command, :func:`probe_encode_command`), :func:`align_command`
 and :func:`join_command` (the join and mux), :func:`verify_command` (ffprobe counting the joined frames),
-:func:`segment_check_command` (an actor's check of its own output), :func:`structure_command` and
+:func:`segment_check_command` (an actor's check of its own output), :func:`quality_command` (an actor's
+measure of its segment against the source piece, for ``--target-quality``), :func:`structure_command` and
 :func:`join_windows_command` (the driver's checks of the joined file),
 :func:`test_clip_command` and :func:`tiny_time_base_command` (the probe's own runs).
 
@@ -365,6 +366,26 @@ def join_windows_command(ffprobe: str, path: str, windows: Sequence[tuple[float,
     return [ffprobe, "-v", "error", "-threads", str(threads or os.cpu_count() or 1), "-of", "json", "-select_streams",
             "v:0", "-read_intervals", intervals, "-count_frames", "-show_entries", "stream=nb_read_frames",
             file_url(path)]
+
+
+def quality_command(encoded: str, reference: str, *, caps: FFmpegCaps, metric_filter: str, pix_fmt: str,
+                    reference_filter: str | None = None, threads: int = 1) -> list[str]:
+    """Measure ``encoded`` against ``reference`` (an actor's segment against its source piece) with the
+    metric filter ``metric_filter`` (psnr, ssim, xpsnr, libvmaf); the score is in the summary line it prints
+    at level info (see :func:`montage_ray.quality.parse_score`).
+
+    Both start at time 0 and are converted to ``pix_fmt`` (the metric filters need one format on both
+    inputs); ``reference_filter`` (the job's frame fit) gives the reference the encoded size. A two-input
+    filter with a filter chain string on one input is written out as a ``-lavfi`` graph: ffmpeg-python would
+    need the chain taken apart into nodes.
+    """
+    fit = f"{reference_filter}," if reference_filter else ""
+    graph = (f"[0:v:0]setpts=PTS-STARTPTS,format={pix_fmt}[encoded];"
+             f"[1:v:0]{fit}setpts=PTS-STARTPTS,format={pix_fmt}[reference];"
+             f"[encoded][reference]{metric_filter}")
+    per_input = ["-noautorotate", "-threads", str(max(1, threads))]
+    return [*_globals(caps.path, loglevel="info"), *per_input, "-i", file_url(encoded), *per_input, "-i",
+            file_url(reference), "-lavfi", graph, "-f", "null", "-"]
 
 
 def test_clip_command(binary: str, path: str, *, size: str, frames: int) -> list[str]:

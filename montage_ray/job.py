@@ -71,7 +71,8 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
 
     ``options`` is an :class:`~montage_ray.options.EncodeOptions`; keyword arguments of the same names
     (``codec``, ``quality``, ``preset``, ``segment_seconds``, ``address``, ``overwrite``, ``report``,
-    ``timeline``, ``workers``, ``verify``, ``profile``, ``encoders_config``, ``labels``) change it for this
+    ``timeline``, ``workers``, ``verify``, ``profile``, ``encoders_config``, ``labels``, ``target_quality``,
+    ``measure``) change it for this
     call. ``progress`` follows the job: a :class:`~montage_ray.progress.ProgressListener` (such as
     :class:`~montage_ray.progress.ProgressPrinter`) or ``callback(done, total, result)``. Raises
     :class:`~montage_ray.errors.MontageError` subclasses; the destination is only written once the joined
@@ -159,7 +160,7 @@ def job_settings(media: MediaInfo, opts: EncodeOptions, fit: FrameFit, job_id: s
     preset, the source's video facts and the frame fit (:func:`~montage_ray.plan.fit_frame`)."""
     preset = PROFILE_PRESETS.get(opts.profile, opts.preset)
     return JobSettings(codec=opts.codec, quality=opts.quality, preset=preset, video=media.video, job_id=job_id,
-                       frame_filter=fit.filter, verify=opts.verify)
+                       frame_filter=fit.filter, verify=opts.verify, target=opts.target())
 
 
 def route_job(media: MediaInfo, job: ValidJob) -> Route:

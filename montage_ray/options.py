@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from montage_ray.backends import CODECS, PRESETS
+from montage_ray.caps import ffmpeg_caps
 from montage_ray.config import LabelConfig, check_config_for_codec, load_encoders_config
 from montage_ray.errors import InputError
 from montage_ray.join import container_for
+from montage_ray.quality import Target, parse_measure, parse_target, require
 from montage_ray.routing import PROFILES
 
 VERIFY_MODES = ("decode", "packets")
@@ -49,6 +51,8 @@ class EncodeOptions:
     encoders_config: PathLike | None = None  # encoders YAML (see montage_ray.config)
     labels: tuple[str, ...] | None = None   # use only these resource labels
     allow_dv_loss: bool = False             # encode a Dolby Vision source, dropping its RPU (else refused)
+    target_quality: str | None = None       # "METRIC:VALUE[:TOL]": each segment measured, re-encoded to reach it
+    measure: str | None = None              # "METRIC": each segment measured and its score reported, no re-encode
 
     def __post_init__(self) -> None:
         if self.labels is not None and not isinstance(self.labels, tuple):
@@ -82,11 +86,24 @@ class EncodeOptions:
             raise InputError(f"labels must be resource label names, not {self.labels!r}")
         if self.timeline is not None and not os.fspath(self.timeline).lower().endswith(".png"):
             raise InputError(f"timeline {os.fspath(self.timeline)!r} must be a .png file")
+        if self.target_quality is not None and self.measure is not None:
+            raise InputError("--target-quality measures every segment already: give it or --measure, not both")
+        self.target()
+
+    def target(self) -> Target | None:
+        """The quality target (``target_quality``) or metric to measure (``measure``), parsed; None for neither."""
+        if self.target_quality is not None:
+            return parse_target(self.target_quality)
+        if self.measure is not None:
+            return parse_measure(self.measure)
+        return None
 
     def validate(self, src: PathLike, dst: PathLike) -> "ValidJob":
         """Check everything once: the options, the encoders config, the source, the destination and the
         extra files; return the job's resolved paths. Raises InputError (one line) for the first problem."""
         self.check_values()
+        if self.target() is not None:  # a metric this ffmpeg lacks: one line, before any encode
+            require(self.target(), ffmpeg_caps())
         config = load_encoders_config(self.encoders_config)
         check_config_for_codec(config, self.codec)  # extra_args vetted for the encoder that serves this codec
         source = check_source(src)

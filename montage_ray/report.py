@@ -1,4 +1,5 @@
-"""The job report: what was encoded, by whom, how fast, and where the time went.
+"""The job report: what was encoded, by whom, how fast, and where the time went (and, with a quality
+target, each segment's measured score, knob and tries: :meth:`JobReport.quality_summary`).
 
 :class:`JobReport` is what :func:`montage_ray.encode` returns; ``to_dict()`` is the ``--report`` JSON and
 :meth:`JobReport.summary` the table printed at the end of a CLI run::
@@ -121,4 +122,20 @@ class JobReport:
                                               f"{c['bytes'] / 1e9:.2f} GB)" for label, c in sorted(self.cost.items())))
         lines.extend(f"provider: {line}" for line in self.provider)
         lines.extend(f"hdr: {line}" for line in self.hdr)
+        quality_line = self.quality_summary()
+        if quality_line:
+            lines.append(quality_line)
         return "\n".join(lines)
+
+    def quality_summary(self) -> str:
+        """One line on the measured scores (``--target-quality``, ``--measure``): their spread over the
+        segments, the re-encodes and the time spent measuring and re-encoding ("" when nothing was measured)."""
+        scored = [s for s in self.segments if s.score is not None]
+        if not scored:
+            return ""
+        scores = [s.score for s in scored]
+        extra = sum(s.tries - 1 for s in scored)
+        spent = sum(s.quality_seconds for s in scored)
+        return (f"quality: {scored[0].metric} per segment {min(scores):.3f} to {max(scores):.3f} (spread "
+                f"{max(scores) - min(scores):.3f}); {extra} re-encodes, {spent:.1f} s measuring and re-encoding "
+                f"of {sum(s.seconds for s in scored):.1f} s encoding")

@@ -26,11 +26,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from montage_ray import commands, ffmpeg_cli, workdirs
+from montage_ray import commands, ffmpeg_cli, quality, workdirs
 from montage_ray import hdr as hdr_carry
 from montage_ray.caps import FFmpegCaps, ffmpeg_caps
 from montage_ray.backends import EncoderSpec
-from montage_ray.errors import EncoderError, FFmpegError
+from montage_ray.errors import EncoderError, FFmpegError, InputError
 from montage_ray.media import HdrInfo, VideoInfo
 from montage_ray.plan import Segment
 
@@ -59,6 +59,13 @@ class EncodeResult:
     started: float = 0.0    # wall-clock time (epoch seconds) the encode began on its node
     ffmpeg: str = ""        # version of the ffmpeg that encoded it (nodes may run different ones)
     hdr: str = ""           # HDR source only: "kept", or "lost: why" (see montage_ray.hdr)
+    # --- quality target (issue 14; see montage_ray.quality) ---
+    metric: str = ""        # the metric measured against the source piece ("" when none was asked)
+    score: float | None = None   # the kept encode's score
+    knob: str = ""          # the kept encode's knob, e.g. "-crf 24.5" ("" when the encoder has none)
+    tries: int = 1          # encodes made to reach the target (1: the first one was kept as it was)
+    tried: tuple[tuple[str, float], ...] = ()   # every try's (knob, score), in order
+    quality_seconds: float = 0.0  # time spent measuring and re-encoding after the first encode
 
     @property
     def fps(self) -> float:
@@ -158,6 +165,7 @@ class JobSettings:
     job_id: str = ""        # carried into the actors' log lines
     frame_filter: str | None = None  # plan.fit_frame's filter for sizes the encoders cannot take as they are
     verify: str = "packets"  # "decode": each actor decodes its own output in full (see check_encoded)
+    target: quality.Target | None = None  # --target-quality / --measure: each actor measures its segment
 
     @property
     def sar(self) -> str | None:
@@ -194,7 +202,8 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
                    actor: str = "", attempt: int = 1, should_stop: Callable[[], bool] | None = None,
                    on_progress: Callable[[int], None] | None = None, frame_filter: str | None = None,
                    decode: bool = False, threads: int = 1,
-                   caps: FFmpegCaps | None = None, hdr: HdrInfo | None = None) -> tuple[EncodeResult, bytes]:
+                   caps: FFmpegCaps | None = None, hdr: HdrInfo | None = None,
+                   target: quality.Target | None = None) -> tuple[EncodeResult, bytes]:
     """Encode one segment's packets (a NUT file's bytes) and return the result and the encoded MP4 bytes.
 
     The output is checked here (:func:`check_encoded`): its packet count, and with ``decode`` a full
@@ -208,6 +217,10 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
     those of the ffmpeg that encodes (default: this process's, :func:`montage_ray.caps.ffmpeg_caps`).
     ``hdr`` (the source's HDR facts) makes the encoder carry them (:func:`montage_ray.hdr.for_encoder`) and
     has the output's first frame checked for them: ``EncodeResult.hdr`` says "kept" or what was lost.
+    With ``target`` (:class:`~montage_ray.quality.Target`), the encoded segment is measured against the
+    piece (the source) and, outside the target's tolerance, encoded again with the encoder family's knob
+    moved (:func:`montage_ray.quality.next_value`); the try nearest the target is kept and the result says
+    its score, knob and how many tries it took.
     Raises :class:`EncoderError` when ffmpeg fails, crashes, hangs past ``timeout`` or writes a wrong
     number of frames; the error's message carries ffmpeg's last line and ``stderr`` its tail.
     """
@@ -237,27 +250,45 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
 
         caps = caps or ffmpeg_caps()
         spec, hdr_lost = hdr_carry.for_encoder(spec, hdr, caps)
-        try:
-            cmd = commands.encode_command(spec, src, dst, caps=caps, video_args=video_args,
-                                          sar=sar, progress=progress_path, frame_filter=frame_filter,
-                                          keep=segment.keep)
-        except EncoderError as err:  # this ffmpeg lacks what the command needs: no retry will help here
+        try:  # a metric this node's ffmpeg lacks fails the segment here, before encoding: never a silent skip
+            quality.require(target, caps)
+        except InputError as err:
             raise failed(str(err), "failed", "") from None
-        try:
-            done = ffmpeg_cli.run(cmd, timeout=timeout, env=spec.env or None, should_stop=poll)
-        except ffmpeg_cli.Cancelled as err:
-            raise failed(str(err), "cancelled", err.stderr) from None
-        except FFmpegError as err:
-            reason = "timeout" if err.timed_out else ("crash" if (err.returncode or 0) < 0 else "failed")
-            raise failed(str(err), reason, err.stderr) from None
-        wrong = check_encoded(dst, segment.frames, decode=decode, threads=threads,
-                              timeout=max(60.0, timeout / 2)) if os.path.exists(dst) else "wrote no file"
-        if wrong:
-            given = count_packets(src)
-            if given != segment.packets:
-                raise failed(f"was given {given} packets instead of {segment.packets} (the cut went wrong)",
-                             "bad-input", done.stderr)
-            raise failed(wrong, "frame-count", done.stderr)
+
+        def encode_to(spec_now: EncoderSpec, out: str) -> ffmpeg_cli.Completed:
+            try:
+                cmd = commands.encode_command(spec_now, src, out, caps=caps, video_args=video_args,
+                                              sar=sar, progress=progress_path, frame_filter=frame_filter,
+                                              keep=segment.keep)
+            except EncoderError as err:  # this ffmpeg lacks what the command needs: no retry will help here
+                raise failed(str(err), "failed", "") from None
+            try:
+                done = ffmpeg_cli.run(cmd, timeout=timeout, env=spec_now.env or None, should_stop=poll)
+            except ffmpeg_cli.Cancelled as err:
+                raise failed(str(err), "cancelled", err.stderr) from None
+            except FFmpegError as err:
+                reason = "timeout" if err.timed_out else ("crash" if (err.returncode or 0) < 0 else "failed")
+                raise failed(str(err), reason, err.stderr) from None
+            wrong = check_encoded(out, segment.frames, decode=decode, threads=threads,
+                                  timeout=max(60.0, timeout / 2)) if os.path.exists(out) else "wrote no file"
+            if wrong:
+                given = count_packets(src)
+                if given != segment.packets:
+                    raise failed(f"was given {given} packets instead of {segment.packets} (the cut went wrong)",
+                                 "bad-input", done.stderr)
+                raise failed(wrong, "frame-count", done.stderr)
+            return done
+
+        done = encode_to(spec, dst)
+        tuning: dict = {}
+        if target is not None:
+            # the reference is the piece's kept frames (a segment cut between keyframes drops its first ones)
+            # at the encoded size
+            reference = ",".join(f for f in (commands.keep_filter(segment.keep) if segment.keep else None,
+                                              frame_filter) if f) or None
+            dst, done, tuning = _reach_target(target, spec, dst, done, encode_to, tmp, lambda path: quality.measure(
+                target, path, src, caps=caps, pix_fmt=_option(video_args, "-pix_fmt") or _PIX_FMT_8BIT,
+                reference_filter=reference, threads=threads, timeout=timeout), failed)
         frames = segment.frames
         if hdr is not None and not hdr_lost:
             hdr_lost = hdr_carry.check_output(dst, hdr)
@@ -270,8 +301,45 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
         seconds=time.monotonic() - started, encoder=spec.label, backend=spec.backend,
         resource=spec.resource, standin=spec.is_standin, node=socket.gethostname(), actor=actor,
         attempt=attempt, stderr=done.stderr[-2000:], started=started_at, ffmpeg=caps.version,
-        hdr="" if hdr is None else (hdr_carry.LOST + hdr_lost if hdr_lost else "kept"))
+        hdr="" if hdr is None else (hdr_carry.LOST + hdr_lost if hdr_lost else "kept"), **tuning)
     return result, encoded
+
+
+def _option(args: Sequence[str], name: str) -> str | None:
+    """The value of option ``name`` in an argument list (None when it is not there)."""
+    args = list(args)
+    return args[args.index(name) + 1] if name in args[:-1] else None
+
+
+def _reach_target(target: quality.Target, spec: EncoderSpec, first: str, done: ffmpeg_cli.Completed,
+                  encode_to: Callable[[EncoderSpec, str], ffmpeg_cli.Completed], tmp: str,
+                  measure: Callable[[str], float], failed: Callable[[str, str, str], Exception]
+                  ) -> tuple[str, ffmpeg_cli.Completed, dict]:
+    """Measure the first encode; while it misses ``target``, encode again with the knob moved (at most
+    ``target.tries`` encodes); return the kept file, its ffmpeg run and the result's quality fields."""
+    started = time.monotonic()
+
+    def scored(path: str) -> float:
+        try:
+            return measure(path)
+        except (FFmpegError, InputError) as err:  # InputError: this node's ffmpeg lacks the metric
+            raise failed(f"measuring {target.metric}: {err}", "failed", getattr(err, "stderr", "")) from None
+
+    knob = quality.knob_for(spec)
+    runs, paths = [done], [first]
+    if knob is None:
+        score = scored(first)
+        return first, done, {"metric": target.metric, "score": score, "tried": (("", score),),
+                             "quality_seconds": time.monotonic() - started}
+    tried = [(quality.current_value(knob, spec.quality_args), scored(first))]
+    while (value := quality.next_value(knob, target, tried)) is not None:
+        paths.append(os.path.join(tmp, f"out-{len(paths)}.mp4"))
+        runs.append(encode_to(quality.with_knob(spec, knob, value), paths[-1]))
+        tried.append((value, scored(paths[-1])))
+    kept = quality.best(target, tried)
+    return paths[kept], runs[kept], {
+        "metric": target.metric, "score": tried[kept][1], "knob": knob.shown(tried[kept][0]), "tries": len(tried),
+        "tried": tuple((knob.shown(v), s) for v, s in tried), "quality_seconds": time.monotonic() - started}
 
 
 class SegmentEncodeError(EncoderError):

@@ -4,7 +4,9 @@ CPU stand-ins of different speeds (they say so in every report line).
 
     .venv/bin/python scripts/simulate_cluster.py SRC DST [--report R.json] [--timeline T.png] [--kill-node]
                                                  [--real LABEL] [--labels L1,L2] [--segment-seconds S]
-                                                 [--paid-nvenc] [--quota-after N]
+                                                 [--paid-nvenc] [--quota-after N] [--preset-spread]
+                                                 [--target-quality METRIC:VALUE[:TOL]] [--measure METRIC]
+                                                 [--compare-target METRIC:VALUE[:TOL]]
 
 Nodes (all bound to 127.0.0.1): a head with CPU slots, and one node each labelled ``vaapi``, ``nvenc`` and
 ``nvmpi``. Each label is served by libx264 throttled to a fixed multiple of realtime (``-readrate``), so
@@ -15,6 +17,11 @@ label, encoder and node.
 ``--paid-nvenc`` makes ``nvenc`` the paid cloud GPU (remote, priced, with a monthly budget);
 ``--quota-after N`` (simulation only) makes each of its stand-in actors refuse its (N+1)-th segment the way
 a real NVENC at its session limit does: the job must end exact on the local encoders.
+
+``--preset-spread`` gives the stand-ins unlike presets (:data:`PRESET_SPREAD`), so that their segments differ
+in quality at one ``--quality`` as different hardware's do; with ``--measure psnr`` the report shows that
+spread, with ``--target-quality psnr:34`` how far a quality target closes it; ``--compare-target psnr:34``
+runs both jobs in one cluster and prints the two spreads and the extra encode time.
 """
 
 from __future__ import annotations
@@ -39,6 +46,13 @@ DEFAULT_LAYOUT = {
     "nvenc": ({"nvenc": 2}, {"backend": "cpu", "standin": True, "readrate": 8, "preset": "ultrafast"}),
     "nvmpi": ({"nvmpi": 1}, {"backend": "cpu", "standin": True, "readrate": 3, "preset": "ultrafast"}),
 }
+
+
+#: Presets per label for ``--preset-spread``: stand-ins of unlike quality per bit at one ``--quality``, as
+#: different hardware is (on noisy 320x240 at CRF 23, x264 ultrafast gives about 35.0 dB PSNR, superfast
+#: 33.6, veryfast 32.4 and medium 32.9; ultrafast for 2.4x the bytes): what ``--target-quality`` evens out.
+#: The fastest label (nvenc, two sessions) differs most from the others, so that any job shows the spread.
+PRESET_SPREAD = {"nvenc": "ultrafast", "vaapi": "veryfast", "nvmpi": "superfast", "cpu": "medium"}
 
 
 def start_cluster(layout: dict, head_cpus: int = 1):
@@ -85,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="nvenc is the paid cloud GPU: remote, $0.60/h + $0.09/GB, $10 a month")
     ap.add_argument("--quota-after", type=int, default=None, metavar="N",
                     help="SIMULATION ONLY: each nvenc stand-in refuses new segments after N (provider quota)")
+    ap.add_argument("--preset-spread", action="store_true",
+                    help="give the stand-ins the unlike presets of PRESET_SPREAD (ultrafast .. veryfast)")
+    ap.add_argument("--target-quality", default=None, metavar="METRIC:VALUE[:TOL]",
+                    help="as montage-ray encode's (each segment measured and re-encoded to reach it)")
+    ap.add_argument("--measure", default=None, metavar="METRIC", help="as montage-ray encode's")
+    ap.add_argument("--compare-target", default=None, metavar="METRIC:VALUE[:TOL]",
+                    help="two jobs in one cluster: DST measured with METRIC (no target), then DST.target.EXT "
+                         "(report R.target.json) with the target; prints both spreads and encode times")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
 
@@ -105,7 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quota_after is not None and "nvenc" in standins:
         resources, spec = standins["nvenc"]
         standins["nvenc"] = (resources, {**spec, "standin_quota_after": args.quota_after})
-    write_config(standins, {"readrate": args.cpu_readrate, "preset": "ultrafast"}, config)
+    cpu_preset = "ultrafast"
+    if args.preset_spread:
+        standins = {label: (resources, {**spec, "preset": PRESET_SPREAD[label]})
+                    for label, (resources, spec) in standins.items()}
+        cpu_preset = PRESET_SPREAD["cpu"]
+    write_config(standins, {"readrate": args.cpu_readrate, "preset": cpu_preset}, config)
     killed: list[float] = []
 
     def progress(done: int, total: int, result) -> None:
@@ -117,10 +144,19 @@ def main(argv: list[str] | None = None) -> int:
             threading.Thread(target=cluster.remove_node, args=(nodes["vaapi"],), daemon=True).start()
             print("removing the vaapi node now", flush=True)
 
+    jobs = [(args.dst, args.report, {"target_quality": args.target_quality, "measure": args.measure})]
+    if args.compare_target:
+        jobs = [(args.dst, args.report, {"measure": args.compare_target.split(":")[0]}),
+                (_suffixed(args.dst, ".target"), args.report and _suffixed(args.report, ".target"),
+                 {"target_quality": args.compare_target})]
+    reports = []
     try:
-        report = encode(args.src, args.dst, encoders_config=config, report=args.report, progress=progress,
-                        timeline=args.timeline, labels=args.labels.split(",") if args.labels else None,
-                        segment_seconds=args.segment_seconds, overwrite=args.overwrite)
+        for dst, report_path, quality_options in jobs:
+            reports.append(encode(args.src, dst, encoders_config=config, report=report_path, progress=progress,
+                                  timeline=args.timeline if len(reports) == 0 else None,
+                                  labels=args.labels.split(",") if args.labels else None,
+                                  segment_seconds=args.segment_seconds, overwrite=args.overwrite,
+                                  **quality_options))
     except MontageError as err:
         print(f"simulate_cluster: error: {err}", file=sys.stderr)
         return err.exit_code
@@ -129,22 +165,43 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
         cluster.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(report.summary())
-    for line in report.route:
-        print("route:", line)
-    for f in report.failures:
-        print(f"failure: segment {f.segment} attempt {f.attempt} on {f.actor}: {f.reason}: {f.message}")
-    for line in report.provider:
-        print("provider:", line)
-    print(f"wrote {args.dst}" + (f" and {args.report}" if args.report else ""))
-    if args.report:
-        with open(args.report, encoding="utf-8") as fh:
-            data = json.load(fh)
-        data["simulation"] = {"layout": {k: v[1] for k, v in standins.items()}, "real": args.real,
-                              "killed_node": bool(killed)}
-        with open(args.report, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
+    for (dst, report_path, _), report in zip(jobs, reports):
+        print(report.summary())
+        for line in report.route:
+            print("route:", line)
+        for f in report.failures:
+            print(f"failure: segment {f.segment} attempt {f.attempt} on {f.actor}: {f.reason}: {f.message}")
+        for line in report.provider:
+            print("provider:", line)
+        print(f"wrote {dst}" + (f" and {report_path}" if report_path else ""))
+        if report_path:
+            with open(report_path, encoding="utf-8") as fh:
+                data = json.load(fh)
+            data["simulation"] = {"layout": {k: v[1] for k, v in standins.items()}, "real": args.real,
+                                  "killed_node": bool(killed)}
+            with open(report_path, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=2)
+    if args.compare_target:
+        print(compare_line(reports[0], reports[1]))
     return 0
+
+
+def _suffixed(path: str, suffix: str) -> str:
+    stem, ext = os.path.splitext(path)
+    return stem + suffix + ext
+
+
+def compare_line(without, with_target) -> str:
+    """The spread of per-segment scores without and with the target, and what the target cost in encoding."""
+    def facts(report):
+        scores = [s.score for s in report.segments if s.score is not None]
+        return (max(scores) - min(scores) if scores else float("nan"), sum(s.seconds for s in report.segments),
+                sum(s.tries - 1 for s in report.segments), report.wall_seconds)
+
+    (s0, e0, _, w0), (s1, e1, r1, w1) = facts(without), facts(with_target)
+    return (f"compare: spread without a target {s0:.3f}, with {s1:.3f} ({s1 / s0 if s0 else float('nan'):.2f}x); "
+            f"segment encode seconds {e0:.1f} -> {e1:.1f} ({e1 / e0 if e0 else float('nan'):.2f}x, {r1} re-encodes); "
+            f"job wall {w0:.1f} s -> {w1:.1f} s")
 
 
 if __name__ == "__main__":

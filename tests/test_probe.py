@@ -268,8 +268,8 @@ def test_cli_table_json_resources_and_explain(capsys, tmp_path):
 
 _PROLOGUE = r"""#!/bin/bash
 # A fake ffmpeg: lists ENCODERS, makes the probe's test clip, then does what the scenario says. What the
-# build can do (version, options, bitstream filters, the one-frame time-base run) the real ffmpeg answers.
-case " $* " in *" -version "*|*" -h "*|*" -bsfs "*|*"color=s=16x16"*) exec REAL_FFMPEG "$@";; esac
+# build can do (version, options, bitstream filters, filters, the one-frame time-base run) the real ffmpeg answers.
+case " $* " in *" -version "*|*" -h "*|*" -bsfs "*|*" -filters "*|*"color=s=16x16"*) exec REAL_FFMPEG "$@";; esac
 printf '%s\n' "LIBVA_DRIVER_NAME=${LIBVA_DRIVER_NAME:-} $*" >> "$(dirname "$0")/calls.log"
 if [ "${1:-}" = "-hide_banner" ] && [ "${2:-}" = "-encoders" ]; then
   printf 'Encoders:\n V..... = Video\n ------\n'

@@ -37,6 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="at most N encoder actors (default: one per CPU)")
     p.add_argument("--verify", choices=VERIFY_MODES, default="decode",
                    help="how to verify the output before writing it (default: decode every frame)")
+    p.add_argument("--target-quality", metavar="METRIC:VALUE[:TOL]", default=None,
+                   help="measure each segment against the source and re-encode it until it reaches this score "
+                        "(psnr:42, ssim:0.98, xpsnr:40 on ffmpeg 7.1+, vmaf:93 where ffmpeg has libvmaf; "
+                        "default tolerance 0.5 dB, 0.005, 1)")
+    p.add_argument("--measure", metavar="METRIC", default=None,
+                   help="measure each segment against the source and report its score (no re-encode)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace DST, and the --report and --timeline files, if they exist")
     p.add_argument("--report", metavar="R.json", default=None, help="write the job report as JSON")
@@ -59,7 +65,8 @@ def options_from_args(args: argparse.Namespace) -> EncodeOptions:
                          report=args.report, timeline=args.timeline, workers=args.workers, verify=args.verify,
                          profile=args.profile, encoders_config=args.encoders_config,
                          allow_dv_loss=args.allow_dv_loss,
-                         labels=tuple(x for x in args.labels.split(",") if x) if args.labels else None)
+                         labels=tuple(x for x in args.labels.split(",") if x) if args.labels else None,
+                         target_quality=args.target_quality, measure=args.measure)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -101,4 +101,8 @@ def table(node: NodeProbe) -> str:
     for name, codecs in node.hdr_support().items():
         for codec, verdict in codecs.items():
             lines.append(f"hdr: {name} {codec}: HDR10 metadata {verdict}")
+    if node.caps:  # what --target-quality / --measure can use here, and why not the others
+        metrics = node.caps.metrics()
+        lines.append("quality metrics: " + (", ".join(n for n, why in metrics.items() if why == "yes") or "none"))
+        lines += [f"quality metric {name}: {why}" for name, why in metrics.items() if why != "yes"]
     return "\n".join(lines)

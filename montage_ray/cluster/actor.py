@@ -102,7 +102,8 @@ class EncoderActor:
                                              frame_filter=settings.frame_filter,
                                              decode=settings.verify == "decode", threads=threads,
                                              caps=ffmpeg_caps(),  # this node's ffmpeg, asked once per process
-                                             hdr=settings.video.hdr)  # carried and checked (montage_ray.hdr)
+                                             hdr=settings.video.hdr,  # carried and checked (montage_ray.hdr)
+                                             target=settings.target)  # --target-quality / --measure
         except SegmentEncodeError as err:
             log.warning("job %s segment %d attempt %d failed on %s: %s", settings.job_id, segment.index, attempt,
                         self._name, err)
