@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from montage_ray.backends import CODECS, PRESETS
+from montage_ray.cache import CACHE_DIRNAME
 from montage_ray.config import LabelConfig, check_config_for_codec, load_encoders_config
 from montage_ray.errors import InputError
 from montage_ray.join import container_for
@@ -48,6 +49,10 @@ class EncodeOptions:
     profile: str = "standard"               # fast, standard, master
     encoders_config: PathLike | None = None  # encoders YAML (see montage_ray.config)
     labels: tuple[str, ...] | None = None   # use only these resource labels
+    # --- resume (issue 12 part 1): see montage_ray.cache ---
+    cache: bool = True                      # reuse and keep verified segments across runs (--no-cache: False)
+    cache_dir: PathLike | None = None       # None: .montage-ray.cache beside DST
+    keep_cache: bool = False                # keep this job's cached segments after a successful publish
 
     def __post_init__(self) -> None:
         if self.labels is not None and not isinstance(self.labels, tuple):
@@ -81,6 +86,8 @@ class EncodeOptions:
             raise InputError(f"labels must be resource label names, not {self.labels!r}")
         if self.timeline is not None and not os.fspath(self.timeline).lower().endswith(".png"):
             raise InputError(f"timeline {os.fspath(self.timeline)!r} must be a .png file")
+        if not self.cache and (self.cache_dir is not None or self.keep_cache):
+            raise InputError(f"--no-cache contradicts --{'cache-dir' if self.cache_dir is not None else 'keep-cache'}")
 
     def validate(self, src: PathLike, dst: PathLike) -> "ValidJob":
         """Check everything once: the options, the encoders config, the source, the destination and the
@@ -95,8 +102,12 @@ class EncodeOptions:
             extras[what] = None if path is None else check_extra(what, path, overwrite=self.overwrite,
                                                                  taken={"input": source, "output": target,
                                                                         **{k: v for k, v in extras.items() if v}})
+        cache = None
+        if self.cache:
+            cache = (check_cache_dir(self.cache_dir, taken={"input": source, "output": target})
+                     if self.cache_dir is not None else os.path.join(os.path.dirname(target), CACHE_DIRNAME))
         return ValidJob(options=self, source=source, target=target, container=container_for(target),
-                        report=extras["report"], timeline=extras["timeline"], config=config)
+                        report=extras["report"], timeline=extras["timeline"], config=config, cache=cache)
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,7 @@ class ValidJob:
     report: str | None = None
     timeline: str | None = None
     config: dict[str, LabelConfig] = field(default_factory=dict)
+    cache: str | None = None                # the segment cache's folder; None with --no-cache
 
 
 def check_source(path: PathLike) -> str:
@@ -180,4 +192,24 @@ def check_extra(what: str, path: PathLike, *, overwrite: bool, taken: dict[str, 
             raise InputError(f"{what} {text!r} is the same file as the {role}")
     if os.path.lexists(absolute) and not overwrite:
         raise InputError(f"{what} {text!r} already exists (pass --overwrite to replace it)")
+    return absolute
+
+
+def check_cache_dir(path: PathLike, *, taken: dict[str, str]) -> str:
+    """Absolute path of a ``--cache-dir``: a folder we can write in, or one we can make (its nearest
+    existing parent is a writable folder); never one of the job's files."""
+    text = os.fspath(path)
+    absolute = os.path.abspath(os.path.expanduser(text))
+    for role, other in taken.items():
+        if _same_file(absolute, other):
+            raise InputError(f"cache folder {text!r} is the same file as the {role}")
+    existing = absolute
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise InputError(f"cache folder {text!r} is not a folder" if existing == absolute
+                         else f"cache folder {text!r} cannot be made: {existing!r} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"cache folder {text!r} is not writable" if existing == absolute
+                         else f"cache folder {text!r} cannot be made in {existing!r}: not writable")
     return absolute

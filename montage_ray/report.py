@@ -60,6 +60,7 @@ class JobReport:
     # --- cost and budget (issue 15) ---
     cost: dict[str, dict] = field(default_factory=dict)    # paid label -> {cost, currency, seconds, bytes, ...}
     provider: list[str] = field(default_factory=list)      # what providers refused, and what was done about it
+    segments_reused: int = 0                               # taken from the segment cache (an earlier run's)
 
     @property
     def speed(self) -> float:
@@ -119,4 +120,7 @@ class JobReport:
             lines.append("cost: " + ", ".join(f"{label} {money(c['cost'], c['currency'])} ({c['seconds']:.0f} s, "
                                               f"{c['bytes'] / 1e9:.2f} GB)" for label, c in sorted(self.cost.items())))
         lines.extend(f"provider: {line}" for line in self.provider)
+        if self.segments_reused:
+            lines.append(f"reused: {self.segments_reused} of {len(self.segments)} segments, encoded and verified "
+                         "by an earlier run (segment cache)")
         return "\n".join(lines)

@@ -57,6 +57,7 @@ class EncodeResult:
     stderr: str = field(default="", repr=False)
     started: float = 0.0    # wall-clock time (epoch seconds) the encode began on its node
     ffmpeg: str = ""        # version of the ffmpeg that encoded it (nodes may run different ones)
+    reused: bool = False    # taken from the segment cache (montage_ray.cache): encoded by an earlier run
 
     @property
     def fps(self) -> float:

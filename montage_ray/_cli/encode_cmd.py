@@ -42,6 +42,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", metavar="R.json", default=None, help="write the job report as JSON")
     p.add_argument("--timeline", metavar="T.png", default=None,
                    help="draw who encoded what and when (one row per encoder, a bar per attempt) as PNG")
+    p.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="keep verified segments here, so that a killed job run again encodes only the rest "
+                        "(default: .montage-ray.cache beside DST)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="neither reuse nor keep encoded segments across runs")
+    p.add_argument("--keep-cache", action="store_true",
+                   help="keep this job's segments in the cache after DST was written (for later jobs)")
     p.add_argument("--quiet", action="store_true",
                    help="print nothing but errors (no progress bar, no summary)")
     p.add_argument("--verbose", action="store_true",
@@ -55,7 +62,8 @@ def options_from_args(args: argparse.Namespace) -> EncodeOptions:
                          segment_seconds=args.segment_seconds, address=args.address, overwrite=args.overwrite,
                          report=args.report, timeline=args.timeline, workers=args.workers, verify=args.verify,
                          profile=args.profile, encoders_config=args.encoders_config,
-                         labels=tuple(x for x in args.labels.split(",") if x) if args.labels else None)
+                         labels=tuple(x for x in args.labels.split(",") if x) if args.labels else None,
+                         cache=not args.no_cache, cache_dir=args.cache_dir, keep_cache=args.keep_cache)
 
 
 def run(args: argparse.Namespace) -> int:
