@@ -43,6 +43,7 @@ import time
 from typing import Any, Iterable, Sequence
 
 from montage_ray import files
+from montage_ray.errors import FFmpegError
 from montage_ray.plan import Segment
 from montage_ray.segment_encode import EncodeResult, count_packets
 
@@ -150,7 +151,11 @@ class SegmentCache:
             self._forget(key)
             return None
         # checked on the copy the job will join: what was counted is what is used
-        if entry.get("packets") != segment.frames or count_packets(dest) != segment.frames:
+        try:
+            packets = count_packets(dest)
+        except FFmpegError:
+            packets = -1
+        if entry.get("packets") != segment.frames or packets != segment.frames:
             log.warning("cached piece of segment %d is damaged; encoding it again", segment.index)
             os.unlink(dest)
             self._forget(key)
