@@ -107,6 +107,8 @@ class SegmentCache:
         self._base = _digest({"format": FORMAT, "source": source, "settings": settings})
         self.broken = False      # a store failed (disk full, permissions): the job goes on without storing
         self.stored = 0
+        self._mine: list[str] = []          # keys this object stored (see discard)
+        self._plans: list[str] = []         # plan files it wrote
 
     # -- names --------------------------------------------------------------------------------------
     def key(self, segment: Segment) -> str:
@@ -198,6 +200,7 @@ class SegmentCache:
             if plan is not None and self.stored == 0:
                 plan_key, segments = plan
                 self._write_json(self._plan_file(plan_key), [dataclasses.asdict(s) for s in segments])
+                self._plans.append(self._plan_file(plan_key))
             name = f"{key}-{secrets.token_hex(4)}.mp4"
             tmp = os.path.join(self.folder, f".{name}.tmp-{os.getpid()}")
             try:
@@ -220,6 +223,7 @@ class SegmentCache:
                         segment.index, err.strerror or err)
             return False
         self.stored += 1
+        self._mine.append(key)
         return True
 
     def _write_json(self, path: str, value: Any) -> None:
@@ -247,6 +251,18 @@ class SegmentCache:
             os.rmdir(self.folder)
         except OSError:
             pass  # not empty (another job's entries), or not there
+
+    def discard(self) -> None:
+        """Remove what this object stored (its pieces and plan), then the folder if empty: for a job that
+        stopped on a full disk, whose pieces would hold the space the user must free."""
+        for key in self._mine:
+            self._forget(key)
+        for path in self._plans:
+            _remove(path)
+        try:
+            os.rmdir(self.folder)
+        except OSError:
+            pass
 
     def prune(self, now: float | None = None) -> list[str]:
         """Remove entries older than :data:`MAX_AGE_SECONDS` (by the sidecar's time) and temporary files of

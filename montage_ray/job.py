@@ -140,6 +140,8 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
     except (OSError, FFmpegError, EncoderError, VerificationError) as err:
         full = workdirs.disk_full_error(folder, err)  # a full disk: one line, exit 4, not a traceback
         if full is not None:
+            if cache is not None:
+                cache.discard()  # what it kept would hold the space to be freed
             raise full from None
         raise
     finally:
