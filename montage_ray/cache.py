@@ -107,7 +107,7 @@ class SegmentCache:
         self._base = _digest({"format": FORMAT, "source": source, "settings": settings})
         self.broken = False      # a store failed (disk full, permissions): the job goes on without storing
         self.stored = 0
-        self._mine: list[str] = []          # keys this object stored (see discard)
+        self._mine: list[str] = []          # keys this object stored or took (see discard)
         self._plans: list[str] = []         # plan files it wrote
 
     # -- names --------------------------------------------------------------------------------------
@@ -165,10 +165,12 @@ class SegmentCache:
         fields = {f.name for f in dataclasses.fields(EncodeResult)}
         result = {k: v for k, v in entry.get("result", {}).items() if k in fields}
         try:
-            return EncodeResult(**{**result, "segment": segment.index, "started": 0.0, "reused": True})
+            reused = EncodeResult(**{**result, "segment": segment.index, "started": 0.0, "reused": True})
         except TypeError:
             os.unlink(dest)
             return None
+        self._mine.append(key)
+        return reused
 
     def plan(self, plan_key: Any, packets: int) -> list[Segment] | None:
         """The segments an earlier run of this job cut at (for the same ``plan_key``: the segment length
@@ -253,8 +255,9 @@ class SegmentCache:
             pass  # not empty (another job's entries), or not there
 
     def discard(self) -> None:
-        """Remove what this object stored (its pieces and plan), then the folder if empty: for a job that
-        stopped on a full disk, whose pieces would hold the space the user must free."""
+        """Remove what this object stored or took (pieces and plan), then the folder if empty: for a job that
+        stopped on a full disk (its pieces would hold the space the user must free) or whose joined file
+        failed verification (a re-run must not take the same pieces again)."""
         for key in self._mine:
             self._forget(key)
         for path in self._plans:

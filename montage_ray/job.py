@@ -15,6 +15,10 @@ file is ever renamed to the destination::
     report = encode("input.mp4", "output.mp4", codec="h264", quality=23)
     report = encode("input.mp4", "output.mp4", EncodeOptions(codec="hevc", report="out.json"))
     print(report.summary())
+
+A segment that an interrupted run of the same job encoded and verified is taken from the segment cache at
+plan time (:mod:`montage_ray.cache`: :func:`reuse_segments`); only the others are encoded, each kept there as
+it lands, and the job's entries are cleared once the destination is published.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
     :class:`~montage_ray.progress.ProgressPrinter`) or ``callback(done, total, result)``. Raises
     :class:`~montage_ray.errors.MontageError` subclasses; the destination is only written once the joined
     file has been verified, and no existing file is replaced without ``overwrite``.
+    ``cache``, ``cache_dir`` and ``keep_cache``: see :mod:`montage_ray.cache`.
     """
     clock = _Clock()
     job = (options or EncodeOptions()).replace(**kwargs).validate(src, dst)      # validate
@@ -139,9 +144,9 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
             cache.clear(segments, opts.segment_seconds)
     except (OSError, FFmpegError, EncoderError, VerificationError) as err:
         full = workdirs.disk_full_error(folder, err)  # a full disk: one line, exit 4, not a traceback
+        if cache is not None and (full is not None or isinstance(err, VerificationError)):
+            cache.discard()  # its pieces would hold the space to free, or be taken again by a re-run
         if full is not None:
-            if cache is not None:
-                cache.discard()  # what it kept would hold the space to be freed
             raise full from None
         raise
     finally:
