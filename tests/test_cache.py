@@ -87,6 +87,20 @@ def test_a_damaged_piece_is_not_trusted_and_is_removed(piece, tmp_path):
     assert not (tmp_path / "back.mp4").exists() and _entries(folder) == []
 
 
+def test_discard_removes_what_the_job_stored_or_took_and_nothing_else(piece, tmp_path):
+    path, seg, result = piece
+    folder = tmp_path / "c"
+    other = Segment(**{**seg.__dict__, "index": 1, "first_packet": 180, "end_packet": 360})
+    SegmentCache(str(folder), SOURCE, {}).store(seg, result, str(path), maker=CPU, verified="decode")
+    SegmentCache(str(folder), SOURCE, {"another": "job"}).store(other, result, str(path), maker=CPU,
+                                                                 verified="decode")
+    rerun = SegmentCache(str(folder), SOURCE, {})
+    assert rerun.take(seg, str(tmp_path / "back.mp4"), makers={CPU}, verify="decode") is not None
+    rerun.discard()  # (its joined file failed verification)
+    assert rerun.take(seg, str(tmp_path / "again.mp4"), makers={CPU}, verify="decode") is None
+    assert len(_entries(folder)) == 1 and len(list(folder.glob("*.mp4"))) == 1  # the other job's entry
+
+
 def test_the_plan_of_an_earlier_run_is_kept_and_checked(piece, tmp_path):
     path, seg, result = piece
     cache = SegmentCache(str(tmp_path / "c"), SOURCE, {})
