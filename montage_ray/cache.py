@@ -55,6 +55,9 @@ CACHE_DIRNAME = ".montage-ray.cache"
 #: Bumped when an entry's layout or meaning changes: older entries are then simply not found.
 FORMAT = 1
 
+#: Hex digits of an entry's key (a sha256 prefix).
+KEY_LENGTH = 40
+
 #: Entries (and leftover temporary files) older than this are removed when a job opens the cache.
 MAX_AGE_SECONDS = 7 * 24 * 3600
 TMP_MAX_AGE_SECONDS = 3600
@@ -115,7 +118,7 @@ class SegmentCache:
         """The key of ``segment``'s piece: this cache's base and every field of the segment but its index
         (the packet range, its start and duration), so any plan that has the same range finds it."""
         fields = {k: v for k, v in dataclasses.asdict(segment).items() if k != "index"}
-        return _digest([self._base, fields])[:40]
+        return _digest([self._base, fields])[:KEY_LENGTH]
 
     def _sidecar(self, key: str) -> str:
         return os.path.join(self.folder, key + ".json")
@@ -211,14 +214,14 @@ class SegmentCache:
             finally:
                 if os.path.lexists(tmp):
                     os.unlink(tmp)
-            old = self._entry(key)
             record = {k: v for k, v in dataclasses.asdict(result).items() if k != "stderr"}
             self._write_json(self._sidecar(key), {
                 "format": FORMAT, "key": key, "piece": name, "bytes": os.path.getsize(path),
                 "packets": result.frames, "verified": verified, "maker": maker, "stored": time.time(),
                 "segment": {k: v for k, v in dataclasses.asdict(segment).items() if k != "index"}, "result": record})
-            if old and old.get("piece") != name:  # an earlier piece of the same key, replaced
-                _remove(os.path.join(self.folder, os.path.basename(str(old.get("piece", "")))))
+            for old in self._pieces(key):  # an earlier piece of the same key (or one a kill left unnamed)
+                if os.path.basename(old) != name:
+                    _remove(old)
         except OSError as err:
             self.broken = True
             log.warning("segment cache %s: cannot store segment %d (%s); going on without storing", self.folder,
@@ -236,17 +239,31 @@ class SegmentCache:
         files.write_atomically(path, write, overwrite=True, what="cache entry")
 
     # -- removing -----------------------------------------------------------------------------------
+    def _pieces(self, key: str) -> list[str]:
+        """Every piece file of ``key``: the one its sidecar names, and any a killed store left without one."""
+        try:
+            return [os.path.join(self.folder, n) for n in os.listdir(self.folder)
+                    if n.startswith(key + "-") and n.endswith(".mp4")]
+        except OSError:
+            return []
+
     def _forget(self, key: str) -> None:
-        entry = self._entry(key)
-        _remove(self._sidecar(key))
-        if entry is not None:
-            _remove(os.path.join(self.folder, os.path.basename(str(entry.get("piece", "")))))
+        self._remove_keys({key})
+
+    def _remove_keys(self, keys: set[str]) -> None:
+        """Remove the sidecars and every piece of ``keys`` (one look at the folder)."""
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return
+        for name in names:  # <key>.json, <key>-<token>.mp4
+            if name[:KEY_LENGTH] in keys and name[KEY_LENGTH:KEY_LENGTH + 1] in ("-", "."):
+                _remove(os.path.join(self.folder, name))
 
     def clear(self, segments: Sequence[Segment], plan_key: Any = None) -> None:
         """Remove the entries of ``segments`` (and the plan of ``plan_key``), then the folder if empty: after
         a successful publish. Other jobs' entries in a shared ``--cache-dir`` stay."""
-        for seg in segments:
-            self._forget(self.key(seg))
+        self._remove_keys({self.key(seg) for seg in segments})
         if plan_key is not None:
             _remove(self._plan_file(plan_key))
         try:
@@ -258,8 +275,7 @@ class SegmentCache:
         """Remove what this object stored or took (pieces and plan), then the folder if empty: for a job that
         stopped on a full disk (its pieces would hold the space the user must free) or whose joined file
         failed verification (a re-run must not take the same pieces again)."""
-        for key in self._mine:
-            self._forget(key)
+        self._remove_keys(set(self._mine))
         for path in self._plans:
             _remove(path)
         try:

@@ -101,6 +101,20 @@ def test_discard_removes_what_the_job_stored_or_took_and_nothing_else(piece, tmp
     assert len(_entries(folder)) == 1 and len(list(folder.glob("*.mp4"))) == 1  # the other job's entry
 
 
+def test_a_piece_a_kill_left_without_its_sidecar_does_not_pile_up(piece, tmp_path):
+    path, seg, result = piece
+    folder = tmp_path / "c"
+    cache = SegmentCache(str(folder), SOURCE, {})
+    cache.store(seg, result, str(path), maker=CPU, verified="decode")
+    (folder / (cache.key(seg) + ".json")).unlink()  # killed between the piece and its sidecar
+    assert cache.take(seg, str(tmp_path / "back.mp4"), makers={CPU}, verify="decode") is None
+    cache.store(seg, result, str(path), maker=CPU, verified="decode")  # the re-run stores it again ...
+    assert len(list(folder.glob("*.mp4"))) == 1                       # ... and the orphan goes
+    (folder / (cache.key(seg) + ".json")).unlink()
+    cache.clear([seg])
+    assert not folder.exists()
+
+
 def test_the_plan_of_an_earlier_run_is_kept_and_checked(piece, tmp_path):
     path, seg, result = piece
     cache = SegmentCache(str(tmp_path / "c"), SOURCE, {})
