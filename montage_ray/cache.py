@@ -256,16 +256,22 @@ class SegmentCache:
             names = os.listdir(self.folder)
         except OSError:
             return
-        for name in names:  # <key>.json, <key>-<token>.mp4
-            if name[:KEY_LENGTH] in keys and name[KEY_LENGTH:KEY_LENGTH + 1] in ("-", "."):
-                _remove(os.path.join(self.folder, name))
+        for name in names:  # <key>.json, <key>-<token>.mp4, and .<either>.tmp-<pid>... of a write cut short
+            written = name[1:] if name.startswith(".") and ".tmp-" in name else name
+            if written[:KEY_LENGTH] in keys and written[KEY_LENGTH:KEY_LENGTH + 1] in ("-", "."):
+                if written is name or not _writer_alive(name):
+                    _remove(os.path.join(self.folder, name))
 
     def clear(self, segments: Sequence[Segment], plan_key: Any = None) -> None:
         """Remove the entries of ``segments`` (and the plan of ``plan_key``), then the folder if empty: after
         a successful publish. Other jobs' entries in a shared ``--cache-dir`` stay."""
         self._remove_keys({self.key(seg) for seg in segments})
         if plan_key is not None:
-            _remove(self._plan_file(plan_key))
+            plan = self._plan_file(plan_key)
+            _remove(plan)
+            for name in os.listdir(self.folder) if os.path.isdir(self.folder) else ():
+                if name.startswith("." + os.path.basename(plan) + ".tmp-") and not _writer_alive(name):
+                    _remove(os.path.join(self.folder, name))
         try:
             os.rmdir(self.folder)
         except OSError:
@@ -315,6 +321,20 @@ def _link_or_copy(src: str, dst: str) -> None:
         raise
     except OSError:  # another filesystem, or one without hard links
         shutil.copyfile(src, dst)
+
+
+def _writer_alive(tmp_name: str) -> bool:
+    """Whether the process that writes temporary file ``tmp_name`` (``.<name>.tmp-<pid>[-...]``) still runs here."""
+    try:
+        pid = int(tmp_name.rsplit(".tmp-", 1)[1].split("-")[0].split(".")[0])
+        os.kill(pid, 0)
+    except (IndexError, ValueError):
+        return False
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process
+    return True
 
 
 def _remove(path: str) -> None:

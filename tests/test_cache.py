@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _entries(folder: Path) -> list[Path]:
     """Complete entries (sidecars: written after their piece) in a cache folder."""
-    return sorted(p for p in folder.glob("*.json") if not p.name.startswith("plan-")) if folder.is_dir() else []
+    return sorted(p for p in folder.glob("*.json") if not p.name.startswith(("plan-", "."))) if folder.is_dir() \
+        else []
 
 
 # -- the cache alone (a real encoded file as the piece, no Ray) ----------------------------------------------
@@ -111,6 +112,9 @@ def test_a_piece_a_kill_left_without_its_sidecar_does_not_pile_up(piece, tmp_pat
     cache.store(seg, result, str(path), maker=CPU, verified="decode")  # the re-run stores it again ...
     assert len(list(folder.glob("*.mp4"))) == 1                       # ... and the orphan goes
     (folder / (cache.key(seg) + ".json")).unlink()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    (folder / f".{cache.key(seg)}.json.tmp-{dead}-abc.json").write_text("{")  # a write a kill cut short
     cache.clear([seg])
     assert not folder.exists()
 
