@@ -19,15 +19,22 @@ entries are removed (unless ``--keep-cache``), the folder too once empty; entrie
 removed after :data:`MAX_AGE_SECONDS`. Outside the job's work folder, so the sweep of a killed job's
 folder (:mod:`montage_ray.workdirs`) leaves the cache alone::
 
-    from montage_ray.cache import SegmentCache, settings_fingerprint, source_identity
+    from montage_ray.cache import SegmentCache, maker_id, settings_fingerprint, source_identity
 
-    cache = SegmentCache("/videos/.montage-ray.cache", source_identity(info),
+    cache = SegmentCache("/videos/.montage-ray.cache", source_identity(info.path, info.packets, info.video.index),
                          settings_fingerprint(options, settings))
-    cache.store(segment, result, "/work/enc-000000.mp4", maker=maker_id("cpu", "cpu:libx264", None),
-                verified="decode")                      # after the actor checked its output
-    again = cache.take(segment, "/work2/enc-000000.mp4", makers={...}, verify="decode")
+    cpu = maker_id("cpu", "cpu:libx264", None)
+    cache.store(segment, result, "/work/enc-000000.mp4", maker=cpu, verified="decode")  # once the actor checked it
+    again = cache.take(segment, "/work2/enc-000000.mp4", makers={cpu}, verify="decode")  # the next run
     again.reused, again.encoder                         # (True, 'cpu:libx264'): an EncodeResult, or None
     cache.clear(segments)                               # after the destination was published
+
+Why keep the plan as well as key by range: the automatic segment length is shorter when encoder speeds are
+known (actors reused in one Ray session), so the same command can plan other cuts on a re-run. Keying each
+piece by its own packet range means any plan that has the same range finds it; taking the killed run's plan
+(checked to cover the stream end to end, and only for the same ``--segment-seconds``) means every range
+matches. The ffmpeg version is recorded but not part of the key: segments of different versions join (the
+mixed-version cluster test).
 """
 
 from __future__ import annotations
