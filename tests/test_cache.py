@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +22,6 @@ from montage_ray.plan import Segment
 from montage_ray.segment_encode import EncodeResult
 from tests import mediacheck as mc
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _entries(folder: Path) -> list[Path]:
