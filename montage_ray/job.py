@@ -15,6 +15,10 @@ file is ever renamed to the destination::
     report = encode("input.mp4", "output.mp4", codec="h264", quality=23)
     report = encode("input.mp4", "output.mp4", EncodeOptions(codec="hevc", report="out.json"))
     print(report.summary())
+
+A segment that an interrupted run of the same job encoded and verified is taken from the segment cache at
+plan time (:mod:`montage_ray.cache`: :func:`reuse_segments`); only the others are encoded, each kept there as
+it lands, and the job's entries are cleared once the destination is published.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from montage_ray import hdr, workdirs
+from montage_ray.cache import SegmentCache, maker_id, settings_fingerprint, source_identity
 from montage_ray.caps import ffmpeg_caps
 from montage_ray.budget import Bill, BudgetView, price_of, refusals_at_start, settle
 from montage_ray.cluster.nodes import offered_labels, offers, placements, remote_labels
@@ -77,6 +82,7 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
     :class:`~montage_ray.progress.ProgressPrinter`) or ``callback(done, total, result)``. Raises
     :class:`~montage_ray.errors.MontageError` subclasses; the destination is only written once the joined
     file has been verified, and no existing file is replaced without ``overwrite``.
+    ``cache``, ``cache_dir`` and ``keep_cache``: see :mod:`montage_ray.cache`.
     """
     clock = _Clock()
     job = (options or EncodeOptions()).replace(**kwargs).validate(src, dst)      # validate
@@ -85,7 +91,7 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
     job_id = uuid.uuid4().hex[:8]
     folder = os.path.dirname(job.target)
     workdirs.sweep(folder, WORKDIR_PREFIX)  # leftovers of killed jobs (whose owner is gone)
-    workdir = None
+    workdir = cache = None
     try:
         workdir = workdirs.make_workdir(folder, WORKDIR_PREFIX)
         with contextlib.ExitStack() as in_session:
@@ -107,17 +113,26 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
             log.info("job %s: %s -> %s (%d frames)", job_id, src, dst, media.video.frames)
             decision = route_job(media, job)                                    # offers/route
             crew = start_workers(session, decision, media, job, settings)       # workers
-            segments = plan_job(media, opts, crew.ready)                        # plan
+            cache = open_cache(job, media, settings)
+            segments = (cache and cache.plan(opts.segment_seconds, len(media.packets))  # an earlier run's cuts
+                        or plan_job(media, opts, crew.ready))                   # plan
             ready = crew.ready[:max(1, len(segments))]
-            clock.lap("plan")
-            cut = start_cut(media, segments, workdir)                           # cut, in the background
             encoded = Encoded.start(segments, workdir, ready)
+            reused = reuse_segments(cache, segments, encoded, crew, job)       # pieces an earlier run made
+            todo = [s for s in segments if s.index not in reused]
+            clock.lap("plan")
             try:
-                encode_segments(encoded, segments, cut, settings, session, pool_options,  # encode as cut
-                                _listener(progress), fallback=lambda: _local_workers(session, job, settings))
+                if todo:
+                    cut = start_cut(media, segments, workdir)                   # cut, in the background
+                    try:
+                        encode_segments(encoded, todo, cut, settings, session, pool_options,  # encode as cut
+                                        _listener(progress), fallback=lambda: _local_workers(session, job, settings),
+                                        on_piece=_storer(cache, segments, job, opts.segment_seconds))
+                    finally:
+                        cut.close()
             finally:  # even when the encode failed: the paid labels were used, the refusals happened
-                cut.close()
                 bill = settle_job(job_id, clock.started_at, crew, encoded, job.config)   # settle
+            encoded.results = sorted(encoded.results + list(reused.values()), key=lambda r: r.segment)
             clock.lap("encode")
         clock.lap("ray")  # start-up above, shut-down (of a Ray started here) now
         tmp_out = os.path.join(workdir, "joined" + os.path.splitext(job.target)[1])
@@ -129,8 +144,12 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
         hdr_out = hdr_output_line(tmp_out, media)
         clock.lap("verify")
         publish(tmp_out, job.target, overwrite=opts.overwrite)                  # publish
+        if cache is not None and not opts.keep_cache:
+            cache.clear(segments, opts.segment_seconds)
     except (OSError, FFmpegError, EncoderError, VerificationError) as err:
         full = workdirs.disk_full_error(folder, err)  # a full disk: one line, exit 4, not a traceback
+        if cache is not None and (full is not None or isinstance(err, VerificationError)):
+            cache.discard()  # its pieces would hold the space to free, or be taken again by a re-run
         if full is not None:
             raise full from None
         raise
@@ -143,7 +162,7 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
         wall_seconds=clock.elapsed(), timings=clock.timings, phases=clock.spans, segments=encoded.results,
         failures=crew.unavailable + encoded.failures, encoders=sorted({w.encoder for w in encoded.workers}),
         notes=[*([fit.note] if fit.note else []), *joined.notes, *checked.notes, *bill.notes],
-        ray_address=session.address, profile=opts.profile, route=list(decision.reasons),
+        ray_address=session.address, profile=opts.profile, route=list(decision.reasons), segments_reused=len(reused),
         duplicates=encoded.duplicates, cost=bill.cost, provider=[*bill.provider, *encoded.provider],
         hdr=[*hdr.report_lines(media.video.hdr, encoded.results, output=hdr_out), *([dv_note] if dv_note else [])],
         workers=[{"name": w.name, "label": w.label, "encoder": w.encoder, "host": w.hostname, "node": w.node,
@@ -250,9 +269,10 @@ class Encoded:
 
 def encode_segments(encoded: Encoded, segments: list[Segment], cut: Cut, settings: JobSettings,
                     session: RaySession, pool_options: PoolOptions | None, listener: ProgressListener | None, *,
-                    fallback: Callable[[], list[Worker]] | None = None) -> Encoded:
+                    fallback: Callable[[], list[Worker]] | None = None,
+                    on_piece: Callable[[Segment, EncodeResult, str], None] | None = None) -> Encoded:
     """Run every segment through a pool of ``encoded.workers`` the moment ``cut`` has it, writing each encoded
-    piece as it arrives.
+    piece as it arrives (then ``on_piece(segment, result, path)``: the segment cache keeps it).
 
     When a provider refuses every label of the pool (quota, session limit), the segments left go to
     ``fallback()``'s workers (the local encoders) instead of failing the job.
@@ -287,6 +307,8 @@ def encode_segments(encoded: Encoded, segments: list[Segment], cut: Cut, setting
                                                   on_tick=on_tick if listener else None):
                     with open(encoded.paths[seg.index], "wb") as fh:
                         fh.write(data)
+                    if on_piece is not None:
+                        on_piece(seg, result, encoded.paths[seg.index])
                     done.add(seg.index)
                     encoded.results.append(result)
                     if listener:
@@ -310,6 +332,47 @@ def encode_segments(encoded: Encoded, segments: list[Segment], cut: Cut, setting
             listener.close()
     encoded.results.sort(key=lambda r: r.segment)
     return encoded
+
+
+def open_cache(job: ValidJob, media: MediaInfo, settings: JobSettings) -> SegmentCache | None:
+    """The segment cache of this source and these settings (see :mod:`montage_ray.cache`), its entries
+    that nobody came back for pruned; None with ``--no-cache``."""
+    if job.cache is None:
+        return None
+    cache = SegmentCache(job.cache, source_identity(job.source, media.packets, media.video.index),
+                         settings_fingerprint(job.options, settings))
+    cache.prune()
+    return cache
+
+
+def reuse_segments(cache: SegmentCache | None, segments: list[Segment], encoded: Encoded, crew: Crew,
+                   job: ValidJob) -> dict[int, EncodeResult]:
+    """The segments an earlier run encoded and verified, put in place in ``encoded.paths`` (segment index ->
+    its result, marked ``reused``): only pieces made by an encoder of the kind serving this job, and
+    decoded once when ``--verify decode``. The pieces are re-checked side by side (a packet count each)."""
+    if cache is None or not os.path.isdir(cache.folder):
+        return {}
+    makers = {maker_id(w.label, w.encoder, job.config.get(w.label)) for w in crew.ready}
+    with ThreadPoolExecutor(4, thread_name_prefix="cache") as side:
+        found = side.map(lambda s: cache.take(s, encoded.paths[s.index], makers=makers, verify=job.options.verify),
+                         segments)
+        reused = {r.segment: r for r in found if r is not None}
+    if reused:
+        log.info("reusing %d of %d segments from %s", len(reused), len(segments), cache.folder)
+    return reused
+
+
+def _storer(cache: SegmentCache | None, segments: list[Segment], job: ValidJob,
+            plan_key: Any) -> Callable[[Segment, EncodeResult, str], None] | None:
+    """What keeps each verified piece in the cache as it lands (with the job's plan, beside the first)."""
+    if cache is None:
+        return None
+
+    def store(seg: Segment, result: EncodeResult, path: str) -> None:
+        maker = maker_id(result.resource or result.backend, result.encoder, job.config.get(result.resource or ""))
+        cache.store(seg, result, path, maker=maker, verified=job.options.verify, plan=(plan_key, segments))
+
+    return store
 
 
 def settle_job(job_id: str, started: float, crew: Crew, encoded: Encoded, config: Mapping[str, LabelConfig]) -> Bill:

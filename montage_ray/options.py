@@ -22,6 +22,7 @@ from typing import Any
 
 from montage_ray.backends import CODECS, PRESETS
 from montage_ray.caps import ffmpeg_caps
+from montage_ray.cache import CACHE_DIRNAME
 from montage_ray.config import LabelConfig, check_config_for_codec, load_encoders_config
 from montage_ray.errors import InputError
 from montage_ray.join import container_for
@@ -53,6 +54,10 @@ class EncodeOptions:
     allow_dv_loss: bool = False             # encode a Dolby Vision source, dropping its RPU (else refused)
     target_quality: str | None = None       # "METRIC:VALUE[:TOL]": each segment measured, re-encoded to reach it
     measure: str | None = None              # "METRIC": each segment measured and its score reported, no re-encode
+    # --- resume (issue 12 part 1): see montage_ray.cache ---
+    cache: bool = True                      # reuse and keep verified segments across runs (--no-cache: False)
+    cache_dir: PathLike | None = None       # None: .montage-ray.cache beside DST
+    keep_cache: bool = False                # keep this job's cached segments after a successful publish
 
     def __post_init__(self) -> None:
         if self.labels is not None and not isinstance(self.labels, tuple):
@@ -88,6 +93,8 @@ class EncodeOptions:
             raise InputError(f"timeline {os.fspath(self.timeline)!r} must be a .png file")
         if self.target_quality is not None and self.measure is not None:
             raise InputError("--target-quality measures every segment already: give it or --measure, not both")
+        if not self.cache and (self.cache_dir is not None or self.keep_cache):
+            raise InputError(f"--no-cache contradicts --{'cache-dir' if self.cache_dir is not None else 'keep-cache'}")
         self.target()
 
     def target(self) -> Target | None:
@@ -113,8 +120,12 @@ class EncodeOptions:
             extras[what] = None if path is None else check_extra(what, path, overwrite=self.overwrite,
                                                                  taken={"input": source, "output": target,
                                                                         **{k: v for k, v in extras.items() if v}})
+        cache = None
+        if self.cache:
+            cache = (check_cache_dir(self.cache_dir, taken={"input": source, "output": target})
+                     if self.cache_dir is not None else os.path.join(os.path.dirname(target), CACHE_DIRNAME))
         return ValidJob(options=self, source=source, target=target, container=container_for(target),
-                        report=extras["report"], timeline=extras["timeline"], config=config)
+                        report=extras["report"], timeline=extras["timeline"], config=config, cache=cache)
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,7 @@ class ValidJob:
     report: str | None = None
     timeline: str | None = None
     config: dict[str, LabelConfig] = field(default_factory=dict)
+    cache: str | None = None                # the segment cache's folder; None with --no-cache
 
 
 def check_source(path: PathLike) -> str:
@@ -198,4 +210,24 @@ def check_extra(what: str, path: PathLike, *, overwrite: bool, taken: dict[str, 
             raise InputError(f"{what} {text!r} is the same file as the {role}")
     if os.path.lexists(absolute) and not overwrite:
         raise InputError(f"{what} {text!r} already exists (pass --overwrite to replace it)")
+    return absolute
+
+
+def check_cache_dir(path: PathLike, *, taken: dict[str, str]) -> str:
+    """Absolute path of a ``--cache-dir``: a folder we can write in, or one we can make (its nearest
+    existing parent is a writable folder); never one of the job's files."""
+    text = os.fspath(path)
+    absolute = os.path.abspath(os.path.expanduser(text))
+    for role, other in taken.items():
+        if _same_file(absolute, other):
+            raise InputError(f"cache folder {text!r} is the same file as the {role}")
+    existing = absolute
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise InputError(f"cache folder {text!r} is not a folder" if existing == absolute
+                         else f"cache folder {text!r} cannot be made: {existing!r} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"cache folder {text!r} is not writable" if existing == absolute
+                         else f"cache folder {text!r} cannot be made in {existing!r}: not writable")
     return absolute

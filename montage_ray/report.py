@@ -62,6 +62,7 @@ class JobReport:
     cost: dict[str, dict] = field(default_factory=dict)    # paid label -> {cost, currency, seconds, bytes, ...}
     provider: list[str] = field(default_factory=list)      # what providers refused, and what was done about it
     hdr: list[str] = field(default_factory=list)           # HDR source: what it has, segments that lost it, output
+    segments_reused: int = 0                               # taken from the segment cache (an earlier run's)
 
     @property
     def speed(self) -> float:
@@ -125,6 +126,9 @@ class JobReport:
         quality_line = self.quality_summary()
         if quality_line:
             lines.append(quality_line)
+        if self.segments_reused:
+            lines.append(f"reused: {self.segments_reused} of {len(self.segments)} segments, encoded and verified "
+                         "by an earlier run (segment cache)")
         return "\n".join(lines)
 
     def quality_summary(self) -> str:

@@ -66,6 +66,7 @@ class EncodeResult:
     tries: int = 1          # encodes made to reach the target (1: the first one was kept as it was)
     tried: tuple[tuple[str, float], ...] = ()   # every try's (knob, score), in order
     quality_seconds: float = 0.0  # time spent measuring and re-encoding after the first encode
+    reused: bool = False    # taken from the segment cache (montage_ray.cache): encoded by an earlier run
 
     @property
     def fps(self) -> float:

@@ -51,6 +51,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-dv-loss", action="store_true",
                    help="encode a Dolby Vision source anyway: re-encoding drops its RPU (the HDR10/HLG base "
                         "layer's metadata is kept); without it such a source is refused")
+    p.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="keep verified segments here, so that a killed job run again encodes only the rest "
+                        "(default: .montage-ray.cache beside DST)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="neither reuse nor keep encoded segments across runs")
+    p.add_argument("--keep-cache", action="store_true",
+                   help="keep this job's segments in the cache after DST was written (for later jobs)")
     p.add_argument("--quiet", action="store_true",
                    help="print nothing but errors (no progress bar, no summary)")
     p.add_argument("--verbose", action="store_true",
@@ -66,7 +73,8 @@ def options_from_args(args: argparse.Namespace) -> EncodeOptions:
                          profile=args.profile, encoders_config=args.encoders_config,
                          allow_dv_loss=args.allow_dv_loss,
                          labels=tuple(x for x in args.labels.split(",") if x) if args.labels else None,
-                         target_quality=args.target_quality, measure=args.measure)
+                         target_quality=args.target_quality, measure=args.measure,
+                         cache=not args.no_cache, cache_dir=args.cache_dir, keep_cache=args.keep_cache)
 
 
 def run(args: argparse.Namespace) -> int:
