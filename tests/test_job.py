@@ -167,6 +167,10 @@ def test_the_driver_starts_no_process_per_segment(make_clip, tmp_path):
     with ffmpeg_cli.watch() as started:
         report = encode(make_clip("long"), tmp_path / "out.mp4", segment_seconds=2)
     assert len(report.segments) == 10
-    assert len(started) <= 7, [a[:3] for a in started]
+    from montage_ray.join import WINDOW_PROCESSES
+
+    windows = [a for a in started if "-read_intervals" in a and "-count_frames" in a]
+    assert 1 <= len(windows) <= WINDOW_PROCESSES  # the join windows, split over a bounded few runs
+    assert len(started) - len(windows) <= 6, [a[:3] for a in started]
     pieces = [a for a in started if any(("src-" in x or "enc-" in x) and not x.endswith(".ffconcat") for x in a)]
     assert pieces == [] or all("-segment_list" in a for a in pieces)  # only the one cutter names pieces
