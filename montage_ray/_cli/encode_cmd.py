@@ -37,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="at most N encoder actors (default: one per CPU)")
     p.add_argument("--verify", choices=VERIFY_MODES, default="decode",
                    help="how to verify the output before writing it (default: decode every frame)")
+    p.add_argument("--priority", type=int, default=0, metavar="P",
+                   help="on a shared cluster's encoder service, jobs of higher priority go first (e.g. 10 for "
+                        "a preview; default 0: fair share with the other jobs)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace DST, and the --report and --timeline files, if they exist")
     p.add_argument("--report", metavar="R.json", default=None, help="write the job report as JSON")
@@ -55,7 +58,8 @@ def options_from_args(args: argparse.Namespace) -> EncodeOptions:
                          segment_seconds=args.segment_seconds, address=args.address, overwrite=args.overwrite,
                          report=args.report, timeline=args.timeline, workers=args.workers, verify=args.verify,
                          profile=args.profile, encoders_config=args.encoders_config,
-                         labels=tuple(x for x in args.labels.split(",") if x) if args.labels else None)
+                         labels=tuple(x for x in args.labels.split(",") if x) if args.labels else None,
+                         priority=args.priority)
 
 
 def run(args: argparse.Namespace) -> int:
