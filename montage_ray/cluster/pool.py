@@ -121,6 +121,7 @@ class _Run:
     allowed: dict[str, int] = field(default_factory=dict)            # worker name -> tickets granted, unused
     next_ask: float = 0.0                                             # monotonic: when to ask the gate again
     kept_waiting: bool = False                                        # the gate refused some of the last ask
+    asking: bool = False                                              # the last ask wanted something
 
     @property
     def done(self) -> bool:
@@ -369,8 +370,11 @@ class EncoderPool:
         elif not run.waiting and self.options.duplicate_tail and run.in_flight:
             wants = {w.name: 1 for w in alive if w.in_flight == 0 and not run.allowed.get(w.name)}
         if not wants:
-            run.kept_waiting = False
+            if run.asking:  # withdraw the standing ask: the slots are free for the other jobs at once
+                self.gate.grant({})
+            run.kept_waiting = run.asking = False
             return
+        run.asking = True
         by_name = {w.name: w for w in alive}
         got = self.gate.grant({by_name[n].slot: c for n, c in wants.items()})
         granted = 0

@@ -75,7 +75,8 @@ class JobState:
     seen: float = 0.0                                      # last heartbeat, ask or release
     driver: str = ""                                       # Ray's job id of the driver (to see it die)
     slots: set[str] = field(default_factory=set)          # slots it may use (never stopped while it runs)
-    wants: dict[str, int] = field(default_factory=dict)   # slot -> tickets asked for and not granted
+    wants: dict[str, int] = field(default_factory=dict)   # slot -> tickets of its last ask (its demand)
+    unmet: dict[str, int] = field(default_factory=dict)   # slot -> tickets of that ask not granted (the queue)
     asked: float = 0.0
     held: int = 0
     granted: int = 0                                       # tickets ever granted
@@ -161,14 +162,16 @@ class FairShare:
         return (-job.priority, job.held, job.opened, job.job)   # lower goes first
 
     def grant(self, job: str, wants: dict[str, int], *, now: float) -> dict[str, int]:
-        """Tickets for ``job`` of the ``{slot: count}`` it asks for (its preferred slots first); what it does
-        not get stays asked for a while, so that the slot is kept for it if its claim is better."""
+        """Tickets for ``job`` of the ``{slot: count}`` it asks for (its preferred slots first). The ask stands
+        as the job's demand until it asks again (an empty ask withdraws it) or for ``demand_ttl`` seconds:
+        slots a job with a better claim wants are kept for it."""
         state = self.jobs.get(job)
         if state is None:
             return {}
         state.seen = state.asked = now
+        state.wants = {n: c for n, c in wants.items() if c > 0}
         out: dict[str, int] = {}
-        for name, count in wants.items():
+        for name, count in state.wants.items():
             slot = self.slots.get(name)
             if slot is None:
                 continue
@@ -179,14 +182,19 @@ class FairShare:
                 state.held += 1
                 state.granted += 1
                 out[name] = out.get(name, 0) + 1
-        state.wants = {n: c - out.get(n, 0) for n, c in wants.items() if c - out.get(n, 0) > 0}
+        state.unmet = {n: c - out.get(n, 0) for n, c in state.wants.items() if c > out.get(n, 0)}
         return out
 
     def _kept(self, state: JobState, slot: SlotState, now: float) -> bool:
-        """Whether the slot's free tickets are kept for jobs with a better claim that want it."""
+        """Whether the slot's free tickets are kept for other jobs that want it: any job of a higher priority
+        keeps them all; jobs of the same priority with a better claim (fewer tickets held) keep as many as
+        they asked for."""
         mine = self._claim(state)
-        wanted = sum(j.wants.get(slot.name, 0) for j in self.jobs.values()
-                     if j is not state and now - j.asked <= self.demand_ttl and self._claim(j) < mine)
+        rivals = [j for j in self.jobs.values() if j is not state and j.wants.get(slot.name, 0) > 0
+                  and now - j.asked <= self.demand_ttl]
+        if any(j.priority > state.priority for j in rivals):
+            return True
+        wanted = sum(j.wants[slot.name] for j in rivals if self._claim(j) < mine)
         return wanted >= slot.free(self.depth)
 
     def release(self, job: str, name: str, count: int = 1, *, now: float) -> None:
@@ -219,9 +227,9 @@ class FairShare:
                  "share": round(j.held / total, 3), "granted": j.granted, "seconds": round(now - j.opened, 1),
                  "progress": round(j.frames_done / j.frames_total, 3) if j.frames_total else 0.0}
                 for j in sorted(self.jobs.values(), key=self._claim)]
-        queue = [{"job": j.job, "priority": j.priority, "wants": dict(j.wants)}
+        queue = [{"job": j.job, "priority": j.priority, "wants": dict(j.unmet)}
                  for j in sorted(self.jobs.values(), key=self._claim)
-                 if j.wants and now - j.asked <= self.demand_ttl]
+                 if j.unmet and now - j.asked <= self.demand_ttl]
         return {"actors": actors, "jobs": jobs, "queue": queue, "depth": self.depth, "grace": self.grace}
 
 
