@@ -71,7 +71,7 @@ class Gate(Protocol):
 
     job: str
 
-    def grant(self, wants: Mapping[str, int]) -> dict[str, int]: ...
+    def grant(self, wants: Mapping[str, int], standing: bool = True) -> dict[str, int]: ...
 
     def release(self, counts: Mapping[str, int]) -> None: ...
 
@@ -357,6 +357,7 @@ class EncoderPool:
             return
         wants: dict[str, int] = {}
         alive = self._by_speed()
+        tail = False
         if run.pending:
             plan = self._shares(run)
             for w in alive:
@@ -369,14 +370,17 @@ class EncoderPool:
                 wants = {w.name: 1 for w in alive if w.in_flight == 0}
         elif not run.waiting and self.options.duplicate_tail and run.in_flight:
             wants = {w.name: 1 for w in alive if w.in_flight == 0 and not run.allowed.get(w.name)}
+            tail = True
         if not wants:
+            if run.pending or run.waiting:
+                return  # no room now: the standing ask keeps this job's turn (the heartbeat keeps it fresh)
             if run.asking:  # withdraw the standing ask: the slots are free for the other jobs at once
                 self.gate.grant({})
             run.kept_waiting = run.asking = False
             return
-        run.asking = True
+        run.asking = not tail
         by_name = {w.name: w for w in alive}
-        got = self.gate.grant({by_name[n].slot: c for n, c in wants.items()})
+        got = self.gate.grant({by_name[n].slot: c for n, c in wants.items()}, standing=not tail)
         granted = 0
         for name in wants:
             n = got.get(by_name[name].slot, 0)

@@ -161,17 +161,21 @@ class FairShare:
     def _claim(self, job: JobState) -> tuple:
         return (-job.priority, job.held, job.opened, job.job)   # lower goes first
 
-    def grant(self, job: str, wants: dict[str, int], *, now: float) -> dict[str, int]:
-        """Tickets for ``job`` of the ``{slot: count}`` it asks for (its preferred slots first). The ask stands
-        as the job's demand until it asks again (an empty ask withdraws it) or for ``demand_ttl`` seconds:
-        slots a job with a better claim wants are kept for it."""
+    def grant(self, job: str, wants: dict[str, int], *, now: float, standing: bool = True) -> dict[str, int]:
+        """Tickets for ``job`` of the ``{slot: count}`` it asks for (its preferred slots first).
+
+        A ``standing`` ask is the job's demand until it asks again (an empty ask withdraws it) while its
+        driver heart-beats: a job of a higher priority keeps the slots it asked for whole, and what a job of
+        the same priority with a better claim did not get is kept for it. A tail ask (``standing=False``:
+        copies of straggling segments) keeps nothing for the job."""
         state = self.jobs.get(job)
         if state is None:
             return {}
         state.seen = state.asked = now
-        state.wants = {n: c for n, c in wants.items() if c > 0}
+        asked = {n: c for n, c in wants.items() if c > 0}
+        state.wants = asked if standing else {}
         out: dict[str, int] = {}
-        for name, count in state.wants.items():
+        for name, count in asked.items():
             slot = self.slots.get(name)
             if slot is None:
                 continue
@@ -186,15 +190,15 @@ class FairShare:
         return out
 
     def _kept(self, state: JobState, slot: SlotState, now: float) -> bool:
-        """Whether the slot's free tickets are kept for other jobs that want it: any job of a higher priority
-        keeps them all; jobs of the same priority with a better claim (fewer tickets held) keep as many as
-        they asked for."""
+        """Whether the slot's free tickets are kept for other jobs: a job of a higher priority whose standing
+        ask names the slot keeps it whole; jobs of the same priority with a better claim (fewer tickets held)
+        keep as many as they asked for and did not get."""
         mine = self._claim(state)
-        rivals = [j for j in self.jobs.values() if j is not state and j.wants.get(slot.name, 0) > 0
-                  and now - j.asked <= self.demand_ttl]
-        if any(j.priority > state.priority for j in rivals):
+        rivals = [j for j in self.jobs.values() if j is not state and now - j.seen <= self.demand_ttl]
+        if any(j.priority > state.priority and j.wants.get(slot.name, 0) > 0 for j in rivals):
             return True
-        wanted = sum(j.wants[slot.name] for j in rivals if self._claim(j) < mine)
+        wanted = sum(j.unmet.get(slot.name, 0) for j in rivals
+                     if j.priority == state.priority and self._claim(j) < mine and now - j.asked <= self.demand_ttl)
         return wanted >= slot.free(self.depth)
 
     def release(self, job: str, name: str, count: int = 1, *, now: float) -> None:
@@ -264,12 +268,12 @@ class SchedulerActor:
         with self._lock:
             self._share.close(job, now=time.monotonic())
 
-    def grant(self, job: str, wants: dict[str, int]) -> dict[str, int] | None:
-        """Tickets granted; None when the job is unknown here (closed for silence: its driver must stop)."""
+    def grant(self, job: str, wants: dict[str, int], standing: bool = True) -> dict[str, int] | None:
+        """Tickets granted; None when the job is unknown here (closed for silence: its driver must open again)."""
         with self._lock:
             if job not in self._share.jobs:
                 return None
-            return self._share.grant(job, wants, now=time.monotonic())
+            return self._share.grant(job, wants, now=time.monotonic(), standing=standing)
 
     def release(self, job: str, counts: dict[str, int]) -> None:
         with self._lock:

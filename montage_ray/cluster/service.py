@@ -259,12 +259,12 @@ class JobLease:
             except Exception:  # noqa: BLE001 - Ray shutting down
                 return
 
-    def grant(self, wants: Mapping[str, int]) -> dict[str, int]:
-        """Tickets granted now of ``{slot: count}``."""
+    def grant(self, wants: Mapping[str, int], standing: bool = True) -> dict[str, int]:
+        """Tickets granted now of ``{slot: count}`` (see :meth:`FairShare.grant` for ``standing``)."""
         if self._alone:
             return dict(wants)
         try:
-            got = ray.get(self._scheduler.grant.remote(self.job, dict(wants)), timeout=30)
+            got = ray.get(self._scheduler.grant.remote(self.job, dict(wants), standing), timeout=30)
             if got is None:  # closed for silence (this driver stalled): open again, under a new key (the
                 # actors dropped the old one's segments)
                 log.warning("job %s: the scheduler had closed the job; opening it again", self.job)
@@ -272,7 +272,7 @@ class JobLease:
                 self.job = f"{self.job_id}.{self._opened}"
                 self._open_args = (self.job, *self._open_args[1:])
                 ray.get(self._scheduler.open.remote(*self._open_args), timeout=30)
-                got = ray.get(self._scheduler.grant.remote(self.job, dict(wants)), timeout=30) or {}
+                got = ray.get(self._scheduler.grant.remote(self.job, dict(wants), standing), timeout=30) or {}
             return got
         except Exception as err:  # noqa: BLE001 - no scheduler: go on alone rather than stop
             log.warning("job %s: the scheduler does not answer (%s); going on without it", self.job,
