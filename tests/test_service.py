@@ -56,7 +56,11 @@ def test_a_higher_priority_goes_first_and_stale_demand_keeps_nothing():
     assert share.grant("render", {"a": 1}, now=2) == {}                          # the preview asked lately
     assert share.grant("preview", {"a": 2}, now=2) == {"a": 1}
     share.release("render", "a", now=3)
-    assert share.grant("render", {"a": 1}, now=10) == {"a": 1}                   # its ask is 8 s old: stale
+    share.grant("preview", {"b": 1}, now=3)                                      # no room on a: asks for b
+    assert share.grant("render", {"a": 1}, now=3) == {}                          # a is still the preview's
+    assert share.grant("render", {"a": 1}, now=10) == {"a": 1}                   # its driver silent for 7 s
+    share.grant("preview", {}, now=10)                                           # nothing more to send
+    assert share.grant("render", {"b": 2}, now=10) == {"b": 1}                   # the one the preview left
 
 
 def test_a_silent_job_is_closed_and_says_where_it_held_tickets():

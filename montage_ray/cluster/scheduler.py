@@ -77,6 +77,7 @@ class JobState:
     slots: set[str] = field(default_factory=set)          # slots it may use (never stopped while it runs)
     wants: dict[str, int] = field(default_factory=dict)   # slot -> tickets of its last ask (its demand)
     unmet: dict[str, int] = field(default_factory=dict)   # slot -> tickets of that ask not granted (the queue)
+    active: bool = False                                   # it has work to send (a standing ask, not withdrawn)
     asked: float = 0.0
     held: int = 0
     granted: int = 0                                       # tickets ever granted
@@ -174,6 +175,7 @@ class FairShare:
         state.seen = state.asked = now
         asked = {n: c for n, c in wants.items() if c > 0}
         state.wants = asked if standing else {}
+        state.active = standing and bool(asked)
         out: dict[str, int] = {}
         for name, count in asked.items():
             slot = self.slots.get(name)
@@ -190,12 +192,13 @@ class FairShare:
         return out
 
     def _kept(self, state: JobState, slot: SlotState, now: float) -> bool:
-        """Whether the slot's free tickets are kept for other jobs: a job of a higher priority whose standing
-        ask names the slot keeps it whole; jobs of the same priority with a better claim (fewer tickets held)
-        keep as many as they asked for and did not get."""
+        """Whether the slot's free tickets are kept for other jobs: a job of a higher priority with work to send
+        keeps whole the slots it asks for or holds tickets on; jobs of the same priority with a better claim
+        (fewer tickets held) keep as many as they asked for and did not get."""
         mine = self._claim(state)
         rivals = [j for j in self.jobs.values() if j is not state and now - j.seen <= self.demand_ttl]
-        if any(j.priority > state.priority and j.wants.get(slot.name, 0) > 0 for j in rivals):
+        if any(j.priority > state.priority and j.active and (j.wants.get(slot.name, 0) > 0 or slot.held.get(j.job))
+               for j in rivals):
             return True
         wanted = sum(j.unmet.get(slot.name, 0) for j in rivals
                      if j.priority == state.priority and self._claim(j) < mine and now - j.asked <= self.demand_ttl)
