@@ -196,7 +196,7 @@ def test_a_high_priority_short_job_finishes_long_before_a_long_job_started_earli
 
 
 def test_a_killed_driver_is_dropped_and_the_other_job_and_the_rerun_finish_exact(cluster, make_clip, tmp_path):
-    src = make_clip("long")
+    src = make_clip("noaudio")
     doomed = _encode(cluster, src, tmp_path / "doomed.mp4")
     _wait_for(doomed, "segment ")
     other = _encode(cluster, make_clip("noaudio"), tmp_path / "other.mp4")
