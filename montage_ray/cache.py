@@ -72,7 +72,8 @@ TMP_MAX_AGE_SECONDS = 3600
 #: Options that do not change an encoded piece's bytes (or are checked otherwise: the packet range, the
 #: encoder that made it, how it was verified). Every other option, present or future, is part of the key.
 NOT_IN_KEY = frozenset({"segment_seconds", "address", "overwrite", "report", "timeline", "workers", "verify",
-                        "encoders_config", "labels", "cache", "cache_dir", "keep_cache"})
+                        "encoders_config", "labels", "cache", "cache_dir", "keep_cache", "priority",
+                        "allow_dv_loss"})
 
 
 def _digest(value: Any) -> str:

@@ -32,14 +32,15 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from montage_ray import hdr, workdirs
 from montage_ray.cache import SegmentCache, maker_id, settings_fingerprint, source_identity
 from montage_ray.caps import ffmpeg_caps
 from montage_ray.budget import Bill, BudgetView, price_of, refusals_at_start, settle
-from montage_ray.cluster.nodes import offered_labels, offers, placements, remote_labels
+from montage_ray.cluster.nodes import Placement, offered_labels, offers, placements, remote_labels
 from montage_ray.cluster.pool import EncoderPool, PoolOptions, ReadyFeed
+from montage_ray.cluster.service import JobLease
 from montage_ray.cluster.session import RaySession, ray_session
 from montage_ray.cluster.workers import Worker
 from montage_ray.config import LabelConfig
@@ -108,6 +109,7 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
                 media, probe_from, probe_to = inspecting.result()
             dv_note = hdr.refuse_dolby_vision(media, allow_loss=opts.allow_dv_loss)  # InputError unless allowed
             clock.overlapped([("probe", probe_from, probe_to), ("ray", ray_from, ray_to)])
+            lease = in_session.enter_context(_lease(session, job_id, opts.priority))  # the service's, if shared
             fit = fit_frame(media.video.width, media.video.height)  # odd sizes: decided before any encoder
             settings = job_settings(media, opts, fit, job_id)
             log.info("job %s: %s -> %s (%d frames)", job_id, src, dst, media.video.frames)
@@ -127,7 +129,7 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
                     try:
                         encode_segments(encoded, todo, cut, settings, session, pool_options,  # encode as cut
                                         _listener(progress), fallback=lambda: _local_workers(session, job, settings),
-                                        on_piece=_storer(cache, segments, job, opts.segment_seconds))
+                                        on_piece=_storer(cache, segments, job, opts.segment_seconds), gate=lease)
                     finally:
                         cut.close()
             finally:  # even when the encode failed: the paid labels were used, the refusals happened
@@ -231,7 +233,7 @@ def start_workers(session: RaySession, decision: Route, media: MediaInfo, job: V
         chosen = chosen[:1]  # shorter than two segments: one segment, one actor
     if opts.workers is not None:
         chosen = chosen[:opts.workers]
-    ready, unavailable = session.registry.wait_ready(session.registry.start(chosen, job.config), settings)
+    ready, unavailable = _start(session, chosen, job.config, settings)
     if not ready:
         raise ClusterError("no encoder could start: " + "; ".join(f"{u.actor}: {u.message}" for u in unavailable))
     return Crew(ready, unavailable)
@@ -270,14 +272,18 @@ class Encoded:
 def encode_segments(encoded: Encoded, segments: list[Segment], cut: Cut, settings: JobSettings,
                     session: RaySession, pool_options: PoolOptions | None, listener: ProgressListener | None, *,
                     fallback: Callable[[], list[Worker]] | None = None,
-                    on_piece: Callable[[Segment, EncodeResult, str], None] | None = None) -> Encoded:
+                    on_piece: Callable[[Segment, EncodeResult, str], None] | None = None,
+                    gate: JobLease | None = None) -> Encoded:
     """Run every segment through a pool of ``encoded.workers`` the moment ``cut`` has it, writing each encoded
     piece as it arrives (then ``on_piece(segment, result, path)``: the segment cache keeps it).
 
     When a provider refuses every label of the pool (quota, session limit), the segments left go to
-    ``fallback()``'s workers (the local encoders) instead of failing the job.
+    ``fallback()``'s workers (the local encoders) instead of failing the job. On the encoder service,
+    ``gate`` is the job's lease at the scheduler (fair share with the other jobs, priority first).
     """
-    pool = EncoderPool(encoded.workers, pool_options, registry=session.registry)
+    if gate is not None:
+        gate.update(frames=sum(s.frames for s in segments), segments=len(segments))
+    pool = EncoderPool(encoded.workers, pool_options, registry=session.registry, gate=gate)
     pieces = cut.paths
     arrivals = _Arrivals(cut)
     done: set[int] = set()
@@ -325,7 +331,7 @@ def encode_segments(encoded: Encoded, segments: list[Segment], cut: Cut, setting
                 encoded.workers += [w for w in local if all(w is not x for x in encoded.workers)]
                 encoded.provider.append("every encoder of the job was refused; the rest went to "
                                         + ", ".join(sorted({w.label for w in local})))
-                pool, told = EncoderPool(local, pool_options, registry=session.registry), 0
+                pool, told = EncoderPool(local, pool_options, registry=session.registry, gate=gate), 0
     finally:
         encoded.add_pool(pool)
         if listener:
@@ -450,8 +456,31 @@ def _local_workers(session: RaySession, job: ValidJob, settings: JobSettings) ->
              and not (label in config and (config[label].remote or price_of(config[label])))]
     if not local:
         return []
-    ready, _ = session.registry.wait_ready(session.registry.start(placements(nodes, local, config), config), settings)
+    ready, _ = _start(session, placements(nodes, local, config), config, settings)
     return ready
+
+
+def _start(session: RaySession, chosen: list[Placement], config: Mapping[str, LabelConfig], settings: JobSettings
+           ) -> tuple[list[Worker], list[FailedAttempt]]:
+    """The actors of ``chosen`` that start: the encoder service's on a shared Ray (this process's own registry
+    actors are stopped first: they would hold the slots), else this session's registry's."""
+    if session.service is not None:
+        session.registry.stop()
+        return session.service.wait_ready(session.service.start(chosen, config, job=settings.job_id), settings)
+    return session.registry.wait_ready(session.registry.start(chosen, config), settings)
+
+
+@contextlib.contextmanager
+def _lease(session: RaySession, job_id: str, priority: int) -> Iterator[JobLease | None]:
+    """The job's lease at the encoder service's scheduler while the job uses the session (None without one)."""
+    if session.service is None:
+        yield None
+        return
+    lease = session.service.lease(job_id, priority=priority)
+    try:
+        yield lease
+    finally:
+        lease.close()
 
 
 def _duration(media: MediaInfo) -> float:

@@ -83,3 +83,52 @@ def cost_recorded(*, label: str, amount: float, currency: str) -> None:
     """A job spent ``amount`` (in ``currency``) on the paid ``label`` (recorded by the driver)."""
     if amount > 0:
         _record("cost", "inc", amount, {"label": label, "currency": currency})
+
+
+# -- the encoder service (montage_ray.cluster.scheduler exports these about twice a second) ----------------
+
+
+@lru_cache(maxsize=None)
+def _service_metrics() -> dict[str, Any]:
+    from ray.util.metrics import Gauge
+
+    return {
+        "actors": Gauge("montage_service_actors", "Encoder actors of the service, busy or idle",
+                        tag_keys=("label", "node", "state")),
+        "jobs": Gauge("montage_service_jobs", "Jobs in flight on the service"),
+        "queue": Gauge("montage_service_queue", "Tickets asked for and not granted yet, per job",
+                       tag_keys=("job",)),
+        "share": Gauge("montage_service_job_share", "Share of the service's tickets a job holds",
+                       tag_keys=("job",)),
+        "progress": Gauge("montage_service_job_progress", "Share of a job's frames encoded", tag_keys=("job",)),
+    }
+
+
+_service_seen: dict[str, set] = {"actors": set(), "job": set()}
+
+
+def service_state(status: dict[str, Any]) -> None:
+    """The scheduler's status as gauges: actors per label, node and state; jobs, their queue, share, progress.
+    Series of actors and jobs that are gone are set to 0."""
+    try:
+        gauges = _service_metrics()
+        counts: dict[tuple[str, str, str], int] = {}
+        for a in status.get("actors", []):
+            key = (a["label"], a["node"], "busy" if a["busy"] else "idle")
+            counts[key] = counts.get(key, 0) + 1
+        for key in _service_seen["actors"] - set(counts):
+            counts[key] = 0
+        for (label, node, state), n in counts.items():
+            gauges["actors"].set(n, tags={"label": label, "node": node, "state": state})
+        _service_seen["actors"] = {k for k, n in counts.items() if n}
+        gauges["jobs"].set(len(status.get("jobs", [])))
+        queued = {q["job"]: sum(q["wants"].values()) for q in status.get("queue", [])}
+        jobs = {j["job"]: j for j in status.get("jobs", [])}
+        for job in _service_seen["job"] | set(jobs):
+            j = jobs.get(job, {})
+            gauges["queue"].set(queued.get(job, 0), tags={"job": job})
+            gauges["share"].set(j.get("share", 0.0), tags={"job": job})
+            gauges["progress"].set(j.get("progress", 0.0), tags={"job": job})
+        _service_seen["job"] = set(jobs)
+    except Exception as err:  # noqa: BLE001 - metrics must never break the service
+        log.debug("service metrics not recorded: %s", err)

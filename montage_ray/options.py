@@ -58,6 +58,7 @@ class EncodeOptions:
     cache: bool = True                      # reuse and keep verified segments across runs (--no-cache: False)
     cache_dir: PathLike | None = None       # None: .montage-ray.cache beside DST
     keep_cache: bool = False                # keep this job's cached segments after a successful publish
+    priority: int = 0                       # on the encoder service: higher goes first (previews)
 
     def __post_init__(self) -> None:
         if self.labels is not None and not isinstance(self.labels, tuple):
@@ -89,6 +90,8 @@ class EncodeOptions:
             raise InputError(f"workers must be at least 1, not {self.workers!r}")
         if self.labels is not None and (not self.labels or not all(isinstance(x, str) and x for x in self.labels)):
             raise InputError(f"labels must be resource label names, not {self.labels!r}")
+        if not isinstance(self.priority, int) or isinstance(self.priority, bool) or not -100 <= self.priority <= 100:
+            raise InputError(f"priority must be a whole number from -100 to 100, not {self.priority!r}")
         if self.timeline is not None and not os.fspath(self.timeline).lower().endswith(".png"):
             raise InputError(f"timeline {os.fspath(self.timeline)!r} must be a .png file")
         if self.target_quality is not None and self.measure is not None:

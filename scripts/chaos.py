@@ -9,7 +9,11 @@ The cluster is the one of ``scripts/simulate_cluster.py`` (a head with CPU slots
 - ``kill-actor``: SIGKILL of a random encoder actor's process (a crashed worker);
 - ``remove-node``: a whole stand-in node removed (added back after the job);
 - ``kill-driver`` (once per run): the job's driver, a separate ``montage-ray encode --address`` process,
-  killed with SIGKILL; the same command is then run again and must succeed and remove the leftovers.
+  killed with SIGKILL; the same command is then run again and must end exact (the killed driver's work on
+  the encoder service is dropped, and this script's own jobs share the same actors) and remove the leftovers.
+
+``--only I`` runs job I alone (the draws of the others are made, not run), ``--delay S`` strikes every job
+at S seconds: ``--jobs 20 --seed 11 --only 14`` replays one job of a run.
 
 A job passes when it ends **exact** (every frame, same presentation times, clean decode) or with **one
 clear line** (a MontageError, no traceback), and nothing is left behind: no work folder beside the output,
@@ -95,8 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--seconds", type=float, default=12.0, help="length of the test clip")
+    ap.add_argument("--only", type=int, action="append", default=None, metavar="I",
+                    help="run only job I of the run (repeatable); the others are drawn, not run (the strikes' "
+                         "own draws are skipped, so a delay may differ a little from the full run's)")
+    ap.add_argument("--delay", type=float, default=None, help="strike at this many seconds (not a drawn delay)")
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
+    ran = args.jobs if args.only is None else len(set(args.only) & set(range(args.jobs)))
 
     root = tempfile.mkdtemp(prefix="montage-chaos-")
     scratch = os.path.join(root, "tmp")
@@ -125,11 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i in range(args.jobs):
             out = os.path.join(root, f"job{i:03d}")
-            os.makedirs(out)
             dst = os.path.join(out, "o.mp4")
             action = "kill-driver" if i == driver_job else rng.choice(["kill-actor", "remove-node"])
-            delay = rng.uniform(0.0, 8.0)
+            delay = rng.uniform(0.0, 8.0) if args.delay is None else args.delay
+            if args.only is not None and i not in args.only:
+                continue
             what, verdict = action, None
+            os.makedirs(out)
             if action == "kill-driver":
                 cmd = [sys.executable, "-m", "montage_ray", "encode", src, dst, "--quiet", "--address",
                        cluster.address, "--encoders-config", config, "--segment-seconds", "2"]
@@ -145,12 +156,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if action == "kill-driver":
                     # the same command again, unharmed: it must succeed and sweep the killed driver's folder
+                    # (the killed driver's work must not keep the slots from it: issue 11 saw "no encoder
+                    # could start" here, so only an exact output passes)
                     again = ffmpeg_cli.run(cmd, timeout=600, check=False)
                     if again.returncode != 0:
-                        lines = again.stderr.strip().splitlines()
-                        except_line = lines[-1] if len(lines) == 1 else f"{len(lines)} lines: {again.stderr[-300:]}"
-                        if len(lines) != 1:
-                            verdict = "FAIL: not one line"
+                        verdict = f"FAIL: the re-run failed: {again.stderr.strip()[-300:]}"
                 else:
                     stop = threading.Event()
 
@@ -215,17 +225,17 @@ def main(argv: list[str] | None = None) -> int:
         left = _leftovers(root)
         if left:
             print(f"left behind after the run: {left}")
-            passed = min(passed, args.jobs - 1)
+            passed = min(passed, ran - 1)
     finally:
         join_drains()
         ray.shutdown()
         cluster.shutdown()
-    print(f"{passed}/{args.jobs} passed")
-    if passed == args.jobs:
+    print(f"{passed}/{ran} passed")
+    if passed == ran:
         shutil.rmtree(root, ignore_errors=True)
     else:
         print(f"kept {root} for inspection")
-    return 0 if passed == args.jobs else 1
+    return 0 if passed == ran else 1
 
 
 if __name__ == "__main__":

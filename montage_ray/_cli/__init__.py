@@ -15,9 +15,9 @@ from typing import Sequence
 
 from montage_ray.errors import MontageError, Terminated
 
-from . import budget_cmd, encode_cmd, probe_cmd
+from . import budget_cmd, encode_cmd, probe_cmd, service_cmd
 
-COMMANDS = (encode_cmd, probe_cmd, budget_cmd)
+COMMANDS = (encode_cmd, probe_cmd, budget_cmd, service_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,6 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "default tolerance 0.5 dB, 0.005, 1)")
     p.add_argument("--measure", metavar="METRIC", default=None,
                    help="measure each segment against the source and report its score (no re-encode)")
+    p.add_argument("--priority", type=int, default=0, metavar="P",
+                   help="on a shared cluster's encoder service, jobs of higher priority go first (e.g. 10 for "
+                        "a preview; default 0: fair share with the other jobs)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace DST, and the --report and --timeline files, if they exist")
     p.add_argument("--report", metavar="R.json", default=None, help="write the job report as JSON")
@@ -74,7 +77,8 @@ def options_from_args(args: argparse.Namespace) -> EncodeOptions:
                          allow_dv_loss=args.allow_dv_loss,
                          labels=tuple(x for x in args.labels.split(",") if x) if args.labels else None,
                          target_quality=args.target_quality, measure=args.measure,
-                         cache=not args.no_cache, cache_dir=args.cache_dir, keep_cache=args.keep_cache)
+                         cache=not args.no_cache, cache_dir=args.cache_dir, keep_cache=args.keep_cache,
+                         priority=args.priority)
 
 
 def run(args: argparse.Namespace) -> int:

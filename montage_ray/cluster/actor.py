@@ -4,13 +4,17 @@ It resolves *on its node* how to run its label (the node's probe, or the encoder
 a CPU stand-in) and which ffmpeg runs it (:func:`~montage_ray.caps.ffmpeg_caps`: the node's own build, spelt
 its way), encodes one segment at a time with :func:`~montage_ray.segment_encode.encode_segment`,
 and answers :meth:`EncoderActor.progress` from its own thread while an encode runs. Actors are started,
-reused and stopped by :class:`~montage_ray.cluster.workers.WorkerRegistry`; a pool sends them work::
+reused and stopped by :class:`~montage_ray.cluster.workers.WorkerRegistry` (a job's own) or by the service
+(:mod:`montage_ray.cluster.service`: one detached actor per slot for every job of the cluster; each call
+then brings its job's label config, and the command is built per segment, so another job's codec, preset,
+quality or config costs no restart). A pool sends them work::
 
     from montage_ray.cluster.actor import EncoderActor
 
     actor = EncoderActor.options(name="encoder:cpu:local:0", num_cpus=1).remote("cpu", None, "encoder:cpu:local:0")
     ray.get(actor.describe.remote(settings))       # {'name': ..., 'encoder': 'cpu:libx264', 'pid': ...}
     result, encoded = ray.get(actor.encode.remote(segment, data, settings))
+    actor.drop.remote(settings.job_id)             # the service: that job's driver is gone, stop its work
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 import ray
@@ -32,6 +37,9 @@ from montage_ray.segment_encode import (EncodeResult, JobSettings, SegmentEncode
                                         video_output_args)
 
 log = logging.getLogger(__name__)
+
+#: "The config this actor was started with" (a call of the service passes its job's config instead).
+SAME = object()
 
 
 @ray.remote(max_restarts=0, max_task_retries=0, concurrency_groups={"status": 1})
@@ -50,14 +58,16 @@ class EncoderActor:
         self._progress: dict[int, int] = {}   # segment index -> frames encoded so far (the running one)
         self._node = ""
         self._served = 0  # segments taken (the stand-in quota knob counts them; see montage_ray.quota)
+        self._dropped: dict[str, float] = {}  # job id -> when its driver was found gone (the service)
         # Ask this node's ffmpeg what it can do now, beside the driver's planning and cutting, rather than in
         # front of the first segment (the answer is cached for the process).
         threading.Thread(target=_warm_caps, name="montage-caps", daemon=True).start()
 
-    def _spec(self, settings: JobSettings, threads: int):
-        key = (settings.codec, settings.quality, settings.preset, threads)
+    def _spec(self, settings: JobSettings, threads: int, config: Any = SAME):
+        config = self._config if config is SAME else config
+        key = (settings.codec, settings.quality, settings.preset, threads, config)
         if key not in self._specs:
-            self._specs[key] = resolve_spec(self._label, self._config, codec=settings.codec,
+            self._specs[key] = resolve_spec(self._label, config, codec=settings.codec,
                                             quality=settings.quality, preset=settings.preset, threads=threads)
         return self._specs[key]
 
@@ -66,12 +76,13 @@ class EncoderActor:
             self._node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
         return self._node
 
-    def describe(self, settings: JobSettings | None = None) -> dict[str, Any]:
-        """Where this actor runs and, for ``settings``, what it would encode with (raises if it cannot)."""
+    def describe(self, settings: JobSettings | None = None, config: Any = SAME) -> dict[str, Any]:
+        """Where this actor runs and, for ``settings`` (and ``config``), what it would encode with (raises if it
+        cannot)."""
         info = {"name": self._name, "label": self._label, "node_id": ray.get_runtime_context().get_node_id(),
                 "hostname": socket.gethostname(), "node": self._node_name(), "pid": os.getpid()}
         if settings is not None:
-            spec = self._spec(settings, 1)
+            spec = self._spec(settings, 1, config)
             info.update(encoder=spec.label, standin=spec.is_standin)
         return info
 
@@ -80,25 +91,44 @@ class EncoderActor:
         """Frames encoded so far of the segment running now ({} when idle)."""
         return dict(self._progress)
 
+    @ray.method(concurrency_group="status")
+    def drop(self, job_id: str) -> None:
+        """Stop ``job_id``'s running segment and refuse its queued ones (its driver is gone)."""
+        now = time.monotonic()
+        self._dropped = {j: t for j, t in self._dropped.items() if now - t < 3600}
+        self._dropped[job_id] = now
+
     def encode(self, segment: Segment, data: bytes, settings: JobSettings, *, threads: int = 1,
-               timeout: float = 600.0, attempt: int = 1) -> tuple[EncodeResult, bytes]:
-        """Encode one segment with this label's spec for the job's settings."""
-        spec = self._spec(settings, threads)
+               timeout: float = 600.0, attempt: int = 1, config: Any = SAME, name: str | None = None,
+               lease: str = "") -> tuple[EncodeResult, bytes]:
+        """Encode one segment with this label's spec for the job's settings (and ``config``, the job's label
+        config, when the service shares this actor between jobs; ``name`` is the name the job knows it by,
+        ``lease`` its key at the service's scheduler, by which :meth:`drop` names it)."""
+        lease = lease or settings.job_id
+        if lease and lease in self._dropped:
+            raise SegmentEncodeError(f"segment {segment.index}: job {settings.job_id} was dropped (its driver "
+                                     "is gone)", reason="dropped")
+        spec = self._spec(settings, threads, config)
+        config = self._config if config is SAME else config
+        name = name or self._name
         ctx = ray.get_runtime_context()
         node = self._node_name()
         log.info("job %s segment %d attempt %d: %d frames on %s (%s)", settings.job_id, segment.index, attempt,
-                 segment.frames, self._name, spec.label)
+                 segment.frames, name, spec.label)
         self._served += 1
-        quota.standin_check(self._config, self._served)  # TESTS/SIMULATION ONLY: a stand-in refuses at "quota"
+        quota.standin_check(config, self._served)  # TESTS/SIMULATION ONLY: a stand-in refuses at "quota"
         self._progress = {segment.index: 0}
 
         def on_progress(frames: int) -> None:
             self._progress = {segment.index: frames}
 
+        def should_stop() -> bool:
+            return ctx.is_canceled() or lease in self._dropped
+
         try:
             result, encoded = encode_segment(spec, segment, data, video_args=video_output_args(settings.video, spec),
-                                             sar=settings.sar, timeout=timeout, actor=self._name, attempt=attempt,
-                                             should_stop=ctx.is_canceled, on_progress=on_progress,
+                                             sar=settings.sar, timeout=timeout, actor=name, attempt=attempt,
+                                             should_stop=should_stop, on_progress=on_progress,
                                              frame_filter=settings.frame_filter,
                                              decode=settings.verify == "decode", threads=threads,
                                              caps=ffmpeg_caps(),  # this node's ffmpeg, asked once per process
@@ -106,14 +136,16 @@ class EncoderActor:
                                              target=settings.target)  # --target-quality / --measure
         except SegmentEncodeError as err:
             log.warning("job %s segment %d attempt %d failed on %s: %s", settings.job_id, segment.index, attempt,
-                        self._name, err)
+                        name, err)
+            if lease in self._dropped:
+                raise SegmentEncodeError(str(err), reason="dropped") from None
             raise
         finally:
             self._progress = {}
         result = dataclasses.replace(result, node=node, resource=self._label)
         metrics.segment_encoded(label=self._label, node=node, encoder=spec.label, frames=result.frames,
                                 seconds=result.seconds, bytes_in=result.bytes_in, bytes_out=result.bytes_out)
-        log.info("job %s segment %d done on %s: %.1f fps", settings.job_id, segment.index, self._name, result.fps)
+        log.info("job %s segment %d done on %s: %.1f fps", settings.job_id, segment.index, name, result.fps)
         return result, encoded
 
 

@@ -22,6 +22,14 @@ Ray's ``util/actor_pool.py``::
     # pipelined: segments join the run as they are cut (``ready(wait)`` -> indices newly ready)
     for segment, result, data in pool.run(segments, load=read_segment, settings=settings, ready=cut.ready):
         save(segment, data)
+
+With a ``gate`` (the encoder service's :class:`~montage_ray.cluster.service.JobLease`), the actors are shared
+with other jobs: the pool asks the gate for a ticket per segment it means to send (its plan decides which
+actors it asks for) and gives it back when the segment answers; the scheduler behind the gate decides whose
+turn it is (fair share, priority). A segment that the service dropped (the job was taken for dead) goes back
+into the queue without counting as a failure::
+
+    pool = EncoderPool(service_workers, gate=service.lease(job_id, priority=10))
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import ray
 from ray.exceptions import RayTaskError, TaskCancelledError
@@ -52,6 +60,22 @@ ReadyFeed = Callable[[float], list[int]]
 
 #: Longest the pool waits on Ray while segments are still being cut, so that new ones go out promptly.
 FEED_POLL_SECONDS = 0.05
+
+#: How often a job that the gate kept waiting asks again (the scheduler keeps its turn meanwhile).
+GATE_POLL_SECONDS = 0.2
+
+
+class Gate(Protocol):
+    """Who may send to a shared actor now (see :class:`~montage_ray.cluster.service.JobLease`); ``job`` is the
+    job's key at the scheduler, sent with each segment."""
+
+    job: str
+
+    def grant(self, wants: Mapping[str, int], standing: bool = True) -> dict[str, int]: ...
+
+    def release(self, counts: Mapping[str, int]) -> None: ...
+
+    def progress(self, frames: int, segments: int = 1) -> None: ...
 
 
 @dataclass
@@ -94,6 +118,10 @@ class _Run:
     copies: dict[int, set[Any]] = field(default_factory=dict)         # segment index -> its running refs
     failed_on: dict[int, set[str]] = field(default_factory=dict)      # segment index -> workers it failed on
     finished: set[int] = field(default_factory=set)
+    allowed: dict[str, int] = field(default_factory=dict)            # worker name -> tickets granted, unused
+    next_ask: float = 0.0                                             # monotonic: when to ask the gate again
+    kept_waiting: bool = False                                        # the gate refused some of the last ask
+    asking: bool = False                                              # the last ask wanted something
 
     @property
     def done(self) -> bool:
@@ -109,7 +137,11 @@ class _Run:
     def submit(self, worker: Worker, seg: Segment, attempt: int, duplicate: bool = False) -> None:
         """Send ``seg`` to ``worker``."""
         ref = worker.actor.encode.remote(seg, ray.put(self.load(seg)), self.settings, threads=self.threads[worker.name],
-                                         timeout=self.pool.timeout_for(seg, worker, self.settings), attempt=attempt)
+                                         timeout=self.pool.timeout_for(seg, worker, self.settings), attempt=attempt,
+                                         **worker.call_options(),
+                                         **({"lease": self.pool.gate.job} if self.pool.gate is not None else {}))
+        if self.pool.gate is not None:
+            self.allowed[worker.name] -= 1
         self.in_flight[ref] = _Task(worker, seg, attempt, time.monotonic(), duplicate, time.time())
         self.copies.setdefault(seg.index, set()).add(ref)
         worker.in_flight += 1
@@ -119,7 +151,18 @@ class _Run:
         task = self.in_flight.pop(ref)
         task.worker.in_flight -= 1
         self.copies.get(task.segment.index, set()).discard(ref)
+        if self.pool.gate is not None:
+            self.pool.gate.release({task.worker.slot: 1})
         return task
+
+    def may_send(self, worker: Worker) -> bool:
+        """Whether the gate (if any) lets ``worker`` take one more segment of this job now."""
+        return self.pool.gate is None or self.allowed.get(worker.name, 0) > 0
+
+    def requeue(self, task: _Task) -> None:
+        """Put a dropped segment back as it was (unless another copy finished or still runs)."""
+        if task.segment.index not in self.finished and not self.copies.get(task.segment.index):
+            self.pending.insert(0, (task.segment, task.attempt))
 
     def finish(self, task: _Task) -> bool:
         """Record ``task``'s segment as done (cancelling its other copies); False if a copy was first."""
@@ -167,7 +210,7 @@ class EncoderPool:
     """Feed segments to workers: pull-based, speed-aware, with tail duplication and driver-owned retries."""
 
     def __init__(self, workers: Sequence[Worker], options: PoolOptions | None = None, *,
-                 registry: WorkerRegistry | None = None) -> None:
+                 registry: WorkerRegistry | None = None, gate: Gate | None = None) -> None:
         if not workers:
             raise ClusterError("no encoder actors to run the job on")
         self.workers = list(workers)
@@ -177,6 +220,7 @@ class EncoderPool:
         self.duplicates = 0
         self.refusals: list[quota.Refusal] = []        # labels a provider refused in this pool's runs
         self.job_id = ""  # of the job being run, for log lines
+        self.gate = gate  # the service's scheduler, when the actors are shared with other jobs
 
     # -- decisions -------------------------------------------------------------------------------
     def _expected_fps(self, worker: Worker) -> float:
@@ -234,6 +278,10 @@ class EncoderPool:
         finally:
             # cancel what still runs (duplicates that lost, or everything when the job failed) beside the job
             refs = list(run.in_flight)
+            if self.gate is not None:  # their tickets, and the ones granted but not used, are free again
+                for task in run.in_flight.values():
+                    run.allowed[task.worker.name] = run.allowed.get(task.worker.name, 0) + 1
+                self._give_back(run)
             run.in_flight.clear()
             self.registry.drain(refs)
 
@@ -246,10 +294,19 @@ class EncoderPool:
         next_tick = time.monotonic() + tick
         while not run.done:
             run.arrive()
+            self._ask_gate(run)
             self._fill(run)
             if opts.duplicate_tail and not run.pending and not run.waiting:
                 self._duplicate_tail(run)
+            self._give_back(run)
             if not run.in_flight:
+                if self.gate is not None and run.pending and any(w.alive for w in self.workers):
+                    time.sleep(GATE_POLL_SECONDS)  # the other jobs' turn: ask again shortly
+                    run.next_ask = 0.0
+                    if time.monotonic() - last_progress > opts.stall_timeout:
+                        raise ClusterError(f"the encoder service granted this job nothing in "
+                                           f"{opts.stall_timeout:.0f} s")
+                    continue
                 if run.waiting and not run.pending:  # nothing to do until the cutter lists the next segment
                     run.arrive(wait=0.5)
                     if time.monotonic() - last_progress > opts.stall_timeout:
@@ -260,6 +317,8 @@ class EncoderPool:
             wait = min(5.0, opts.stall_timeout) if on_tick is None else max(0.05, next_tick - time.monotonic())
             if run.waiting:
                 wait = min(wait, FEED_POLL_SECONDS)
+            if run.kept_waiting:
+                wait = min(wait, GATE_POLL_SECONDS)
             ready, _ = ray.wait(list(run.in_flight), num_returns=1, timeout=wait)
             if on_tick is not None and time.monotonic() >= next_tick:
                 polls = self._tick(polls, on_tick)
@@ -283,13 +342,61 @@ class EncoderPool:
             for worker in self._by_speed():
                 depth = self.options.depth if worker.fps > 0 else 1
                 mine = None if attempt_plan is None else attempt_plan.get(worker.name, [])
-                while worker.alive and worker.in_flight < depth and run.pending:
+                while worker.alive and worker.in_flight < depth and run.pending and run.may_send(worker):
                     pick = run.pick(worker, mine)
                     if pick is None:
                         break
                     run.submit(worker, *pick)
             if run.in_flight or not run.pending:
                 return
+
+    def _ask_gate(self, run: _Run) -> None:
+        """Ask the gate for the tickets this job would use now: room on the workers its plan gives pending
+        segments to (every alive worker before speeds are known), or one per idle worker at the tail."""
+        if self.gate is None or time.monotonic() < run.next_ask:
+            return
+        wants: dict[str, int] = {}
+        alive = self._by_speed()
+        tail = False
+        if run.pending:
+            plan = self._shares(run)
+            for w in alive:
+                room = (self.options.depth if w.fps > 0 else 1) - w.in_flight - run.allowed.get(w.name, 0)
+                if plan is not None:
+                    room = min(room, len([i for i in plan.get(w.name, []) if i not in run.waiting]))
+                if room > 0:
+                    wants[w.name] = room
+            if plan is not None and not wants and not run.in_flight:  # the plan's workers are all out of reach
+                wants = {w.name: 1 for w in alive if w.in_flight == 0}
+        elif not run.waiting and self.options.duplicate_tail and run.in_flight:
+            wants = {w.name: 1 for w in alive if w.in_flight == 0 and not run.allowed.get(w.name)}
+            tail = True
+        if not wants:
+            if run.pending or run.waiting:
+                return  # no room now: the standing ask keeps this job's turn (the heartbeat keeps it fresh)
+            if run.asking:  # withdraw the standing ask: the slots are free for the other jobs at once
+                self.gate.grant({})
+            run.kept_waiting = run.asking = False
+            return
+        run.asking = not tail
+        by_name = {w.name: w for w in alive}
+        got = self.gate.grant({by_name[n].slot: c for n, c in wants.items()}, standing=not tail)
+        granted = 0
+        for name in wants:
+            n = got.get(by_name[name].slot, 0)
+            run.allowed[name] = run.allowed.get(name, 0) + n
+            granted += n
+        run.kept_waiting = granted < sum(wants.values()) and bool(run.pending)
+        run.next_ask = time.monotonic() + (GATE_POLL_SECONDS if run.kept_waiting or not granted else 0.0)
+
+    def _give_back(self, run: _Run) -> None:
+        """Return the tickets granted but not used (the plan changed, or the tail needed no copy)."""
+        if self.gate is None:
+            return
+        unused = {w.name: run.allowed.pop(w.name) for w in self.workers if run.allowed.get(w.name, 0) > 0}
+        if unused:
+            self.gate.release({w.slot: unused[w.name] for w in self.workers if w.name in unused})
+            run.next_ask = max(run.next_ask, time.monotonic() + GATE_POLL_SECONDS)
 
     def _answer(self, run: _Run, ref: Any) -> tuple[Segment, EncodeResult, bytes] | None:
         """Take one answer: a finished segment to yield, or a failure recorded (None)."""
@@ -307,12 +414,19 @@ class EncoderPool:
             reason = getattr(cause, "reason", "error")
             if reason == "bad-input":  # the piece itself is wrong: no other encoder would do better
                 raise EncoderError(first_line(cause))
+            if reason == "dropped":  # the service took this job for dead (it stalled): send it again
+                run.requeue(task)
+                return None
             if reason != "cancelled":
                 self._failed(run, task, reason, first_line(cause), getattr(cause, "stderr", ""),
                              started=getattr(cause, "started", 0.0), seconds=getattr(cause, "seconds", 0.0))
             return None
         self._measured(task.worker, result)  # a speed, even from a duplicate that lost the race, is information
-        return (task.segment, result, data) if run.finish(task) else None
+        if not run.finish(task):
+            return None
+        if self.gate is not None:
+            self.gate.progress(task.segment.frames)
+        return task.segment, result, data
 
     def _measured(self, w: Worker, result: EncodeResult) -> None:
         fps = result.frames / result.seconds if result.seconds > 0 else 0.0
@@ -380,7 +494,7 @@ class EncoderPool:
                 return
             slowest = max(single, key=eta)
             fps = self._expected_fps(worker)
-            if fps <= 0 or slowest.worker is worker or worker.name in run.failed_on.get(slowest.segment.index, ()):
+            if fps <= 0 or not run.may_send(worker) or slowest.worker is worker or worker.name in run.failed_on.get(slowest.segment.index, ()):
                 continue
             if slowest.segment.frames / fps < eta(slowest):
                 single.remove(slowest)

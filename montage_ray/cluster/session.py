@@ -1,7 +1,9 @@
 """Connecting to Ray, or starting a private one, for the jobs of this process.
 
-:func:`ray_session` yields a :class:`RaySession`: the real address of the Ray in use and the
-:class:`~montage_ray.cluster.workers.WorkerRegistry` of its encoder actors. Three cases:
+:func:`ray_session` yields a :class:`RaySession`: the real address of the Ray in use and where its jobs get
+encoder actors: on a shared Ray (the caller's, or an address) the cluster's encoder service
+(:class:`~montage_ray.cluster.service.Service`, shared by every driver; ``$MONTAGE_RAY_SERVICE=0`` turns it
+off), on a private one a :class:`~montage_ray.cluster.workers.WorkerRegistry` of this process. Three cases:
 
 - this process already called ``ray.init()``: that Ray is used and left running; its registry lives as long
   as that connection, so the next job reuses the same actors;
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from montage_ray import workdirs
+from montage_ray.cluster.service import Service, enabled
 from montage_ray.cluster.workers import WorkerRegistry
 from montage_ray.errors import ClusterError
 
@@ -48,6 +51,7 @@ class RaySession:
     started_here: bool
     registry: WorkerRegistry = field(default_factory=WorkerRegistry)
     job_id: str = ""           # Ray's id of this driver's connection
+    service: Service | None = None  # the cluster's encoder service (a shared Ray), else None
 
 
 # The registry of a Ray that the caller connected (``ray.init()`` before ``encode()``): it outlives one job,
@@ -58,7 +62,8 @@ _attached: list[RaySession] = []
 def _attached_session(ray: Any) -> RaySession:
     job_id = ray.get_runtime_context().get_job_id()
     if not _attached or _attached[0].job_id != job_id:
-        _attached[:] = [RaySession(ray.get_runtime_context().gcs_address, False, job_id=job_id)]
+        _attached[:] = [RaySession(ray.get_runtime_context().gcs_address, False, job_id=job_id,
+                                   service=Service() if enabled() else None)]
     return _attached[0]
 
 
@@ -191,12 +196,14 @@ def ray_session(address: str | None = None) -> Iterator[RaySession]:
         yield _attached_session(ray)
         return
     target = address or os.environ.get("RAY_ADDRESS") or None
-    if target in (None, "local"):
+    private = target in (None, "local")
+    service = None if private or not enabled() else Service()  # (checks its settings before connecting)
+    if private:
         _start_private(ray)
     else:
         _connect(ray, _resolve(target), ship=target != "auto")
     session = RaySession(ray.get_runtime_context().gcs_address, True,
-                         job_id=ray.get_runtime_context().get_job_id())
+                         job_id=ray.get_runtime_context().get_job_id(), service=service)
     try:
         yield session
     finally:

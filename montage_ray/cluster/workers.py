@@ -65,6 +65,13 @@ class Worker:
     last_done: float = 0.0     # monotonic time of its last finished segment
     base_fps: float = 0.0      # the configured first guess, for jobs whose speed it has not measured
     fps_for: tuple = ()        # the job setup (codec, preset, quality, pixels) that ``fps`` was measured on
+    slot: str = ""             # the service's actor name (its scheduler's key); "" for a registry's actor
+    config: LabelConfig | None = None  # the job's label config, sent with each call to a shared actor
+    shared: bool = False       # an actor of the service (montage_ray.cluster.service), shared with other jobs
+
+    def call_options(self) -> dict[str, Any]:
+        """Keyword arguments of each call to a shared actor: the job's label config and its name for it."""
+        return {"config": self.config, "name": self.name} if self.shared else {}
 
 
 class WorkerRegistry:
@@ -84,8 +91,13 @@ class WorkerRegistry:
     def start(self, placements: Sequence[Placement], config: Mapping[str, LabelConfig], *,
               reuse: bool = True) -> list[Worker]:
         """An actor per placement, pinned to its node; the live actor of a slot is reused when its setup is
-        the same, replaced when it is not."""
-        return [self._reuse(p, config.get(p.label), reuse) or self._start(p, config.get(p.label)) for p in placements]
+        the same, replaced when it is not. Idle actors of the encoder service on those slots are stopped
+        first (they would hold the slots this registry's actors need)."""
+        reused = [self._reuse(p, config.get(p.label), reuse) for p in placements]
+        from montage_ray.cluster.service import reclaim
+
+        reclaim({(p.node_id, p.label) for p, w in zip(placements, reused) if w is None})
+        return [w or self._start(p, config.get(p.label)) for p, w in zip(placements, reused)]
 
     def _reuse(self, p: Placement, cfg: LabelConfig | None, reuse: bool) -> Worker | None:
         held = self._held.get((p.node_id, p.label, p.index))  # one slot: one actor at a time holds it
