@@ -149,6 +149,8 @@ def main() -> int:
         "actor_utilisation": utilisation, "encode_seconds_sum": busy,
         "probe_share_of_encode": report.timings.get("probe", 0) / max(report.timings.get("encode", 1e-9), 1e-9),
         "driver_peak_rss_mb": peak_rss_mb, "bytes": sizes,
+        "segments": [{"segment": r.segment, "actor": r.actor, "started": r.started - report.started,
+                      "seconds": r.seconds, "frames": r.frames} for r in report.segments],
     }
     print(report.summary())
     print(f"montage-ray ({figures['input']['actors']} actors, {len(report.segments)} segments): {wall:.2f} s "

@@ -100,6 +100,7 @@ class Service:
         self.idle = idle if idle is not None else _seconds("MONTAGE_SERVICE_IDLE", IDLE_SECONDS)
         self.grace = grace if grace is not None else _seconds("MONTAGE_SERVICE_GRACE", GRACE_SECONDS)
         self._scheduler: Any = None
+        self._last: dict[str, Worker] = {}   # each slot's worker of this driver's last job: its measured speed
 
     @property
     def scheduler(self) -> Any:
@@ -134,8 +135,13 @@ class Service:
                                      scheduling_strategy=strategy, **options).remote(p.label, None, p.name)
         standin = cfg is not None and p.label != "cpu" and (cfg.standin or cfg.backend == "cpu")
         fps = cfg.expected_fps if cfg and cfg.expected_fps else 0.0
-        return Worker(actor=actor, name=p.name + (":stand-in" if standin else ""), label=p.label, placement=p,
-                      fps=fps, base_fps=fps, slot=p.name, config=cfg, shared=True)
+        worker = Worker(actor=actor, name=p.name + (":stand-in" if standin else ""), label=p.label, placement=p,
+                        fps=fps, base_fps=fps, slot=p.name, config=cfg, shared=True)
+        last = self._last.get(worker.name)
+        if last is not None and last.fps > 0:  # measured by this driver's last job (the pool resets it when the
+            worker.fps, worker.fps_for = last.fps, last.fps_for   # job's setup differs): no slow start again
+        self._last[worker.name] = worker
+        return worker
 
     def wait_ready(self, workers: Sequence[Worker], settings: JobSettings, timeout: float = 60.0
                    ) -> tuple[list[Worker], list[FailedAttempt]]:
