@@ -31,6 +31,7 @@ import shutil
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
@@ -62,6 +63,11 @@ log = logging.getLogger(__name__)
 
 #: Prefix of a job's hidden work folder beside the destination (see :mod:`montage_ray.workdirs`).
 WORKDIR_PREFIX = ".montage-ray-"
+
+#: Seconds the source's inspection runs alone before Ray starts beside it: ffprobe refuses a file that is
+#: not a video (text, truncated, audio only, unknown codec) within them, and the job ends with its one line
+#: without starting and stopping a private Ray (seconds).
+INSPECT_HEAD_START = 0.3
 
 #: Called after each finished segment with (segments done, segments total, the result).
 ProgressCallback = Callable[[int, int, EncodeResult], None]
@@ -99,6 +105,8 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
             with ThreadPoolExecutor(2, thread_name_prefix="inspect") as side:
                 inspecting = side.submit(_timed, inspect, job.source)           # inspect, while ...
                 side.submit(ffmpeg_caps)  # (what this ffmpeg can do, for the cut: asked once per process)
+                with contextlib.suppress(FutureTimeout):  # a bad input mostly fails at once: say so
+                    inspecting.result(timeout=INSPECT_HEAD_START)  # before a Ray is started for nothing
                 ray_from = time.monotonic()
                 try:
                     session = in_session.enter_context(ray_session(opts.address))  # ... Ray starts
