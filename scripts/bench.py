@@ -74,7 +74,7 @@ def main() -> int:
     ap.add_argument("--size", default="1920x1080")
     ap.add_argument("--rate", default="30")
     ap.add_argument("--codec", default="h264", choices=["h264", "hevc", "av1"])
-    ap.add_argument("--preset", default="veryfast", help="x264/x265 preset name, or SVT-AV1's number")
+    ap.add_argument("--preset", default="veryfast", help="preset name, as montage-ray takes it (SVT-AV1 maps it: fast = 8, medium = 7)")
     ap.add_argument("--quality", type=int, default=23)
     ap.add_argument("--segment-seconds", type=float, default=10)
     ap.add_argument("--workers", type=int, default=None, help="encoder actors (default: one per CPU)")
