@@ -41,8 +41,13 @@ try:  # an actor that is restarting or whose node is unreachable
 except ImportError:  # pragma: no cover
     ActorUnavailableError = RayActorError  # type: ignore[misc,assignment]
 
+try:  # an actor pinned to a node that was removed (a detached service actor started as its node went away)
+    from ray.exceptions import ActorUnschedulableError
+except ImportError:  # pragma: no cover
+    ActorUnschedulableError = RayActorError  # type: ignore[misc,assignment]
+
 #: Errors that mean "this actor (or its node) is gone": resubmit elsewhere.
-ACTOR_GONE = (RayActorError, ActorUnavailableError, ObjectLostError, GetTimeoutError)
+ACTOR_GONE = (RayActorError, ActorUnavailableError, ActorUnschedulableError, ObjectLostError, GetTimeoutError)
 
 
 @dataclass
