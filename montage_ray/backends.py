@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:  # the metadata types, from the module that reads them (no import at run time)
     from montage_ray.media import ContentLight, MasteringDisplay
@@ -77,15 +77,18 @@ def _v4l2_q(q: int) -> list[str]:
     return ["-b:v", f"{kbps}k"]
 
 
+def _mastering(m: "MasteringDisplay", xy: Callable[[Any], str], luminance: Callable[[Any], str]) -> str:
+    """The G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min) form x265 and SVT-AV1 share, in the encoder's own units."""
+    return (f"G{xy(m.green)}B{xy(m.blue)}R{xy(m.red)}WP{xy(m.white)}"
+            f"L({luminance(m.max_luminance)},{luminance(m.min_luminance)})")
+
+
 def _x265_hdr(mastering: "MasteringDisplay | None", light: "ContentLight | None") -> list[str]:
     # x265's own units (as its CLI and ffmpeg's HEVC SEI): chromaticity in 1/50000, luminance in 1/10000 cd/m2
     params = []
     if mastering is not None:
-        def xy(pair) -> str:
-            return f"({round(pair[0] * 50000)},{round(pair[1] * 50000)})"
-        params.append(f"master-display=G{xy(mastering.green)}B{xy(mastering.blue)}R{xy(mastering.red)}"
-                      f"WP{xy(mastering.white)}L({round(mastering.max_luminance * 10000)},"
-                      f"{round(mastering.min_luminance * 10000)})")
+        params.append("master-display=" + _mastering(
+            mastering, lambda p: f"({round(p[0] * 50000)},{round(p[1] * 50000)})", lambda v: f"{round(v * 10000)}"))
     if light is not None:
         params.append(f"max-cll={light.max_content},{light.max_average}")
     return ["-x265-params", ":".join(params)] if params else []
@@ -95,11 +98,8 @@ def _svt_hdr(mastering: "MasteringDisplay | None", light: "ContentLight | None")
     # SVT-AV1 (1.0+) takes the same G/B/R/WP/L form in plain numbers: xy as 0..1, luminance in cd/m2
     params = []
     if mastering is not None:
-        def xy(pair) -> str:
-            return f"({float(pair[0]):.5f},{float(pair[1]):.5f})"
-        params.append(f"mastering-display=G{xy(mastering.green)}B{xy(mastering.blue)}R{xy(mastering.red)}"
-                      f"WP{xy(mastering.white)}L({float(mastering.max_luminance):.4f},"
-                      f"{float(mastering.min_luminance):.4f})")
+        params.append("mastering-display=" + _mastering(
+            mastering, lambda p: f"({float(p[0]):.5f},{float(p[1]):.5f})", lambda v: f"{float(v):.4f}"))
     if light is not None:
         params.append(f"content-light={light.max_content},{light.max_average}")
     return ["-svtav1-params", ":".join(params)] if params else []
