@@ -36,13 +36,12 @@ from typing import Any, Mapping, Sequence
 
 import ray
 from ray.exceptions import RayTaskError
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from montage_ray.cluster.actor import EncoderActor
 from montage_ray.cluster.nodes import Placement
 from montage_ray.cluster.scheduler import (GRACE_SECONDS, IDLE_SECONDS, NAMESPACE, SCHEDULER_NAME,
                                            SchedulerActor)
-from montage_ray.cluster.workers import ACTOR_GONE, Worker, first_line
+from montage_ray.cluster.workers import ACTOR_GONE, Worker, actor_options, first_line, serves_as_standin
 from montage_ray.config import LabelConfig
 from montage_ray.errors import ClusterError, InputError
 from montage_ray.report import FailedAttempt
@@ -126,14 +125,9 @@ class Service:
         return workers
 
     def _worker(self, p: Placement, cfg: LabelConfig | None) -> Worker:
-        if p.label == "cpu":
-            options: dict[str, Any] = {"num_cpus": 1}
-        else:
-            options = {"num_cpus": 0, "resources": {p.label: 1}}
-        strategy = NodeAffinitySchedulingStrategy(node_id=p.node_id, soft=False) if p.node_id else None
         actor = EncoderActor.options(name=p.name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-                                     scheduling_strategy=strategy, **options).remote(p.label, None, p.name)
-        standin = cfg is not None and p.label != "cpu" and (cfg.standin or cfg.backend == "cpu")
+                                     **actor_options(p)).remote(p.label, None, p.name)
+        standin = serves_as_standin(p.label, cfg)
         fps = cfg.expected_fps if cfg and cfg.expected_fps else 0.0
         worker = Worker(actor=actor, name=p.name + (":stand-in" if standin else ""), label=p.label, placement=p,
                         fps=fps, base_fps=fps, slot=p.name, config=cfg, shared=True)

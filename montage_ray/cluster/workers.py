@@ -50,6 +50,20 @@ except ImportError:  # pragma: no cover
 ACTOR_GONE = (RayActorError, ActorUnavailableError, ActorUnschedulableError, ObjectLostError, GetTimeoutError)
 
 
+def actor_options(p: Placement) -> dict[str, Any]:
+    """Ray options that pin an encoder actor to its slot: one CPU for a CPU slot, else one unit of the label's
+    resource, on the placement's node."""
+    options: dict[str, Any] = {"num_cpus": 1} if p.label == "cpu" else {"num_cpus": 0, "resources": {p.label: 1}}
+    if p.node_id:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=p.node_id, soft=False)
+    return options
+
+
+def serves_as_standin(label: str, cfg: LabelConfig | None) -> bool:
+    """Whether the encoders config makes a CPU stand-in serve the hardware ``label``."""
+    return cfg is not None and label != "cpu" and (cfg.standin or cfg.backend == "cpu")
+
+
 @dataclass
 class Worker:
     """One encoder actor as the pool sees it; ``fps`` is its measured speed (smoothed)."""
@@ -116,16 +130,11 @@ class WorkerRegistry:
         return None
 
     def _start(self, p: Placement, cfg: LabelConfig | None) -> Worker:
-        if p.label == "cpu":
-            options: dict[str, Any] = {"num_cpus": 1}
-        else:
-            options = {"num_cpus": 0, "resources": {p.label: 1}}
-        strategy = NodeAffinitySchedulingStrategy(node_id=p.node_id, soft=False) if p.node_id else None
-        name = p.name + (":stand-in" if cfg and p.label != "cpu" and (cfg.standin or cfg.backend == "cpu") else "")
+        name = p.name + (":stand-in" if serves_as_standin(p.label, cfg) else "")
         if name in self._used_names:  # an older setup of the slot may still hold the name
             name += f"~{next(self._generation)}"
         self._used_names.add(name)
-        actor = EncoderActor.options(name=name, scheduling_strategy=strategy, **options).remote(p.label, cfg, name)
+        actor = EncoderActor.options(name=name, **actor_options(p)).remote(p.label, cfg, name)
         fps = cfg.expected_fps if cfg and cfg.expected_fps else 0.0
         w = Worker(actor=actor, name=name, label=p.label, placement=p, fps=fps, base_fps=fps)
         self._held[(p.node_id, p.label, p.index)] = (cfg, w)
