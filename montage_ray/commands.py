@@ -151,8 +151,10 @@ def encode_command(spec: Any, src: str, dst: str, *, caps: FFmpegCaps, video_arg
     if not copies:
         output.update(option_kwargs(video_args))
     mode_option, mode = caps.passthrough
+    # +faststart: the sample tables before the samples, so that the join can read the piece from a pipe
+    # while later segments are still encoding (montage_ray.join.StreamingJoin)
     output.update({mode_option[1:]: mode, "enc_time_base": caps.enc_time_base,
-                   "an": None, "sn": None, "dn": None, "map_metadata": "-1", "f": "mp4"})
+                   "an": None, "sn": None, "dn": None, "map_metadata": "-1", "f": "mp4", "movflags": "+faststart"})
     if not copies:  # copied packets keep their own framing (dump_extra would put Annex B into AVCC)
         output["bsf:v"] = "dump_extra"
     stream = ffmpeg_python.output(source["v:0"], file_url(dst), **output)
@@ -253,6 +255,14 @@ def align_command(src: str, dst: str, shift: int, *, caps: FFmpegCaps) -> list[s
         raise EncoderError(caps.missing("setts", "joining segments of differently configured encoders"))
     stream = ffmpeg_python.output(ffmpeg_python.input(file_url(src))["v:0"], file_url(dst), c="copy",
                                   **{"bsf:v": f"setts=dts=DTS-{shift}"}, f="mp4")
+    return _compile(_globals(caps.path), stream)
+
+
+def faststart_command(src: str, dst: str, *, caps: FFmpegCaps) -> list[str]:
+    """Copy the MP4 ``src`` to ``dst`` with its sample tables (``moov``) before its samples, so that it can
+    be read from a pipe (a segment encoded before the encoders wrote them so, taken from the cache)."""
+    stream = ffmpeg_python.output(ffmpeg_python.input(file_url(src))["v:0"], file_url(dst), c="copy",
+                                  map_metadata="-1", movflags="+faststart", f="mp4")
     return _compile(_globals(caps.path), stream)
 
 

@@ -286,6 +286,14 @@ class Running:
                               returncode=None, stderr=self.stderr, timed_out=True)
         return code
 
+    def returncode(self) -> int | None:
+        """The exit status, or None while it runs (without the timeout check of :meth:`poll`)."""
+        return self._proc.poll()
+
+    def extend(self, timeout: float) -> None:
+        """Give it ``timeout`` seconds from now, whatever it had before."""
+        self._deadline, self._timeout = time.monotonic() + timeout, timeout
+
     def wait(self, *, check: bool = True) -> Completed:
         """Wait for the end (within the timeout); with ``check`` a failure raises FFmpegError."""
         try:

@@ -47,7 +47,7 @@ from montage_ray.cluster.workers import Worker
 from montage_ray.config import LabelConfig
 from montage_ray.errors import ClusterError, EncoderError, FFmpegError, InputError, VerificationError
 from montage_ray.files import publish
-from montage_ray.join import join_segments, verify_output
+from montage_ray.join import JoinPlan, StreamingJoin, join_segments, verify_output
 from montage_ray.media import MediaInfo, inspect
 from montage_ray.options import EncodeOptions, ValidJob
 from montage_ray.plan import (FrameFit, Segment, fit_frame, is_small_job, plan_segments, segment_length,
@@ -98,9 +98,10 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
     job_id = uuid.uuid4().hex[:8]
     folder = os.path.dirname(job.target)
     workdirs.sweep(folder, WORKDIR_PREFIX)  # leftovers of killed jobs (whose owner is gone)
-    workdir = cache = None
+    workdir = cache = streaming = None
     try:
         workdir = workdirs.make_workdir(folder, WORKDIR_PREFIX)
+        tmp_out = os.path.join(workdir, "joined" + os.path.splitext(job.target)[1])
         with contextlib.ExitStack() as in_session:
             with ThreadPoolExecutor(2, thread_name_prefix="inspect") as side:
                 inspecting = side.submit(_timed, inspect, job.source)           # inspect, while ...
@@ -128,7 +129,11 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
                         or plan_job(media, opts, crew.ready))                   # plan
             ready = crew.ready[:max(1, len(segments))]
             encoded = Encoded.start(segments, workdir, ready)
+            streaming = start_streaming_join(media, segments, tmp_out, workdir, job, ready)  # join, as they come
             reused = reuse_segments(cache, segments, encoded, crew, job)       # pieces an earlier run made
+            if streaming is not None:
+                for index in reused:
+                    streaming.offer(index, encoded.paths[index])
             todo = [s for s in segments if s.index not in reused]
             clock.lap("plan")
             try:
@@ -137,7 +142,8 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
                     try:
                         encode_segments(encoded, todo, cut, settings, session, pool_options,  # encode as cut
                                         _listener(progress), fallback=lambda: _local_workers(session, job, settings),
-                                        on_piece=_storer(cache, segments, job, opts.segment_seconds), gate=lease)
+                                        on_piece=_on_piece(_storer(cache, segments, job, opts.segment_seconds),
+                                                           streaming), gate=lease)
                     finally:
                         cut.close()
             finally:  # even when the encode failed: the paid labels were used, the refusals happened
@@ -145,9 +151,7 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
             encoded.results = sorted(encoded.results + list(reused.values()), key=lambda r: r.segment)
             clock.lap("encode")
         clock.lap("ray")  # start-up above, shut-down (of a Ray started here) now
-        tmp_out = os.path.join(workdir, "joined" + os.path.splitext(job.target)[1])
-        joined = join_segments(media, segments, encoded.paths, tmp_out, workdir, container=job.container,  # join
-                               mixed=len({r.encoder for r in encoded.results}) > 1, codec=opts.codec)
+        joined = finish_join(streaming, media, segments, encoded, tmp_out, workdir, job)  # join (the rest)
         clock.lap("join")
         # each actor decoded its own segment in full (--verify decode): here the structure and the joins
         checked = verify_output(tmp_out, joined, decode=False)                  # verify
@@ -164,6 +168,8 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
             raise full from None
         raise
     finally:
+        if streaming is not None:
+            streaming.stop()  # a failed job's join: killed, its feeder ended
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
     report = JobReport(
@@ -346,6 +352,55 @@ def encode_segments(encoded: Encoded, segments: list[Segment], cut: Cut, setting
             listener.close()
     encoded.results.sort(key=lambda r: r.segment)
     return encoded
+
+
+#: ``MONTAGE_RAY_STREAM_JOIN=0`` joins only once every segment is encoded (see :func:`start_streaming_join`).
+STREAM_JOIN_ENV = "MONTAGE_RAY_STREAM_JOIN"
+
+
+def start_streaming_join(media: MediaInfo, segments: list[Segment], tmp_out: str, workdir: str, job: ValidJob,
+                         workers: list[Worker]) -> StreamingJoin | None:
+    """The join, started now and fed each segment as it arrives in order (:class:`~montage_ray.join.StreamingJoin`),
+    when every worker is the same encoder: segments of differently configured encoders are aligned first,
+    which needs all of them (then, and with ``MONTAGE_RAY_STREAM_JOIN=0``, None: the join waits for the end)."""
+    if os.environ.get(STREAM_JOIN_ENV, "1") == "0" or not hasattr(os, "mkfifo") or len(segments) < 2:
+        return None
+    if len({w.encoder for w in workers}) != 1:
+        return None
+    return StreamingJoin(media, segments, tmp_out, workdir, container=job.container)
+
+
+def finish_join(streaming: StreamingJoin | None, media: MediaInfo, segments: list[Segment], encoded: Encoded,
+                tmp_out: str, workdir: str, job: ValidJob) -> JoinPlan:
+    """The joined file: the streamed join's end when it ran and every piece came from one encoder (after a
+    fallback to other encoders they must be aligned: it is stopped and the segments joined here), else the
+    whole join now. A streamed join that failed is logged and done again the plain way."""
+    mixed = len({r.encoder for r in encoded.results}) > 1
+    if streaming is not None and not mixed:
+        try:
+            return streaming.finish()
+        except FFmpegError as err:
+            log.warning("the streamed join failed (%s); joining again from the encoded files", err)
+    if streaming is not None:
+        streaming.stop()
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_out)
+    return join_segments(media, segments, encoded.paths, tmp_out, workdir, container=job.container, mixed=mixed,
+                         codec=job.options.codec)
+
+
+def _on_piece(store: Callable[[Segment, EncodeResult, str], None] | None,
+              streaming: StreamingJoin | None) -> Callable[[Segment, EncodeResult, str], None] | None:
+    """What happens to each encoded piece once it is written: kept in the cache, handed to the streamed join."""
+    if streaming is None:
+        return store
+
+    def landed(seg: Segment, result: EncodeResult, path: str) -> None:
+        if store is not None:
+            store(seg, result, path)
+        streaming.offer(seg.index, path)
+
+    return landed
 
 
 def open_cache(job: ValidJob, media: MediaInfo, settings: JobSettings) -> SegmentCache | None:

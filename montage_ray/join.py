@@ -5,6 +5,9 @@ source duration so that presentation times come out as they were in the source (
 included). Audio, subtitles, chapters and metadata come straight from the source in the same pass, so
 audio is copied or encoded **once for the whole file**: nothing is cut at segment joins. The result is
 written to a temporary name and only becomes the destination after :func:`verify_output` passes.
+A job whose segments all come from one encoder runs that join while they are still being encoded
+(:class:`StreamingJoin`: each piece goes in as soon as it and all before it have arrived), so that only
+the last segment's share of it is left when the encoders finish.
 
 Verification reads the joined file's structure in one demux pass (:func:`check_structure`: packets per
 stream, DTS rising, every presentation time where the source had it, so a gap or overlap at a join shows,
@@ -22,8 +25,11 @@ joining can break a stream::
 from __future__ import annotations
 
 import array
+import errno
 import json
 import os
+import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -205,10 +211,24 @@ def join_segments(media: MediaInfo, segments: Sequence[Segment], encoded: Sequen
     ``mixed`` says the segments come from differently configured encoders: their decode delays are
     aligned and an MP4 output uses the in-band sample entry (avc3/hev1) for ``codec``.
     """
-    muxer, family = container
     if mixed:
         encoded = align_decode_delays(encoded, workdir)
-    list_path = os.path.join(workdir, "segments.ffconcat")
+    args, plan = _join(media, segments, encoded, dst_tmp, workdir, container=container,
+                       tag=IN_BAND_TAGS.get(codec or "") if mixed else None, list_name="segments.ffconcat")
+    ffmpeg_cli.run(args, timeout=timeout or join_timeout(media))
+    return plan
+
+
+def join_timeout(media: MediaInfo) -> float:
+    """How long the join's ffmpeg may take once it has every segment (seconds)."""
+    return 120.0 + media.size / 20e6
+
+
+def _join(media: MediaInfo, segments: Sequence[Segment], encoded: Sequence[str], dst_tmp: str, workdir: str, *,
+          container: tuple[str, str], tag: str | None, list_name: str) -> tuple[list[str], JoinPlan]:
+    """The join's ffmpeg command (reading ``encoded`` through a concat list) and what it will have made."""
+    muxer, family = container
+    list_path = os.path.join(workdir, list_name)
     _concat_list(segments, encoded, list_path)
     # The concat demuxer starts the video at 0; the source starts every stream at its own time. Shift the
     # video by how far its first frame was from the file's start so that A/V offset is kept exactly.
@@ -217,17 +237,171 @@ def join_segments(media: MediaInfo, segments: Sequence[Segment], encoded: Sequen
     attach = cover_attachments(media, workdir) if family == "mkv" and media.cover_art else []
     args = commands.join_command(list_path, media.path, dst_tmp, caps=ffmpeg_caps(), offset=offset,
                                  video_index=media.video.index, rotation=media.video.rotation, streams=streams,
-                                 stream_options=options, muxer=muxer, mp4=family == "mp4",
-                                 tag=IN_BAND_TAGS.get(codec or "") if mixed else None, attach=attach)
-    ffmpeg_cli.run(args, timeout=timeout or 120.0 + media.size / 20e6)
+                                 stream_options=options, muxer=muxer, mp4=family == "mp4", tag=tag, attach=attach)
     rate = media.video.frame_rate
     frame_duration = float(1 / rate) if rate else 0.04
     kept_subs = sum(1 for s in media.subtitles if family == "mkv" or s.codec in TEXT_SUBTITLES)
-    return JoinPlan(frames=sum(s.frames for s in segments), audio_streams=len(media.audio),
-                    subtitle_streams=kept_subs, rotation=media.video.rotation, family=family,
-                    duration=sum(s.duration for s in segments), frame_duration=frame_duration,
-                    notes=tuple(notes), times=source_times(media),
-                    joins=tuple(s.start - segments[0].start for s in segments[1:]), first_time=offset)
+    return args, JoinPlan(frames=sum(s.frames for s in segments), audio_streams=len(media.audio),
+                          subtitle_streams=kept_subs, rotation=media.video.rotation, family=family,
+                          duration=sum(s.duration for s in segments), frame_duration=frame_duration,
+                          notes=tuple(notes), times=source_times(media),
+                          joins=tuple(s.start - segments[0].start for s in segments[1:]), first_time=offset)
+
+
+def streamable(path: str) -> bool:
+    """Whether an MP4 file can be read front to back without seeking: its ``moov`` box (the sample tables)
+    comes before its ``mdat`` (the samples), as ``-movflags +faststart`` writes it."""
+    with open(path, "rb") as fh:
+        while True:
+            head = fh.read(8)
+            if len(head) < 8:
+                return False
+            size, kind = int.from_bytes(head[:4], "big"), head[4:]
+            if kind == b"moov":
+                return True
+            if kind == b"mdat":
+                return False
+            if size == 1:
+                size = int.from_bytes(fh.read(8), "big") - 8
+            elif size == 0:
+                return False  # the box runs to the end of the file
+            fh.seek(size - 8, os.SEEK_CUR)
+
+
+class StreamingJoin:
+    """The join running while the segments are still being encoded.
+
+    The join's ffmpeg starts when the job does, its concat list naming one named pipe per segment. The
+    concat demuxer opens a segment's pipe only once it has read every segment before it, and a feeder thread
+    writes each encoded piece into its pipe as soon as that piece and all before it have arrived
+    (:meth:`offer`). So when the last segment comes back, the join has only that segment left to mux, not
+    the whole file; the command, the list's durations and the output are those of :func:`join_segments`
+    (byte for byte). The pieces must be MP4 with their ``moov`` first (the encoders write them so); any
+    other is remuxed so first (:func:`streamable`). Segments from differently configured encoders need
+    their decode delays aligned first, which needs every segment: that case takes :func:`join_segments`.
+
+    Example::
+
+        with StreamingJoin(media, segments, tmp_path, workdir, container=("mp4", "mp4")) as join:
+            for index, path in pieces_as_they_arrive():
+                join.offer(index, path)
+            plan = join.finish()              # every segment offered: the rest of the mux, then its plan
+        verify_output(tmp_path, plan)
+
+    Leaving the ``with`` block without :meth:`finish` (an encode failed) kills the ffmpeg and stops the
+    feeder; nothing is left running.
+    """
+
+    #: How long to wait between looks for the demuxer opening the next pipe (seconds).
+    POLL = 0.002
+
+    def __init__(self, media: MediaInfo, segments: Sequence[Segment], dst_tmp: str, workdir: str, *,
+                 container: tuple[str, str], timeout: float | None = None) -> None:
+        self.timeout = timeout or join_timeout(media)
+        self.workdir = workdir
+        self.pipes = [os.path.join(workdir, f"pipe-{i:06d}.mp4") for i in range(len(segments))]
+        for pipe in self.pipes:
+            os.mkfifo(pipe, 0o600)
+        args, self.plan = _join(media, segments, self.pipes, dst_tmp, workdir, container=container, tag=None,
+                                list_name="stream.ffconcat")
+        self._files: list[str | None] = [None] * len(segments)
+        self._ready = threading.Condition()
+        self._stopped = False
+        self._error: BaseException | None = None
+        self.fed = 0  # pieces written into their pipes so far
+        # it waits as long as the encoders take: the timeout starts counting in finish()
+        self._run = ffmpeg_cli.start(args, timeout=FEED_TIMEOUT)
+        self._feeder = threading.Thread(target=self._feed, name="join-feeder", daemon=True)
+        self._feeder.start()
+
+    def __enter__(self) -> "StreamingJoin":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def offer(self, index: int, path: str) -> None:
+        """Segment ``index``'s encoded piece is complete at ``path``."""
+        with self._ready:
+            self._files[index] = path
+            self._ready.notify_all()
+
+    def finish(self) -> JoinPlan:
+        """Wait for the join to end once every segment was offered; its :class:`JoinPlan`. Raises
+        :class:`FFmpegError` when the join failed or a segment was never offered."""
+        missing = [i for i, f in enumerate(self._files) if f is None]
+        if missing:
+            self.stop()
+            raise FFmpegError(f"the streamed join never got segment {missing[0]}")
+        self._run.extend(self.timeout)
+        self._feeder.join(timeout=self.timeout)
+        try:
+            done = self._run.wait(check=False)
+        finally:
+            self.stop()
+        if self._error is not None:
+            raise FFmpegError(f"feeding the join failed: {self._error}") from self._error
+        if done.returncode != 0 or self.fed != len(self.pipes):
+            raise FFmpegError(ffmpeg_cli.describe_failure(done), returncode=done.returncode, stderr=done.stderr)
+        return self.plan
+
+    def stop(self) -> None:
+        """Kill the join's ffmpeg (if it still runs) and end the feeder."""
+        with self._ready:
+            self._stopped = True
+            self._ready.notify_all()
+        self._run.kill()  # a feeder blocked writing gets EPIPE, one looking for a reader sees it end
+        self._feeder.join(timeout=10)
+
+    def _feed(self) -> None:
+        try:
+            for index, pipe in enumerate(self.pipes):
+                with self._ready:
+                    self._ready.wait_for(lambda: self._stopped or self._files[index] is not None)
+                    if self._stopped:
+                        return
+                    path = self._files[index]
+                assert path is not None
+                if not streamable(path):
+                    path = self._remux(index, path)
+                fd = self._open_writer(pipe)
+                if fd is None:
+                    return  # the join ended (its exit status says why) or was stopped
+                with os.fdopen(fd, "wb") as out, open(path, "rb") as piece:
+                    shutil.copyfileobj(piece, out, 1 << 20)
+                self.fed += 1
+        except BrokenPipeError:
+            return  # the join's ffmpeg stopped reading: its exit status says why
+        except BaseException as err:  # noqa: BLE001 - handed to finish()
+            self._error = err
+            self._run.kill()
+
+    def _open_writer(self, pipe: str) -> int | None:
+        """Open ``pipe`` for writing once the demuxer opened it for reading (blocking writes from then on);
+        None when the join's ffmpeg ended or the join was stopped first."""
+        while True:
+            try:
+                fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as err:
+                if err.errno != errno.ENXIO:  # ENXIO: no reader yet
+                    raise
+            else:
+                os.set_blocking(fd, True)
+                return fd
+            if self._stopped or self._run.returncode() is not None:
+                return None
+            time.sleep(self.POLL)
+
+    def _remux(self, index: int, path: str) -> str:
+        moved = os.path.join(self.workdir, f"streamable-{index:06d}.mp4")
+        ffmpeg_cli.run(commands.faststart_command(path, moved, caps=ffmpeg_caps()), timeout=120)
+        return moved
+
+
+#: How long the streamed join's ffmpeg may wait for the encoders before it is killed (seconds): a week;
+#: the job ends it long before (it is killed with the job), and :meth:`StreamingJoin.finish` gives it
+#: :func:`join_timeout` from then on.
+FEED_TIMEOUT = 7 * 24 * 3600.0
 
 
 def source_times(media: MediaInfo) -> np.ndarray:

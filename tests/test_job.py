@@ -160,7 +160,8 @@ def test_actors_are_reused_across_jobs_and_serve_another_setup_without_a_restart
 
 
 def test_the_driver_starts_no_process_per_segment(make_clip, tmp_path):
-    """Ten segments, and the driver still starts only its fixed handful: probe, cut, join, structure, joins."""
+    """Ten segments, and the driver still starts only its fixed handful: probe, cut, join (started with the job,
+    fed as the pieces come), structure, joins."""
     from montage_ray import ffmpeg_cli
     from montage_ray.caps import ffmpeg_caps
 
@@ -173,5 +174,8 @@ def test_the_driver_starts_no_process_per_segment(make_clip, tmp_path):
     windows = [a for a in started if "-read_intervals" in a and "-count_frames" in a]
     assert 1 <= len(windows) <= WINDOW_PROCESSES  # the join windows, split over a bounded few runs
     assert len(started) - len(windows) <= 6, [a[:3] for a in started]
+    # one join, started with the job and fed each piece as it came (its list names pipes, not pieces)
+    assert [a for a in started if any(x.endswith(".ffconcat") for x in a)] == \
+        [a for a in started if any(x.endswith("stream.ffconcat") for x in a)] != []
     pieces = [a for a in started if any(("src-" in x or "enc-" in x) and not x.endswith(".ffconcat") for x in a)]
     assert pieces == [] or all("-segment_list" in a for a in pieces)  # only the one cutter names pieces

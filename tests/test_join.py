@@ -133,3 +133,101 @@ def test_chromium_plays_the_mixed_join_to_the_end(mixed_output):
     assert abs(float(duration) - plan.duration) < 0.1
     assert int(frames) == info.video.frames
     assert size == f"{info.video.width}x{info.video.height}"
+
+
+# -- the streamed join -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def encoded_pieces(make_clip, tmp_path_factory):
+    """The 'long' clip cut into 2 s segments, each encoded as the actors encode (no Ray needed)."""
+    from montage_ray.backends import cpu_spec
+    from montage_ray.segment_encode import encode_segment
+
+    work = tmp_path_factory.mktemp("streamed")
+    info = inspect(make_clip("long"))
+    segments = plan_segments(info.packets, info.video.time_base, 2)
+    pieces = split_source(info, segments, str(work))
+    spec = cpu_spec("h264", preset="ultrafast")
+    paths = []
+    for seg, piece in zip(segments, pieces):
+        _, data = encode_segment(spec, seg, open(piece, "rb").read())
+        paths.append(str(work / f"enc-{seg.index:06d}.mp4"))
+        open(paths[-1], "wb").write(data)
+    return info, segments, paths
+
+
+def _offer_late(join, paths, order, delay):
+    """Offer the pieces from another thread, in ``order``, ``delay`` s apart (as encoders finish them)."""
+    import threading
+    import time
+
+    def run():
+        for i in order:
+            time.sleep(delay)
+            join.offer(i, paths[i])
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_a_streamed_join_is_the_join_of_the_finished_files_byte_for_byte(encoded_pieces, tmp_path):
+    """Pieces offered out of order while the join runs: the same file as joining them all at the end."""
+    from montage_ray.join import StreamingJoin, streamable
+
+    info, segments, paths = encoded_pieces
+    assert all(streamable(p) for p in paths)  # the encoders write the sample tables first
+    whole = str(tmp_path / "whole.mp4")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plan = join_segments(info, segments, paths, whole, str(tmp_path / "a"), container=container_for(whole))
+    streamed = str(tmp_path / "streamed.mp4")
+    order = [1, 0, 3, 2, 5, 4, 7, 6, 9, 8]
+    with StreamingJoin(info, segments, streamed, str(tmp_path / "b"), container=container_for(streamed)) as join:
+        feeder = _offer_late(join, paths, order, 0.05)
+        feeder.join()
+        got = join.finish()
+    assert got == plan
+    assert open(streamed, "rb").read() == open(whole, "rb").read()
+    assert verify_output(streamed, got, decode=True).frames == 600
+
+
+def test_a_piece_written_with_its_samples_first_is_remuxed_for_the_streamed_join(encoded_pieces, tmp_path):
+    from montage_ray.join import StreamingJoin, streamable
+
+    info, segments, paths = encoded_pieces
+    plain = str(tmp_path / "plain-3.mp4")
+    mc.run_ffmpeg(["-i", paths[3], "-c", "copy", plain])  # no +faststart: moov after mdat
+    assert not streamable(plain)
+    pieces = list(paths)
+    pieces[3] = plain
+    out = str(tmp_path / "out.mp4")
+    with StreamingJoin(info, segments, out, str(tmp_path), container=container_for(out)) as join:
+        for i, p in enumerate(pieces):
+            join.offer(i, p)
+        plan = join.finish()
+    checked = verify_output(out, plan, decode=True)
+    assert checked.frames == info.video.frames == 600
+
+
+def test_a_streamed_join_stopped_midway_leaves_nothing_running(encoded_pieces, tmp_path):
+    """An encode failed: the join, blocked on a pipe no piece will come to, is killed, its feeder ends, and
+    finishing without every piece is an error, not a hang."""
+    from montage_ray.errors import FFmpegError
+    from montage_ray.join import StreamingJoin
+
+    info, segments, paths = encoded_pieces
+    out = str(tmp_path / "out.mp4")
+    join = StreamingJoin(info, segments, out, str(tmp_path), container=container_for(out))
+    for i in (0, 1, 3):
+        join.offer(i, paths[i])
+    import time
+    deadline = time.monotonic() + 60
+    while join.fed < 2 and time.monotonic() < deadline:  # 0 and 1 go in; 3 waits for 2
+        time.sleep(0.05)
+    assert join.fed == 2
+    with pytest.raises(FFmpegError, match="never got segment 2"):
+        join.finish()
+    assert join._run.returncode() is not None
+    assert not join._feeder.is_alive()
