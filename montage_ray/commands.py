@@ -353,10 +353,13 @@ def segment_check_command(ffprobe: str, path: str, *, decode: bool, threads: int
     encoder actor's own check of its output)."""
     entries = "stream=nb_read_packets" + (",nb_read_frames" if decode else "")
     # -ignore_editlist: every packet decodes to a frame, whatever edit list the encoding ffmpeg wrote (4.2
-    # trims the first or last frame of some segments by one there; the join uses the packets, not the list)
+    # trims the first or last frame of some segments by one there; the join uses the packets, not the list).
+    # -skip_loop_filter all: every picture is still parsed and reconstructed, so a damaged or truncated
+    # stream still reports; only the deblocking (and HEVC's SAO) that smooths the reconstructed pixels is
+    # left out, and it has no way to fail (it saved ~12 % of an H.264 check's CPU time here, 2 cores)
     return [ffprobe, "-v", "error", "-threads", str(max(1, threads)), "-of", "json", "-select_streams", "v:0",
-            "-count_packets", *(["-count_frames"] if decode else []), "-show_entries", entries,
-            "-ignore_editlist", "1", file_url(path)]
+            "-count_packets", *(["-count_frames", "-skip_loop_filter", "all"] if decode else []),
+            "-show_entries", entries, "-ignore_editlist", "1", file_url(path)]
 
 
 def structure_command(ffprobe: str, path: str) -> list[str]:
