@@ -284,12 +284,22 @@ def cover_picture_command(source: str, stream_index: int, dst: str, *, caps: FFm
     return _compile(_globals(caps.path), stream)
 
 
+#: What ffmpeg says when the sample tables did not fit the space ``-moov_size`` kept for them (the file has
+#: none then, yet ffmpeg before 9.0 exits 0).
+MOOV_TOO_SMALL = "reserved_moov_size is too small"
+
+
 def join_command(concat_list: str, source: str, dst: str, *, caps: FFmpegCaps, offset: float,
                  video_index: int, rotation: int, streams: Sequence[int], stream_options: dict[str, Any],
-                 muxer: str, mp4: bool, tag: str | None = None, attach: Sequence[Attachment] = ()) -> list[str]:
+                 muxer: str, mp4: bool, tag: str | None = None, attach: Sequence[Attachment] = (),
+                 moov_size: int | None = None) -> list[str]:
     """Concatenate the encoded segments listed in ``concat_list`` and mux the source's ``streams`` (audio,
     subtitles, attachments, cover art, by index) from ``source`` into ``dst``, with ``stream_options`` for
     them, and the files of ``attach`` as attachments (Matroska's cover art).
+
+    An MP4 output has its sample tables first: in ``moov_size`` bytes kept free for them at the start (then
+    ffmpeg 4.2 to 8.x still exit 0 when they did not fit: see :data:`MOOV_TOO_SMALL`), else by moving every
+    byte up once the file is written (``+faststart``, a second pass over the whole file).
 
     The video is shifted by ``offset`` seconds (the source's first frame relative to its start) and gets the
     source's display ``rotation``: with ``-display_rotation`` on the concat input (7.0+), else with the
@@ -305,7 +315,12 @@ def join_command(concat_list: str, source: str, dst: str, *, caps: FFmpegCaps, o
             out["metadata:s:v:0"] = f"rotate={rotation % 360}"
     out.update(stream_options)
     if mp4:
-        out["movflags"] = "+faststart"
+        # the sample tables (moov) before the samples, for playback while downloading: written into
+        # ``moov_size`` bytes kept free at the start when given, else by moving the whole file up at the end
+        if moov_size:
+            out["moov_size"] = str(moov_size)
+        else:
+            out["movflags"] = "+faststart"
         if tag:
             out["tag:v"] = tag
     out["f"] = muxer

@@ -213,10 +213,31 @@ def join_segments(media: MediaInfo, segments: Sequence[Segment], encoded: Sequen
     """
     if mixed:
         encoded = align_decode_delays(encoded, workdir)
-    args, plan = _join(media, segments, encoded, dst_tmp, workdir, container=container,
-                       tag=IN_BAND_TAGS.get(codec or "") if mixed else None, list_name="segments.ffconcat")
-    ffmpeg_cli.run(args, timeout=timeout or join_timeout(media))
+    tag = IN_BAND_TAGS.get(codec or "") if mixed else None
+    args, plan = _join(media, segments, encoded, dst_tmp, workdir, container=container, tag=tag,
+                       list_name="segments.ffconcat")
+    done = ffmpeg_cli.run(args, timeout=timeout or join_timeout(media), check=False)
+    if done.returncode != 0 and commands.MOOV_TOO_SMALL not in done.stderr:
+        raise FFmpegError(ffmpeg_cli.describe_failure(done), returncode=done.returncode,
+                          stderr=ffmpeg_cli.tail(done.stderr))
+    if commands.MOOV_TOO_SMALL in done.stderr:  # the space kept for the sample tables was short: move them
+        args, plan = _join(media, segments, encoded, dst_tmp, workdir, container=container, tag=tag,
+                           list_name="segments.ffconcat", reserve=False)
+        ffmpeg_cli.run(args, timeout=timeout or join_timeout(media))
     return plan
+
+
+def moov_reserve(media: MediaInfo, segments: Sequence[Segment]) -> int | None:
+    """Bytes to keep free at the start of an MP4 output for its sample tables (``moov``), so that they go
+    first without a second pass over the file; None to move them there at the end instead (cover art: its
+    picture is written inside the ``moov``). Generous: per video frame up to 32 bytes (size, time and
+    composition offset each, keyframe, chunk offset), per audio or subtitle packet 16 (up to 100 a second),
+    64 KiB for the rest (metadata, chapters, edit lists); a short guess is caught (:func:`join_segments`)."""
+    if media.cover_art:
+        return None
+    seconds = sum(s.duration for s in segments)
+    others = (len(media.audio) + len(media.subtitles)) * int(seconds * 100 + 100)
+    return 65536 + 32 * sum(s.frames for s in segments) + 16 * others + 1024 * media.chapters
 
 
 def join_timeout(media: MediaInfo) -> float:
@@ -225,7 +246,8 @@ def join_timeout(media: MediaInfo) -> float:
 
 
 def _join(media: MediaInfo, segments: Sequence[Segment], encoded: Sequence[str], dst_tmp: str, workdir: str, *,
-          container: tuple[str, str], tag: str | None, list_name: str) -> tuple[list[str], JoinPlan]:
+          container: tuple[str, str], tag: str | None, list_name: str,
+          reserve: bool = True) -> tuple[list[str], JoinPlan]:
     """The join's ffmpeg command (reading ``encoded`` through a concat list) and what it will have made."""
     muxer, family = container
     list_path = os.path.join(workdir, list_name)
@@ -237,7 +259,8 @@ def _join(media: MediaInfo, segments: Sequence[Segment], encoded: Sequence[str],
     attach = cover_attachments(media, workdir) if family == "mkv" and media.cover_art else []
     args = commands.join_command(list_path, media.path, dst_tmp, caps=ffmpeg_caps(), offset=offset,
                                  video_index=media.video.index, rotation=media.video.rotation, streams=streams,
-                                 stream_options=options, muxer=muxer, mp4=family == "mp4", tag=tag, attach=attach)
+                                 stream_options=options, muxer=muxer, mp4=family == "mp4", tag=tag, attach=attach,
+                                 moov_size=moov_reserve(media, segments) if reserve and family == "mp4" else None)
     rate = media.video.frame_rate
     frame_duration = float(1 / rate) if rate else 0.04
     kept_subs = sum(1 for s in media.subtitles if family == "mkv" or s.codec in TEXT_SUBTITLES)
@@ -341,7 +364,7 @@ class StreamingJoin:
             self.stop()
         if self._error is not None:
             raise FFmpegError(f"feeding the join failed: {self._error}") from self._error
-        if done.returncode != 0 or self.fed != len(self.pipes):
+        if done.returncode != 0 or self.fed != len(self.pipes) or commands.MOOV_TOO_SMALL in done.stderr:
             raise FFmpegError(ffmpeg_cli.describe_failure(done), returncode=done.returncode, stderr=done.stderr)
         return self.plan
 

@@ -231,3 +231,49 @@ def test_a_streamed_join_stopped_midway_leaves_nothing_running(encoded_pieces, t
         join.finish()
     assert join._run.returncode() is not None
     assert not join._feeder.is_alive()
+
+
+def _boxes(path) -> list[bytes]:
+    """The top-level MP4 boxes of ``path``, in file order."""
+    import os
+    import struct
+
+    kinds, at, end = [], 0, os.path.getsize(path)
+    with open(path, "rb") as fh:
+        while at < end:
+            fh.seek(at)
+            size, kind = struct.unpack(">I4s", fh.read(8))
+            if size == 1:
+                size = struct.unpack(">Q", fh.read(8))[0]
+            kinds.append(kind)
+            at += size if size else end
+    return kinds
+
+
+def test_the_sample_tables_go_first_into_space_kept_for_them_and_a_short_guess_is_caught(encoded_pieces, tmp_path,
+                                                                                        monkeypatch):
+    """The join writes moov into room kept at the start (no second pass over the file); when the room is too
+    small (ffmpeg before 9.0 still exits 0, without the tables), the join is done again with them moved."""
+    import montage_ray.join as join_module
+    from montage_ray.errors import FFmpegError
+    from montage_ray.join import StreamingJoin
+
+    info, segments, paths = encoded_pieces
+    out = str(tmp_path / "kept.mp4")
+    plan = join_segments(info, segments, paths, out, str(tmp_path), container=container_for(out))
+    # the room left over is a free box (ffmpeg always puts an 8-byte one before mdat as well)
+    assert _boxes(out) == [b"ftyp", b"moov", b"free", b"free", b"mdat"]
+    assert verify_output(out, plan, decode=False).frames == 600
+
+    monkeypatch.setattr(join_module, "moov_reserve", lambda media, segs: 2000)  # far too small
+    short = str(tmp_path / "short.mp4")
+    plan = join_segments(info, segments, paths, short, str(tmp_path), container=container_for(short))
+    assert _boxes(short) == [b"ftyp", b"moov", b"free", b"mdat"]  # moved up at the end: +faststart
+    assert verify_output(short, plan, decode=False).frames == 600
+    streamed = str(tmp_path / "streamed.mp4")
+    (tmp_path / "s").mkdir()
+    with StreamingJoin(info, segments, streamed, str(tmp_path / "s"), container=container_for(streamed)) as join:
+        for i, p in enumerate(paths):
+            join.offer(i, p)
+        with pytest.raises(FFmpegError):  # the job then joins the finished files (above)
+            join.finish()
