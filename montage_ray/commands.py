@@ -385,12 +385,12 @@ def structure_command(ffprobe: str, path: str) -> list[str]:
             file_url(path)]
 
 
-def join_windows_command(ffprobe: str, path: str, windows: Sequence[tuple[float, float]], *,
+def join_windows_command(ffprobe: str, path: str, windows: Sequence[tuple[float, int]], *,
                          threads: int | None = None) -> list[str]:
-    """ffprobe decoding the video of ``path`` only within ``windows`` ((start, seconds), file clock; each
-    decode starts at the keyframe before its start) in one run, counting the frames, with ``threads``
-    decoder threads (default: one per CPU)."""
-    intervals = ",".join(f"{max(0.0, start):.6f}%+{length:.6f}" for start, length in windows)
+    """ffprobe decoding the video of ``path`` only within ``windows`` ((start, packets): the file's clock,
+    each decode from the keyframe before ``start`` for that many packets) in one run, counting the frames,
+    with ``threads`` decoder threads (default: one per CPU)."""
+    intervals = ",".join(f"{max(0.0, start):.6f}%+#{int(packets)}" for start, packets in windows)
     return [ffprobe, "-v", "error", "-threads", str(threads or os.cpu_count() or 1), "-of", "json", "-select_streams",
             "v:0", "-read_intervals", intervals, "-count_frames", "-show_entries", "stream=nb_read_frames",
             file_url(path)]

@@ -534,18 +534,22 @@ def check_structure(path: str, plan: JoinPlan) -> Structure:
                      first_time=float(shown[0] * tb), rotation=rotation, notes=notes)
 
 
-#: Seconds decoded from each join on (the next segment's first frames, its reordering included). Each
+#: Packets decoded from each join on: the next segment's keyframe and the pictures after it in decode
+#: order, past the deepest reordering the encoders use (x264 and NVENC 3-4 B-frames, x265 4, an AV1
+#: packet per shown frame), since what a join can break is its first pictures. It was half a second
+#: (15 pictures at 30 fps); 8 decode about half as much (measured on 2 cores: 14 windows of 1080p,
+#: 0.87 s -> 0.42 s, most of what is left being each window's seek and keyframe). Each
 #: window starts half a frame after the join, so that ffprobe seeks to the segment's own first keyframe and
 #: decodes from it: a window that starts before the join seeks to the previous segment's keyframe and skips
 #: the packets before the window unread, the join's keyframe among them (its DTS is earlier), and a damaged
 #: picture there went unnoticed (tests/test_join.py shows it). The frames before a join were decoded in full
 #: by the actor that encoded them.
-JOIN_AFTER = 0.5
+JOIN_PACKETS = 8
 
 
-def join_windows(plan: JoinPlan, first_time: float) -> list[tuple[float, float]]:
-    """(start, seconds) on the file's clock of the window decoded from each join."""
-    return [(first_time + j + plan.frame_duration / 2, JOIN_AFTER) for j in plan.joins]
+def join_windows(plan: JoinPlan, first_time: float) -> list[tuple[float, int]]:
+    """(start on the file's clock, packets) of the window decoded from each join."""
+    return [(first_time + j + plan.frame_duration / 2, JOIN_PACKETS) for j in plan.joins]
 
 
 #: At most this many ffprobe processes decode the join windows side by side: one process seeks and decodes
