@@ -367,7 +367,11 @@ def start_streaming_join(media: MediaInfo, segments: list[Segment], tmp_out: str
         return None
     if len({w.encoder for w in workers}) != 1:
         return None
-    return StreamingJoin(media, segments, tmp_out, workdir, container=job.container)
+    try:
+        return StreamingJoin(media, segments, tmp_out, workdir, container=job.container)
+    except OSError as err:  # a filesystem without named pipes (some network and FAT mounts)
+        log.info("joining at the end: no named pipe in %s (%s)", workdir, err.strerror or err)
+        return None
 
 
 def finish_join(streaming: StreamingJoin | None, media: MediaInfo, segments: list[Segment], encoded: Encoded,
