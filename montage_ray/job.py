@@ -400,9 +400,9 @@ def _on_piece(store: Callable[[Segment, EncodeResult, str], None] | None,
         return store
 
     def landed(seg: Segment, result: EncodeResult, path: str) -> None:
+        streaming.offer(seg.index, path)  # first: the last piece's store is not on the way to the output
         if store is not None:
             store(seg, result, path)
-        streaming.offer(seg.index, path)
 
     return landed
 
