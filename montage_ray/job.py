@@ -46,8 +46,9 @@ from montage_ray.cluster.session import RaySession, ray_session
 from montage_ray.cluster.workers import Worker
 from montage_ray.config import LabelConfig
 from montage_ray.errors import ClusterError, EncoderError, FFmpegError, InputError, VerificationError
+from montage_ray.commands import MOOV_TOO_SMALL
 from montage_ray.files import publish
-from montage_ray.join import JoinPlan, StreamingJoin, join_segments, verify_output
+from montage_ray.join import JoinPlan, NoNamedPipes, StreamingJoin, join_segments, verify_output
 from montage_ray.media import MediaInfo, inspect
 from montage_ray.options import EncodeOptions, ValidJob
 from montage_ray.plan import (FrameFit, Segment, fit_frame, is_small_job, plan_segments, segment_length,
@@ -369,8 +370,8 @@ def start_streaming_join(media: MediaInfo, segments: list[Segment], tmp_out: str
         return None
     try:
         return StreamingJoin(media, segments, tmp_out, workdir, container=job.container)
-    except OSError as err:  # a filesystem without named pipes (some network and FAT mounts)
-        log.info("joining at the end: no named pipe in %s (%s)", workdir, err.strerror or err)
+    except NoNamedPipes as err:
+        log.info("joining at the end: %s", err)
         return None
 
 
@@ -380,17 +381,19 @@ def finish_join(streaming: StreamingJoin | None, media: MediaInfo, segments: lis
     fallback to other encoders they must be aligned: it is stopped and the segments joined here), else the
     whole join now. A streamed join that failed is logged and done again the plain way."""
     mixed = len({r.encoder for r in encoded.results}) > 1
+    reserve = True
     if streaming is not None and not mixed:
         try:
             return streaming.finish()
         except FFmpegError as err:
+            reserve = MOOV_TOO_SMALL not in (err.stderr or "")  # then the same room would be too small again
             log.warning("the streamed join failed (%s); joining again from the encoded files", err)
     if streaming is not None:
         streaming.stop()
         with contextlib.suppress(OSError):
             os.unlink(tmp_out)
     return join_segments(media, segments, encoded.paths, tmp_out, workdir, container=job.container, mixed=mixed,
-                         codec=job.options.codec)
+                         codec=job.options.codec, reserve=reserve)
 
 
 def _on_piece(store: Callable[[Segment, EncodeResult, str], None] | None,

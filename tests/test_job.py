@@ -179,3 +179,30 @@ def test_the_driver_starts_no_process_per_segment(make_clip, tmp_path):
         [a for a in started if any(x.endswith("stream.ffconcat") for x in a)] != []
     pieces = [a for a in started if any(("src-" in x or "enc-" in x) and not x.endswith(".ffconcat") for x in a)]
     assert pieces == [] or all("-segment_list" in a for a in pieces)  # only the one cutter names pieces
+
+
+def test_the_join_falls_back_to_joining_the_files_and_can_be_turned_off(make_clip, tmp_path, monkeypatch):
+    """A streamed join that fails (here: the room kept for the MP4's sample tables is made far too small)
+    is done again from the encoded files, with the tables moved up at the end; MONTAGE_RAY_STREAM_JOIN=0
+    joins only at the end. Both outputs are frame-exact."""
+    import montage_ray.join as join_module
+    from montage_ray import ffmpeg_cli
+
+    src = make_clip("bframes")
+
+    def lists(started):
+        return sorted(x.rsplit("/", 1)[-1] for a in started for x in a if x.endswith(".ffconcat"))
+
+    monkeypatch.setattr(join_module, "moov_reserve", lambda media, segments: 2000)
+    with ffmpeg_cli.watch() as started:
+        encode(src, tmp_path / "fallback.mp4", segment_seconds=2, preset="ultrafast")
+    assert lists(started) == ["segments.ffconcat", "stream.ffconcat"]  # streamed, then once more, not twice
+    assert mc.decoded_frames(tmp_path / "fallback.mp4") == mc.decoded_frames(src)
+    mc.assert_same_frames_in_order(src, tmp_path / "fallback.mp4")
+    monkeypatch.undo()
+
+    monkeypatch.setenv("MONTAGE_RAY_STREAM_JOIN", "0")
+    with ffmpeg_cli.watch() as started:
+        encode(src, tmp_path / "at-end.mp4", segment_seconds=2, preset="ultrafast")
+    assert lists(started) == ["segments.ffconcat"]
+    mc.assert_same_frames_in_order(src, tmp_path / "at-end.mp4")
