@@ -242,7 +242,11 @@ def cut_lanes_command(source: str, stream_index: int, lanes: Sequence[CutLane], 
         # "file:" + the relative name (file_url would make it absolute, folder and all)
         outputs.append(ffmpeg_python.output(src[str(stream_index)], "file:" + target, **out))
     graph = outputs[0] if len(outputs) == 1 else ffmpeg_python.merge_outputs(*outputs)
-    return _compile(_globals(caps.path), graph)
+    # -copytb 1: every piece in the source's own time base, whichever muxer writes it. Left to choose, 4.2
+    # to 7.x give a segment muxer's pieces a time base from the frame rate (1/960 for 30 fps, where the
+    # plain NUT lane keeps Matroska's 1/1000): millisecond times no longer fit it, and joins came out a
+    # frame off (a 10-bit HEVC MKV in 2 s segments failed verification on 4.2.2 and 7.0.2)
+    return _compile(_globals(caps.path, extra=["-copytb", "1"]), graph)
 
 
 # ------------------------------------------------------------------------------------------------------

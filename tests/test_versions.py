@@ -35,9 +35,12 @@ ALL = {"rotation": ".mp4", "vfr": ".mp4", "startoffset": ".mp4", "meta": ".mp4",
 # offset, 10-bit HEVC, open GOPs). The mux-level kinds it leaves out (meta, mkvsubs, odd, twoaudio: streams,
 # tags, SAR/colour, subtitles) run on 4.2.2 here and on Debian's 5.1 in tests/test_job.py
 # (test_output_is_frame_exact_and_in_sync[...] and test_audio_tracks_subtitles_chapters_and_metadata_are_kept).
-MATRIX = {"4.2.2": {k: v for k, v in ALL.items() if k != "startoffset"},
+# "tenbit@2": the same clip in 2 s segments (the others run in 1 s ones): the cut's segment muxer gave its
+# pieces a time base from the frame rate on 4.2 and 7.0 (1/960 against Matroska's 1/1000) and the first
+# join came out a frame off, until the cut asked for the source's own (-copytb 1)
+MATRIX = {"4.2.2": {**{k: v for k, v in ALL.items() if k != "startoffset"}, "tenbit@2": ".mp4"},
           "9.0.2": {k: ALL[k] for k in ("rotation", "vfr", "startoffset", "tenbit", "opengop")},
-          "7.0.2": {k: ALL[k] for k in ("rotation", "vfr", "meta", "tenbit")}}
+          "7.0.2": {**{k: ALL[k] for k in ("rotation", "vfr", "meta", "tenbit")}, "tenbit@2": ".mp4"}}
 
 
 def _rotation(path) -> int:
@@ -72,7 +75,7 @@ def test_every_clip_kind_encodes_exactly_on_this_ffmpeg(version, ffmpeg_builds, 
     env = dict(os.environ, MONTAGE_FFMPEG=str(ffmpeg_builds[version]))
     if version == "9.0.2":
         env["MONTAGE_FFPROBE"] = str(ffmpeg_builds["ffprobe-8.0"])
-    jobs = [f"{name}={make_clip(name)}:{ext}" for name, ext in clips.items()]
+    jobs = [f"{name}={make_clip(name.split('@')[0])}:{ext}" for name, ext in clips.items()]
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "version_job.py"), str(tmp_path), *jobs],
                           env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -86,7 +89,7 @@ def test_every_clip_kind_encodes_exactly_on_this_ffmpeg(version, ffmpeg_builds, 
         assert result["ffmpeg"] == [version], result
         assert result["segments"] >= 2, result   # really cut and joined on this version
         try:
-            _check(name, make_clip(name), Path(result["dst"]))
+            _check(name, make_clip(name.split("@")[0]), Path(result["dst"]))
         except AssertionError as err:
             failures[name] = str(err)[:300]
     assert failures == {}, failures

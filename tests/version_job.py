@@ -2,7 +2,7 @@
 environment names (tests/test_versions.py starts one per ffmpeg version). Prints one JSON object:
 {clip: {"ok": true, "ffmpeg": [versions of the segments], "frames": N} or {"ok": false, "error": "..."}}.
 
-    python tests/version_job.py OUT_DIR CLIP=SRC.ext:DST.ext ...
+    python tests/version_job.py OUT_DIR CLIP=SRC.ext:DST.ext ...    (CLIP@2=...: 2 s segments, else 1 s)
 
 With ``--mixed`` it runs one job on a simulated cluster whose nodes run different ffmpeg builds instead
 (see :func:`mixed`):
@@ -31,8 +31,9 @@ def main(argv: list[str]) -> int:
             name, paths = job.split("=", 1)
             src, ext = paths.rsplit(":", 1)
             dst = os.path.join(out_dir, f"{name}{ext}")
+            seconds = float(name.split("@", 1)[1]) if "@" in name else 1.0  # NAME@2: 2 s segments
             try:
-                report = encode(src, dst, preset="ultrafast", segment_seconds=1)
+                report = encode(src, dst, preset="ultrafast", segment_seconds=seconds)
                 results[name] = {"ok": True, "dst": dst, "frames": report.frames,
                                  "segments": len(report.segments),
                                  "ffmpeg": sorted({s.ffmpeg for s in report.segments})}
