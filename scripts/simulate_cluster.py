@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="two jobs in one cluster: DST measured with METRIC (no target), then DST.target.EXT "
                          "(report R.target.json) with the target; prints both spreads and encode times")
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--then", nargs=2, default=None, metavar=("LABELS", "DST"),
+                    help="after the job, one more on the same cluster with only LABELS (L1,L2), writing DST: "
+                         "its error, if any, is the script's (the cluster starts once for both)")
     args = ap.parse_args(argv)
 
     import ray
@@ -157,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                                   labels=args.labels.split(",") if args.labels else None,
                                   segment_seconds=args.segment_seconds, overwrite=args.overwrite,
                                   **quality_options))
+        if args.then:
+            print(f"then: a job with only {args.then[0]}", flush=True)
+            encode(args.src, args.then[1], encoders_config=config, labels=args.then[0].split(","),
+                   segment_seconds=args.segment_seconds, overwrite=args.overwrite)
     except MontageError as err:
         print(f"simulate_cluster: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -62,18 +62,19 @@ def test_hardware_that_does_not_work_falls_back_and_alone_fails_clearly(make_cli
     """A vaapi node served by the real VAAPI backend (no GPU here): its actor cannot start; the job goes on
     without it, and a job limited to vaapi fails with the probe's cause and writes nothing."""
     src = make_clip("long")
+    # both jobs on one simulated cluster (it starts once): the second is limited to vaapi
     done = simulate(src, tmp_path / "fallback.mp4", "--real", "vaapi", "--segment-seconds", "4",
-                    "--report", tmp_path / "r.json")
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((tmp_path / "r.json").read_text())
+                    "--report", tmp_path / "r.json", "--then", "vaapi", tmp_path / "alone.mp4")
+    report = json.loads((tmp_path / "r.json").read_text())  # the first job's: it ended before the second began
     assert all(s["resource"] != "vaapi" for s in report["segments"])
     unavailable = [f for f in report["failures"] if f["actor"].startswith("encoder:vaapi:")]
     assert unavailable and unavailable[0]["reason"] == "unavailable"
     assert "no-device" in unavailable[0]["message"] and ":stand-in" not in unavailable[0]["actor"]
     assert mc.decoded_frames(tmp_path / "fallback.mp4") == 600
 
-    alone = simulate(src, tmp_path / "alone.mp4", "--real", "vaapi", "--labels", "vaapi")
-    assert alone.returncode == 6
+    assert "then: a job with only vaapi" in done.stdout, done.stderr[-3000:]
+    alone = done
+    assert alone.returncode == 6, alone.stderr[-3000:]
     error = alone.stderr.strip().splitlines()[-1]
     assert error.startswith("simulate_cluster: error: no encoder could start: encoder:vaapi:")
     assert "no-device" in error and "/dev/dri" in error
