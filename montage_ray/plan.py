@@ -224,6 +224,21 @@ def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: fl
             for i in range(len(starts))]
 
 
+def segments_at(packets: PacketIndex, time_base: Fraction, frames: list[int]) -> list[Segment]:
+    """The segments holding ``frames[i]`` shown frames each, in order: a plan rebuilt from a finished job's
+    per-segment frame counts (``scripts/bench.py`` encodes the very pieces a job used this way, tapered or
+    not). For a plan's own counts it gives that plan back."""
+    if sum(frames) != len(packets) or any(f <= 0 for f in frames):
+        raise ValueError(f"{sum(frames)} frames in {len(frames)} segments, the stream has {len(packets)}")
+    table = _Table(packets)
+    pts = packets.pts
+    last_end = int(pts.max()) + (packets.last_duration or _frame_ticks(pts))
+    at = np.cumsum([0, *frames[:-1]])
+    bounds = [int(table.shown[a]) for a in at] + [last_end]
+    return [table.segment(i, bounds[i], bounds[i + 1], time_base, last=i == len(frames) - 1)
+            for i in range(len(frames))]
+
+
 class _Table:
     """The packet table seen both ways: decode order (``pts``) and presentation order (``order``)."""
 

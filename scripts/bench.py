@@ -39,21 +39,21 @@ def frames(path: str) -> int:
     return int(out.strip())
 
 
-def limit_line(src: str, codec: str, preset: str, quality: int, seconds: float, segments: int, work: str,
+def limit_line(src: str, codec: str, preset: str, quality: int, frames: list[int], work: str,
                cpus: int) -> tuple[float, int]:
-    """Cut ``src`` as montage-ray would and encode the pieces with plain single-thread ffmpeg, ``cpus`` at a
-    time; (wall seconds, pieces). Uses montage-ray's own cut and encoder arguments, so only Ray is absent."""
+    """Cut ``src`` into the pieces the job used (``frames``: its segments' frame counts, in order) and encode
+    them with plain single-thread ffmpeg, ``cpus`` at a time; (wall seconds, pieces). Uses montage-ray's own
+    cut and encoder arguments, so only Ray is absent."""
     from montage_ray.backends import cpu_spec
     from montage_ray.media import inspect
-    from montage_ray.plan import plan_segments
+    from montage_ray.plan import segments_at
     from montage_ray import commands
     from montage_ray.caps import ffmpeg_caps
     from montage_ray.segment_encode import video_output_args
     from montage_ray.split import split_source
 
     info = inspect(src)
-    length = seconds or (info.video.frames / float(info.video.frame_rate or 30)) / max(1, segments)
-    plan = plan_segments(info.packets, info.video.time_base, length)
+    plan = segments_at(info.packets, info.video.time_base, frames)
     pieces_dir = os.path.join(work, "limit")
     os.makedirs(pieces_dir, exist_ok=True)
     pieces = split_source(info, plan, pieces_dir)
@@ -76,7 +76,8 @@ def main() -> int:
     ap.add_argument("--codec", default="h264", choices=["h264", "hevc", "av1"])
     ap.add_argument("--preset", default="veryfast", help="preset name, as montage-ray takes it (SVT-AV1 maps it: fast = 8, medium = 7)")
     ap.add_argument("--quality", type=int, default=23)
-    ap.add_argument("--segment-seconds", type=float, default=10)
+    ap.add_argument("--segment-seconds", type=float, default=10,
+                    help="segment length; 0: montage-ray chooses (about six per encoder, a tapered tail)")
     ap.add_argument("--workers", type=int, default=None, help="encoder actors (default: one per CPU)")
     ap.add_argument("--source", default=None, help="use this file instead of generating one")
     ap.add_argument("--json", default=None, help="also write the figures as JSON here")
@@ -118,14 +119,15 @@ def main() -> int:
         out = os.path.join(work, "montage.mp4")
         for _ in range(max(1, args.runs)):  # the first job starts the actors; the next ones reuse them
             report = encode(src, out, codec=args.codec, preset=args.preset, quality=args.quality,
-                            segment_seconds=args.segment_seconds, workers=args.workers, overwrite=True,
+                            segment_seconds=args.segment_seconds or None, workers=args.workers, overwrite=True,
                             verify=args.verify)
             walls.append(report.wall_seconds)
     finally:
         ray.shutdown()
     wall = report.wall_seconds
-    limit, limit_pieces = limit_line(src, args.codec, args.preset, args.quality, args.segment_seconds,
-                                     len(report.segments), work, args.workers or cpus)
+    limit, limit_pieces = limit_line(src, args.codec, args.preset, args.quality,
+                                     [r.frames for r in sorted(report.segments, key=lambda r: r.segment)],
+                                     work, args.workers or cpus)
     starts = [r.started for r in report.segments]
     ends = [r.started + r.seconds for r in report.segments]
     encode_span = max(ends) - min(starts) if starts else 0.0

@@ -142,3 +142,19 @@ def test_odd_frame_sizes_are_padded_to_even(size, fit):
     got = fit_frame(*size)
     assert (got.width, got.height, got.filter) == fit
     assert (got.note is None) == (fit[2] is None)
+
+
+@pytest.mark.parametrize("packets, seconds, taper", [
+    (closed_gops(3000, 30, bframes=2), 10, 0.2),   # B-frames, a tapered tail
+    (open_gops(900, 30), 4, 0.0),                  # open GOPs: cuts that decode frames they drop
+    (closed_gops(600, 600), 5, 0.0),               # one keyframe: cuts at any frame
+])
+def test_a_plan_is_rebuilt_from_its_frame_counts(packets, seconds, taper):
+    """scripts/bench.py's limit line encodes the very pieces a job used, from the report's frame counts."""
+    from montage_ray.plan import segments_at
+
+    plan = plan_segments(packets, TB, seconds, taper=taper)
+    assert len(plan) >= 2
+    assert segments_at(packets, TB, [s.frames for s in plan]) == plan
+    with pytest.raises(ValueError):
+        segments_at(packets, TB, [s.frames for s in plan][:-1])
