@@ -180,9 +180,7 @@ def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: fl
     if n == 0:
         return []
     first = int(pts.min())
-    # The stream ends when its last-shown frame does: that frame's own duration where the source gives one
-    # (a VFR stream's typical gap can be far longer or shorter), else the typical gap.
-    last_end = int(pts.max()) + (packets.last_duration or _frame_ticks(pts))
+    last_end = _stream_end(packets)
     total_ticks = last_end - first
     target = max(1, int(round(segment_seconds / time_base)))
     cuts = packets.clean_cuts()
@@ -219,9 +217,7 @@ def plan_segments(packets: PacketIndex, time_base: Fraction, segment_seconds: fl
             starts.append(best)
     if len(starts) > 1:
         starts[-1] = table.balance_last(starts[-1])
-    bounds = starts + [last_end]
-    return [table.segment(i, bounds[i], bounds[i + 1], time_base, last=i == len(starts) - 1)
-            for i in range(len(starts))]
+    return table.segments(starts, last_end, time_base)
 
 
 def segments_at(packets: PacketIndex, time_base: Fraction, frames: list[int]) -> list[Segment]:
@@ -231,12 +227,14 @@ def segments_at(packets: PacketIndex, time_base: Fraction, frames: list[int]) ->
     if sum(frames) != len(packets) or any(f <= 0 for f in frames):
         raise ValueError(f"{sum(frames)} frames in {len(frames)} segments, the stream has {len(packets)}")
     table = _Table(packets)
-    pts = packets.pts
-    last_end = int(pts.max()) + (packets.last_duration or _frame_ticks(pts))
-    at = np.cumsum([0, *frames[:-1]])
-    bounds = [int(table.shown[a]) for a in at] + [last_end]
-    return [table.segment(i, bounds[i], bounds[i + 1], time_base, last=i == len(frames) - 1)
-            for i in range(len(frames))]
+    starts = [int(table.shown[a]) for a in np.cumsum([0, *frames[:-1]])]
+    return table.segments(starts, _stream_end(packets), time_base)
+
+
+def _stream_end(packets: PacketIndex) -> int:
+    """Where the stream ends (ticks): when its last-shown frame does, by that frame's own duration where the
+    source gives one (a VFR stream's typical gap can be far longer or shorter), else the typical gap."""
+    return int(packets.pts.max()) + (packets.last_duration or _frame_ticks(packets.pts))
 
 
 class _Table:
@@ -292,6 +290,12 @@ class _Table:
             if (n - at) * MAX_EXTRA_WORK >= self.dropped_before(int(self.shown[at])) * DECODE_COST:
                 return int(self.shown[at])
         return start
+
+    def segments(self, starts: list[int], end: int, time_base: Fraction) -> list[Segment]:
+        """The segments starting at ``starts`` (ticks, in order), the last one running to ``end``."""
+        bounds = [*starts, end]
+        return [self.segment(i, bounds[i], bounds[i + 1], time_base, last=i == len(starts) - 1)
+                for i in range(len(starts))]
 
     def segment(self, index: int, start: int, end: int, time_base: Fraction, *, last: bool) -> Segment:
         """The segment of the frames shown in ``[start, end)`` (ticks; the last one: everything from start)."""
