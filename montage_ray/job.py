@@ -46,9 +46,8 @@ from montage_ray.cluster.session import RaySession, ray_session
 from montage_ray.cluster.workers import Worker
 from montage_ray.config import LabelConfig
 from montage_ray.errors import ClusterError, EncoderError, FFmpegError, InputError, VerificationError
-from montage_ray.commands import MOOV_TOO_SMALL
 from montage_ray.files import publish
-from montage_ray.join import JoinPlan, NoNamedPipes, StreamingJoin, join_segments, verify_output
+from montage_ray.join import JoinPlan, MoovRoomTooSmall, NoNamedPipes, StreamingJoin, join_segments, verify_output
 from montage_ray.media import MediaInfo, inspect
 from montage_ray.options import EncodeOptions, ValidJob
 from montage_ray.plan import (FrameFit, Segment, fit_frame, is_small_job, plan_segments, segment_length,
@@ -386,7 +385,7 @@ def finish_join(streaming: StreamingJoin | None, media: MediaInfo, segments: lis
         try:
             return streaming.finish()
         except FFmpegError as err:
-            reserve = MOOV_TOO_SMALL not in (err.stderr or "")  # then the same room would be too small again
+            reserve = not isinstance(err, MoovRoomTooSmall)  # then the same room would be too small again
             log.warning("the streamed join failed (%s); joining again from the encoded files", err)
     if streaming is not None:
         streaming.stop()

@@ -219,13 +219,13 @@ def join_segments(media: MediaInfo, segments: Sequence[Segment], encoded: Sequen
     args, plan = _join(media, segments, encoded, dst_tmp, workdir, container=container, tag=tag,
                        list_name="segments.ffconcat", reserve=reserve)
     done = ffmpeg_cli.run(args, timeout=timeout or join_timeout(media), check=False)
-    if done.returncode != 0 and commands.MOOV_TOO_SMALL not in done.stderr:
-        raise FFmpegError(ffmpeg_cli.describe_failure(done), returncode=done.returncode,
-                          stderr=ffmpeg_cli.tail(done.stderr))
     if commands.MOOV_TOO_SMALL in done.stderr:  # the space kept for the sample tables was short: move them
         args, plan = _join(media, segments, encoded, dst_tmp, workdir, container=container, tag=tag,
                            list_name="segments.ffconcat", reserve=False)
         ffmpeg_cli.run(args, timeout=timeout or join_timeout(media))
+    elif done.returncode != 0:
+        raise FFmpegError(ffmpeg_cli.describe_failure(done), returncode=done.returncode,
+                          stderr=ffmpeg_cli.tail(done.stderr))
     return plan
 
 
@@ -379,7 +379,7 @@ class StreamingJoin:
         if self._error is not None:
             raise FFmpegError(f"feeding the join failed: {self._error}") from self._error
         if commands.MOOV_TOO_SMALL in done.stderr:
-            raise FFmpegError("the room kept for the MP4's sample tables was too small", stderr=done.stderr)
+            raise MoovRoomTooSmall("the room kept for the MP4's sample tables was too small", stderr=done.stderr)
         if done.returncode != 0 or self.fed != len(self.pipes):
             raise FFmpegError(f"the streamed join took {self.fed} of {len(self.pipes)} segments: "
                               + ffmpeg_cli.describe_failure(done), returncode=done.returncode, stderr=done.stderr)
@@ -437,6 +437,11 @@ class StreamingJoin:
         ffmpeg_cli.run(commands.faststart_command(path, moved, caps=ffmpeg_caps()), timeout=120,
                        should_stop=lambda: self._stopped)
         return moved
+
+
+class MoovRoomTooSmall(FFmpegError):
+    """The join's MP4 came out without sample tables: the room :func:`moov_reserve` kept was too small
+    (join again with ``reserve=False``)."""
 
 
 class NoNamedPipes(Exception):
