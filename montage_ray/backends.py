@@ -77,32 +77,30 @@ def _v4l2_q(q: int) -> list[str]:
     return ["-b:v", f"{kbps}k"]
 
 
-def _mastering(m: "MasteringDisplay", xy: Callable[[Any], str], luminance: Callable[[Any], str]) -> str:
-    """The G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min) form x265 and SVT-AV1 share, in the encoder's own units."""
-    return (f"G{xy(m.green)}B{xy(m.blue)}R{xy(m.red)}WP{xy(m.white)}"
-            f"L({luminance(m.max_luminance)},{luminance(m.min_luminance)})")
+def _hdr_params(option: str, display: str, light: str, xy: Callable[[Any], str],
+                luminance: Callable[[Any], str]) -> Callable[..., list[str]]:
+    """The builder of an encoder's HDR10 params (``option``, e.g. ``-x265-params``): the mastering display
+    as ``display=G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min)`` in the encoder's own units (``xy``, ``luminance``)
+    and the content light level as ``light=MaxCLL,MaxFALL``."""
+    def build(mastering: "MasteringDisplay | None", content: "ContentLight | None") -> list[str]:
+        params = []
+        if mastering is not None:
+            m = mastering
+            params.append(f"{display}=G{xy(m.green)}B{xy(m.blue)}R{xy(m.red)}WP{xy(m.white)}"
+                          f"L({luminance(m.max_luminance)},{luminance(m.min_luminance)})")
+        if content is not None:
+            params.append(f"{light}={content.max_content},{content.max_average}")
+        return [option, ":".join(params)] if params else []
+
+    return build
 
 
-def _x265_hdr(mastering: "MasteringDisplay | None", light: "ContentLight | None") -> list[str]:
-    # x265's own units (as its CLI and ffmpeg's HEVC SEI): chromaticity in 1/50000, luminance in 1/10000 cd/m2
-    params = []
-    if mastering is not None:
-        params.append("master-display=" + _mastering(
-            mastering, lambda p: f"({round(p[0] * 50000)},{round(p[1] * 50000)})", lambda v: f"{round(v * 10000)}"))
-    if light is not None:
-        params.append(f"max-cll={light.max_content},{light.max_average}")
-    return ["-x265-params", ":".join(params)] if params else []
-
-
-def _svt_hdr(mastering: "MasteringDisplay | None", light: "ContentLight | None") -> list[str]:
-    # SVT-AV1 (1.0+) takes the same G/B/R/WP/L form in plain numbers: xy as 0..1, luminance in cd/m2
-    params = []
-    if mastering is not None:
-        params.append("mastering-display=" + _mastering(
-            mastering, lambda p: f"({float(p[0]):.5f},{float(p[1]):.5f})", lambda v: f"{float(v):.4f}"))
-    if light is not None:
-        params.append(f"content-light={light.max_content},{light.max_average}")
-    return ["-svtav1-params", ":".join(params)] if params else []
+# x265's own units (as its CLI and ffmpeg's HEVC SEI): chromaticity in 1/50000, luminance in 1/10000 cd/m2
+_x265_hdr = _hdr_params("-x265-params", "master-display", "max-cll",
+                        lambda p: f"({round(p[0] * 50000)},{round(p[1] * 50000)})", lambda v: f"{round(v * 10000)}")
+# SVT-AV1 (1.0+) takes the same G/B/R/WP/L form in plain numbers: xy as 0..1, luminance in cd/m2
+_svt_hdr = _hdr_params("-svtav1-params", "mastering-display", "content-light",
+                       lambda p: f"({float(p[0]):.5f},{float(p[1]):.5f})", lambda v: f"{float(v):.4f}")
 
 
 @dataclass(frozen=True)
