@@ -370,3 +370,9 @@ def probe_json(args: Sequence[str], *, timeout: float) -> dict[str, Any]:
         return json.loads(done.stdout or "{}")
     except json.JSONDecodeError as err:  # pragma: no cover - ffprobe always prints JSON with -of json
         raise FFmpegError(f"ffprobe printed output that is not JSON: {err}", stderr=done.stderr) from err
+
+
+def first_stream(stdout: str) -> dict[str, Any]:
+    """The first stream of what ``ffprobe -of json -show_entries stream=...`` printed ({} when none).
+    Raises ValueError when it is not JSON."""
+    return (json.loads(stdout or "{}").get("streams") or [{}])[0]

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import array
 import errno
-import json
 import os
 import shutil
 import threading
@@ -620,7 +619,7 @@ def _judge_windows(done: ffmpeg_cli.Completed) -> int:
     if done.stderr.strip():
         raise VerificationError("decoding the joins of the output reported errors: "
                                 + ffmpeg_cli.last_error_line(done.stderr))
-    frames = int(((json.loads(done.stdout or "{}").get("streams") or [{}])[0]).get("nb_read_frames") or 0)
+    frames = int(ffmpeg_cli.first_stream(done.stdout).get("nb_read_frames") or 0)
     if frames <= 0:
         raise VerificationError("decoding the joins of the output gave no frames")
     return frames
@@ -672,7 +671,7 @@ def verify_output(path: str, plan: JoinPlan, *, decode: bool = True, timeout: fl
         if done.stderr.strip():
             raise VerificationError("decoding the joined output reported errors: "
                                     + ffmpeg_cli.last_error_line(done.stderr))
-        frames = int(((json.loads(done.stdout or "{}").get("streams") or [{}])[0]).get("nb_read_frames") or 0)
+        frames = int(ffmpeg_cli.first_stream(done.stdout).get("nb_read_frames") or 0)
         if frames != plan.frames:
             raise VerificationError(f"the joined output decodes to {frames} video frames, the source has {plan.frames}")
     elif windows is not None:

@@ -17,7 +17,6 @@ nothing::
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -141,7 +140,7 @@ def check_encoded(path: str, expected: int, *, decode: bool, threads: int = 1, t
     except FFmpegError as err:
         return "cannot be read back: " + (ffmpeg_cli.last_error_line(err.stderr) or str(err))
     try:
-        stream = (json.loads(done.stdout or "{}").get("streams") or [{}])[0]
+        stream = ffmpeg_cli.first_stream(done.stdout)
         packets = int(stream.get("nb_read_packets") or 0)
         frames = int(stream.get("nb_read_frames") or 0) if decode else packets
     except (ValueError, TypeError):
