@@ -395,7 +395,7 @@ class NetnsCluster:
                if not k.startswith("RAY_") and k not in ("PYTHONPATH", "MONTAGE_RAY_REMOTE", "MONTAGE_RAY_BLOCK",
                                                           "MONTAGE_RAY_BANDWIDTH_MBPS", "MONTAGE_RAY_STANDINS")}
         env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", HOME=str(self.dir / "home"),
-                   RAY_AUTH_TOKEN_PATH=str(self.token_file), RAY_USAGE_STATS_ENABLED="0")
+                   RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_file), RAY_USAGE_STATS_ENABLED="0")
         if host is not None:
             env["RAY_TMPDIR"] = str(self.temp_dir(host))
         env.update(extra)
