@@ -1,9 +1,8 @@
 """montage-ray: fast, verified video encoding on a heterogeneous Ray cluster.
 
-A job inspects the source (:mod:`~montage_ray.media`), plans GOP-aligned segments
-(:mod:`~montage_ray.plan`), cuts them by stream copy (:mod:`~montage_ray.split`), encodes them on Ray actors
-(:mod:`~montage_ray.cluster`, :mod:`~montage_ray.segment_encode`) and joins and verifies the result
-(:mod:`~montage_ray.join`). From Python, inside or outside an existing ``ray.init()``::
+A job inspects the source and plans segments (:mod:`~montage_ray.media`), cuts them by stream copy, encodes
+them on Ray actors (:mod:`~montage_ray.cluster`, :mod:`~montage_ray.encoders`) and joins and verifies the
+result (:mod:`~montage_ray.media.join`). From Python, inside or outside an existing ``ray.init()``::
 
     from montage_ray import encode
 
@@ -11,14 +10,19 @@ A job inspects the source (:mod:`~montage_ray.media`), plans GOP-aligned segment
     print(report.summary())
 
 From a shell: ``montage-ray encode input.mp4 output.mp4 --codec hevc --quality 26``.
+The layers, lowest first (imports only run downward; ``docs/architecture.md``): :mod:`.errors` and
+:mod:`.util`, :mod:`.ffmpeg`, :mod:`.media`, :mod:`.encoders`, :mod:`.probe`, :mod:`.spending`,
+:mod:`.cluster`, :mod:`.job`, and the command line in ``_cli``.
 """
 
+from montage_ray import _moved
 from montage_ray.errors import (ClusterError, EncoderError, InputError, MontageError,
                                 VerificationError)
-from montage_ray.job import encode
-from montage_ray.options import EncodeOptions
-from montage_ray.report import JobReport
+from montage_ray.job import EncodeOptions, JobReport, encode
+from montage_ray.util.version import VERSION
+
+_moved.install()
 
 __all__ = ["encode", "EncodeOptions", "JobReport", "MontageError", "InputError", "EncoderError", "ClusterError",
            "VerificationError"]
-__version__ = "0.1.0"
+__version__ = VERSION

@@ -75,3 +75,9 @@ class Terminated(KeyboardInterrupt):
     """
 
     exit_code = 143
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its class name when it has none)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -44,13 +44,13 @@ def limit_line(src: str, codec: str, preset: str, quality: int, frames: list[int
     """Cut ``src`` into the pieces the job used (``frames``: its segments' frame counts, in order) and encode
     them with plain single-thread ffmpeg, ``cpus`` at a time; (wall seconds, pieces). Uses montage-ray's own
     cut and encoder arguments, so only Ray is absent."""
-    from montage_ray.backends import cpu_spec
-    from montage_ray.media import inspect
-    from montage_ray.plan import segments_at
-    from montage_ray import commands
-    from montage_ray.caps import ffmpeg_caps
-    from montage_ray.segment_encode import video_output_args
-    from montage_ray.split import split_source
+    from montage_ray.encoders.backends import cpu_spec
+    from montage_ray.media.info import inspect
+    from montage_ray.media.plan import segments_at
+    from montage_ray.ffmpeg import commands
+    from montage_ray.ffmpeg.caps import ffmpeg_caps
+    from montage_ray.encoders.segment import video_output_args
+    from montage_ray.media.cut import split_source
 
     info = inspect(src)
     plan = segments_at(info.packets, info.video.time_base, frames)
@@ -102,7 +102,7 @@ def main() -> int:
     n = frames(src)
     cpus = os.cpu_count() or 1
 
-    from montage_ray.backends import cpu_spec
+    from montage_ray.encoders.backends import cpu_spec
 
     plain_out = os.path.join(work, "plain.mp4")
     all_threads = cpu_spec(args.codec, quality=args.quality, preset=args.preset, threads=0)

@@ -8,13 +8,13 @@ per-piece seconds, so the check's share of an encode can be read off::
 """
 import os, subprocess, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
-from montage_ray.backends import cpu_spec
-from montage_ray.media import inspect
-from montage_ray.plan import plan_segments
-from montage_ray import commands
-from montage_ray.caps import ffmpeg_caps
-from montage_ray.segment_encode import video_output_args, check_encoded, encode_segment, count_packets
-from montage_ray.split import split_source
+from montage_ray.encoders.backends import cpu_spec
+from montage_ray.media.info import inspect
+from montage_ray.media.plan import plan_segments
+from montage_ray.ffmpeg import commands
+from montage_ray.ffmpeg.caps import ffmpeg_caps
+from montage_ray.encoders.segment import video_output_args, check_encoded, encode_segment, count_packets
+from montage_ray.media.cut import split_source
 
 seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 4
 length = sys.argv[2] if len(sys.argv) > 2 else "120"

@@ -5,7 +5,7 @@
     .venv/bin/python scripts/bench_anyframe.py --seconds 60 --size 1280x720 --preset ultrafast
 
 Prints, from the same run: the cost of decoding a frame against encoding it (one thread each: what
-``montage_ray.plan.DECODE_COST`` stands for), plain ffmpeg (all threads), montage-ray cutting only at clean
+``montage_ray.media.plan.DECODE_COST`` stands for), plain ffmpeg (all threads), montage-ray cutting only at clean
 keyframes (one segment on one actor: what a one-keyframe source got before) and montage-ray cutting at any
 frame (the default): segments, frames decoded only to be dropped, wall times and ratios. Ray and the actors
 start once, in an untimed warm-up job.
@@ -38,9 +38,10 @@ def main() -> int:
 
     import ray
 
-    from montage_ray import encode, job
-    from montage_ray.media import inspect
-    from montage_ray.plan import DECODE_COST, plan_segments
+    from montage_ray import encode
+    from montage_ray.job.run import run
+    from montage_ray.media.info import inspect
+    from montage_ray.media.plan import DECODE_COST, plan_segments
 
     work = tempfile.mkdtemp(prefix="montage-anyframe-")
     src = os.path.join(work, "onekey.mp4")
@@ -70,7 +71,7 @@ def main() -> int:
                 plans[_name] = plan_segments(*a, any_frame=_any, **kw)
                 return plans[_name]
 
-            job.plan_segments = planned
+            run.plan_segments = planned
             report = encode(src, os.path.join(work, f"out-{any_frame}.mp4"), preset=args.preset,
                             segment_seconds=args.segment_seconds, workers=args.workers, overwrite=True)
             results[name] = report
@@ -79,7 +80,7 @@ def main() -> int:
                   f"({', '.join(str(s.frames) for s in plans[name])} frames, {dropped} more decoded to be dropped: "
                   f"{100 * DECODE_COST * dropped / frames:.0f}% more work) on {len({s.actor for s in report.segments})} actors; "
                   f"ratio plain/montage-ray {plain / report.wall_seconds:.2f}x", flush=True)
-        job.plan_segments = plan_segments
+        run.plan_segments = plan_segments
     finally:
         ray.shutdown()
     print(f"any frame against keyframes only: "

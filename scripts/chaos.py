@@ -117,15 +117,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from montage_ray import encode, ffmpeg_cli
+    from montage_ray import encode
+    from montage_ray.ffmpeg import tool
     from montage_ray.cluster.session import join_drains
     from montage_ray.errors import MontageError
 
     src = os.path.join(root, "src.mp4")
-    ffmpeg_cli.run([ffmpeg_cli.ffmpeg(), "-v", "error", "-y", "-f", "lavfi", "-i",
+    tool.run([tool.ffmpeg(), "-v", "error", "-y", "-f", "lavfi", "-i",
                     f"testsrc2=size=320x240:rate=30:duration={args.seconds:g}", "-f", "lavfi", "-i",
                     f"sine=duration={args.seconds:g}", "-c:v", "libx264", "-g", "30", "-c:a", "aac",
-                    ffmpeg_cli.file_url(src)], timeout=120)
+                    tool.file_url(src)], timeout=120)
     cluster, nodes = start_cluster(DEFAULT_LAYOUT, head_cpus=1)
     config = os.path.join(root, "encoders.yaml")
     write_config(DEFAULT_LAYOUT, {"readrate": 2.0, "preset": "ultrafast"}, config)
@@ -146,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                        cluster.address, "--encoders-config", config, "--segment-seconds", "2"]
                 until = time.monotonic() + delay
                 try:  # should_stop kills the driver's whole process group with SIGKILL
-                    ffmpeg_cli.run(cmd, timeout=300, check=False, should_stop=lambda: time.monotonic() > until)
+                    tool.run(cmd, timeout=300, check=False, should_stop=lambda: time.monotonic() > until)
                     what += f" at {delay:.1f}s (finished first); re-run"
-                except ffmpeg_cli.Cancelled:
+                except tool.Cancelled:
                     what += f" at {delay:.1f}s (SIGKILL); re-run"
                 if os.path.exists(dst):
                     os.unlink(dst)
@@ -156,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if action == "kill-driver":
                     # the same command again, unharmed: it must succeed and sweep the killed driver's folder
-                    # (the killed driver's work must not keep the slots from it: issue 11 saw "no encoder
+                    # (the killed driver's work must not keep the slots from it: a run once saw "no encoder
                     # could start" here, so only an exact output passes)
-                    again = ffmpeg_cli.run(cmd, timeout=600, check=False)
+                    again = tool.run(cmd, timeout=600, check=False)
                     if again.returncode != 0:
                         verdict = f"FAIL: the re-run failed: {again.stderr.strip()[-300:]}"
                 else:

@@ -78,7 +78,7 @@ def package_dir() -> str:
 
 
 def check_encode_options(command: list[str]) -> None:
-    """For ``encode``, build the job's :class:`~montage_ray.options.EncodeOptions` here and check the values
+    """For ``encode``, build the job's :class:`~montage_ray.job.options.EncodeOptions` here and check the values
     that need no file (the paths are the head's), so a bad option fails now, not on the cluster."""
     if not command or command[0] != "encode":
         return

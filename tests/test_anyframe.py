@@ -1,4 +1,4 @@
-"""Splits at any frame (issue 12 part 2): one-keyframe and open-GOP sources are cut into several segments, each
+"""Splits at any frame: one-keyframe and open-GOP sources are cut into several segments, each
 decoding from the keyframe it needs and dropping the frames before its cut, and the output stays frame-exact."""
 
 from __future__ import annotations
@@ -8,13 +8,14 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from montage_ray import encode, ffmpeg_cli
-from montage_ray.backends import cpu_spec
-from montage_ray.caps import ffmpeg_caps
-from montage_ray.media import PacketIndex, inspect
-from montage_ray.plan import DECODE_COST, MAX_EXTRA_WORK, plan_segments
-from montage_ray.segment_encode import count_packets, encode_segment
-from montage_ray.split import cut_lanes, split_source
+from montage_ray import encode
+from montage_ray.ffmpeg import tool
+from montage_ray.encoders.backends import cpu_spec
+from montage_ray.ffmpeg.caps import ffmpeg_caps
+from montage_ray.media.info import PacketIndex, inspect
+from montage_ray.media.plan import DECODE_COST, MAX_EXTRA_WORK, plan_segments
+from montage_ray.encoders.segment import count_packets, encode_segment
+from montage_ray.media.cut import cut_lanes, split_source
 from tests import mediacheck as mc
 from tests.test_plan import closed_gops, open_gops
 
@@ -83,7 +84,7 @@ def test_open_gops_are_cut_at_their_keyframes_and_the_leading_pictures_go_with_t
 
 def test_a_leading_picture_after_the_cut_brings_the_previous_gop():
     """A cut among an open-GOP keyframe's leading pictures: they refer to the GOP before, which comes along."""
-    from montage_ray.plan import _Table
+    from montage_ray.media.plan import _Table
 
     idx = open_gops(300, 30)                               # the I at packet 60 is shown at 62, after 60 and 61
     assert idx.key[60] and int(idx.pts[60]) == 62
@@ -105,7 +106,7 @@ def test_one_cut_gives_every_overlapping_piece(one_key, tmp_path):
     segs = plan_segments(info.packets, info.video.time_base, 2)
     assert len(segs) >= 3 and len(cut_lanes(segs)) >= 3
     ffmpeg_caps()  # what this ffmpeg can do is asked once per process, not per cut
-    with ffmpeg_cli.watch() as started:
+    with tool.watch() as started:
         paths = split_source(info, segs, str(tmp_path))
     assert len(started) == 1                               # one ffmpeg for every lane
     assert [count_packets(p) for p in paths] == [s.packets for s in segs]

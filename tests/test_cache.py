@@ -1,4 +1,4 @@
-"""The segment cache (issue 12 part 1): a killed job run again reuses what it had encoded and verified; a
+"""The segment cache: a killed job run again reuses what it had encoded and verified; a
 changed source or setting reuses nothing; a damaged piece is never trusted; nothing piles up."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from montage_ray import encode
-from montage_ray.cache import CACHE_DIRNAME, SegmentCache, maker_id
+from montage_ray.job.cache import CACHE_DIRNAME, SegmentCache, maker_id
 from montage_ray.errors import InputError
-from montage_ray.options import EncodeOptions
-from montage_ray.plan import Segment
-from montage_ray.segment_encode import EncodeResult
+from montage_ray.job.options import EncodeOptions
+from montage_ray.media.plan import Segment
+from montage_ray.encoders.records import EncodeResult
 from tests import mediacheck as mc
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from montage_ray.config import check_config_for_codec, check_extra_args, load_encoders_config
+from montage_ray.encoders.config import check_config_for_codec, check_extra_args, load_encoders_config
 from montage_ray.errors import InputError
 
 ACCEPTED = {

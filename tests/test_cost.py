@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from montage_ray.config import load_encoders_config
-from montage_ray.cost import Price, busy_seconds, charge, money, month_of
+from montage_ray.encoders.config import load_encoders_config
+from montage_ray.spending.cost import Price, busy_seconds, charge, money, month_of
 from montage_ray.errors import InputError
-from montage_ray.quota import FIRST_BACKOFF, MAX_BACKOFF, STANDIN_REFUSAL, classify, next_backoff
+from montage_ray.spending.quota import FIRST_BACKOFF, MAX_BACKOFF, STANDIN_REFUSAL, classify, next_backoff
 
 T4 = Price(cost_per_hour=0.60, cost_per_gb=0.09, currency="USD")
 

@@ -28,14 +28,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from montage_ray.backends import BACKENDS
+from montage_ray.encoders.backends import BACKENDS
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 RESOURCE_NAMES = {b.resource: b for b in BACKENDS.values() if b.resource}
 try:
     from montage_ray.probe import NODE_LABEL_KEY
-except ImportError:  # the probe module (issue 3) names the key; this is its value
+except ImportError:  # the probe module names the key; this is its value
     NODE_LABEL_KEY = "montage.ai/encoder"
 
 
@@ -568,7 +568,7 @@ def _wait_for_agent(port: int, node: subprocess.Popen, marker: Path, log: Path) 
 @pytest.mark.slow
 def test_started_nodes_refuse_jobs_without_the_token():
     """Every node's dashboard agent listens on the node's address and runs any job it accepts. Started
-    through the script, head and worker alike must refuse a job without the token (issue 11: a worker
+    through the script, head and worker alike must refuse a job without the token (a worker
     started without RAY_AUTH_MODE=token in its environment ran `id` as root for anyone). With the token
     the same request is accepted, so the refusal is the authentication's doing."""
     tmp = Path(tempfile.mkdtemp(prefix="mrnode-"))  # short: Ray's socket paths have a length limit

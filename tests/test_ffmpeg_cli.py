@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 
-from montage_ray import ffmpeg_cli
+from montage_ray.ffmpeg import tool
 
 
 def _pids_with(marker: str) -> list[int]:
@@ -29,11 +29,11 @@ def test_ffmpeg_started_from_a_thread_of_a_threaded_process_dies_with_it():
     marker = f"sine=frequency={1000 + uuid.uuid4().int % 1000}:sample_rate=8123"
     code = f"""
 import threading, time
-from montage_ray import ffmpeg_cli
+from montage_ray.ffmpeg import tool
 busy = [threading.Thread(target=lambda: [sum(range(1000)) for _ in iter(int, 1)], daemon=True) for _ in range(4)]
 for t in busy: t.start()
 def go():
-    ffmpeg_cli.run([ffmpeg_cli.ffmpeg(), "-v", "error", "-re", "-f", "lavfi", "-i", {marker!r}, "-f", "null", "-"],
+    tool.run([tool.ffmpeg(), "-v", "error", "-re", "-f", "lavfi", "-i", {marker!r}, "-f", "null", "-"],
                    timeout=600, check=False)
 threading.Thread(target=go).start()
 print("started", flush=True)
@@ -59,8 +59,8 @@ def test_no_python_runs_between_fork_and_exec():
     """No preexec_fn: in a threaded process it also runs gRPC's at-fork handlers, and a child forked while
     another thread held their locks hung (the suite once stopped there). The parent-death signal is set by
     setpriv, after exec."""
-    assert ffmpeg_cli._SETPRIV is not None  # Linux with util-linux (Debian's essential set)
-    with ffmpeg_cli.watch() as started:
-        done = ffmpeg_cli.run([ffmpeg_cli.ffmpeg(), "-hide_banner", "-version"], timeout=30)
+    assert tool._SETPRIV is not None  # Linux with util-linux (Debian's essential set)
+    with tool.watch() as started:
+        done = tool.run([tool.ffmpeg(), "-hide_banner", "-version"], timeout=30)
     assert done.returncode == 0 and "ffmpeg version" in done.stdout
-    assert started == [(ffmpeg_cli.ffmpeg(), "-hide_banner", "-version")]
+    assert started == [(tool.ffmpeg(), "-hide_banner", "-version")]

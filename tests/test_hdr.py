@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from montage_ray import encode, hdr
-from montage_ray.backends import BACKENDS, cpu_spec
-from montage_ray.caps import ffmpeg_caps
-from montage_ray.config import LabelConfig
+from montage_ray import encode
+from montage_ray.encoders import hdr
+from montage_ray.encoders.backends import BACKENDS, cpu_spec
+from montage_ray.ffmpeg.caps import ffmpeg_caps
+from montage_ray.encoders.config import LabelConfig
 from montage_ray.errors import InputError
-from montage_ray.media import ContentLight, MasteringDisplay, inspect
-from montage_ray.routing import Offer
+from montage_ray.media.info import ContentLight, MasteringDisplay, inspect
+from montage_ray.spending import routing
+from montage_ray.spending.routing import Offer
 from tests import mediacheck as mc
 
 MASTER_DISPLAY = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1)"
@@ -221,13 +223,13 @@ def test_master_leaves_out_encoders_that_drop_hdr(hdr10_clip):
     offers = [Offer("nvenc", 3, 300), Offer("vaapi", 1, 200), Offer("cpu", 2, 25, hardware=False),
               Offer("nvmpi", 1, 100)]
     config = {"nvmpi": LabelConfig(label="nvmpi", backend="cpu", standin=True)}   # a CPU stand-in: x265
-    kept, lines = hdr.master_offers(offers, info, "hevc", config)
+    kept, lines = routing.master_offers(offers, info, "hevc", config)
     assert [o.label for o in kept] == ["vaapi", "cpu", "nvmpi"]
     assert lines == ["nvenc left out: HDR source and hevc_nvenc cannot carry HDR10 metadata ("
                      + BACKENDS["nvenc"].hdr_gap + ") (master)"]
-    kept, lines = hdr.master_offers(offers, info, "h264", config)   # nobody can: nobody is left out
+    kept, lines = routing.master_offers(offers, info, "h264", config)   # nobody can: nobody is left out
     assert kept == offers and "it will be lost" in lines[0]
-    assert hdr.master_offers(offers, None, "hevc", config) == (offers, [])   # SDR: nothing to do
+    assert routing.master_offers(offers, None, "hevc", config) == (offers, [])   # SDR: nothing to do
 
 
 # -- Dolby Vision ---------------------------------------------------------------------------------------

@@ -162,14 +162,14 @@ def test_actors_are_reused_across_jobs_and_serve_another_setup_without_a_restart
 def test_the_driver_starts_no_process_per_segment(make_clip, tmp_path):
     """Ten segments, and the driver still starts only its fixed handful: probe, cut, join (started with the job,
     fed as the pieces come), structure, joins."""
-    from montage_ray import ffmpeg_cli
-    from montage_ray.caps import ffmpeg_caps
+    from montage_ray.ffmpeg import tool
+    from montage_ray.ffmpeg.caps import ffmpeg_caps
 
     ffmpeg_caps()  # what this ffmpeg can do is asked once per process, not per job or segment
-    with ffmpeg_cli.watch() as started:
+    with tool.watch() as started:
         report = encode(make_clip("long"), tmp_path / "out.mp4", segment_seconds=2)
     assert len(report.segments) == 10
-    from montage_ray.join import WINDOW_PROCESSES
+    from montage_ray.media.join import WINDOW_PROCESSES
 
     windows = [a for a in started if "-read_intervals" in a and "-count_frames" in a]
     assert 1 <= len(windows) <= WINDOW_PROCESSES  # the join windows, split over a bounded few runs
@@ -185,8 +185,8 @@ def test_the_join_falls_back_to_joining_the_files_and_can_be_turned_off(make_cli
     """A streamed join that fails (here: the room kept for the MP4's sample tables is made far too small)
     is done again from the encoded files, with the tables moved up at the end; MONTAGE_RAY_STREAM_JOIN=0
     joins only at the end. Both outputs are frame-exact."""
-    import montage_ray.join as join_module
-    from montage_ray import ffmpeg_cli
+    import montage_ray.media.join as join_module
+    from montage_ray.ffmpeg import tool
 
     src = make_clip("bframes")
 
@@ -194,7 +194,7 @@ def test_the_join_falls_back_to_joining_the_files_and_can_be_turned_off(make_cli
         return sorted(x.rsplit("/", 1)[-1] for a in started for x in a if x.endswith(".ffconcat"))
 
     monkeypatch.setattr(join_module, "moov_reserve", lambda media, segments: 2000)
-    with ffmpeg_cli.watch() as started:
+    with tool.watch() as started:
         encode(src, tmp_path / "fallback.mp4", segment_seconds=2, preset="ultrafast")
     assert lists(started) == ["segments.ffconcat", "stream.ffconcat"]  # streamed, then once more, not twice
     assert mc.decoded_frames(tmp_path / "fallback.mp4") == mc.decoded_frames(src)
@@ -202,7 +202,7 @@ def test_the_join_falls_back_to_joining_the_files_and_can_be_turned_off(make_cli
     monkeypatch.undo()
 
     monkeypatch.setenv("MONTAGE_RAY_STREAM_JOIN", "0")
-    with ffmpeg_cli.watch() as started:
+    with tool.watch() as started:
         encode(src, tmp_path / "at-end.mp4", segment_seconds=2, preset="ultrafast")
     assert lists(started) == ["segments.ffconcat"]
     mc.assert_same_frames_in_order(src, tmp_path / "at-end.mp4")

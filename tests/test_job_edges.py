@@ -14,7 +14,8 @@ import tempfile
 import numpy as np
 import pytest
 
-from montage_ray import encode, workdirs
+from montage_ray import encode
+from montage_ray.util import workdirs
 from tests import mediacheck as mc
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -35,7 +36,7 @@ def test_destination_folder_names_are_data_not_patterns(folder, make_clip, tmp_p
 
 def _leftover(parent, prefix: str) -> str:
     """A work folder as a job killed with SIGKILL leaves it: made by a process that is gone."""
-    code = ("import sys; from montage_ray.workdirs import make_workdir; "
+    code = ("import sys; from montage_ray.util.workdirs import make_workdir; "
             "d = make_workdir(sys.argv[1], sys.argv[2]); open(d + '/src-000000.nut', 'wb').write(b'x' * 1000); "
             "print(d)")
     done = subprocess.run([sys.executable, "-c", code, str(parent), prefix], capture_output=True, text=True,

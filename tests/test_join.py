@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import ray
 
-from montage_ray.config import LabelConfig
+from montage_ray.encoders.config import LabelConfig
 from montage_ray.cluster.nodes import Placement
 from montage_ray.cluster.pool import EncoderPool
 from montage_ray.cluster.session import connected
-from montage_ray.segment_encode import JobSettings
+from montage_ray.encoders.records import JobSettings
 from montage_ray.errors import VerificationError
-from montage_ray.join import check_structure, container_for, join_segments, verify_output
-from montage_ray.media import inspect
-from montage_ray.plan import plan_segments
-from montage_ray.split import split_source
+from montage_ray.media.join import check_structure, container_for, join_segments, verify_output
+from montage_ray.media.info import inspect
+from montage_ray.media.plan import plan_segments
+from montage_ray.media.cut import split_source
 from tests import browser
 from tests import mediacheck as mc
 
@@ -141,8 +141,8 @@ def test_chromium_plays_the_mixed_join_to_the_end(mixed_output):
 @pytest.fixture(scope="module")
 def encoded_pieces(make_clip, tmp_path_factory):
     """The 'long' clip cut into 2 s segments, each encoded as the actors encode (no Ray needed)."""
-    from montage_ray.backends import cpu_spec
-    from montage_ray.segment_encode import encode_segment
+    from montage_ray.encoders.backends import cpu_spec
+    from montage_ray.encoders.segment import encode_segment
 
     work = tmp_path_factory.mktemp("streamed")
     info = inspect(make_clip("long"))
@@ -174,7 +174,7 @@ def _offer_late(join, paths, order, delay):
 
 def test_a_streamed_join_is_the_join_of_the_finished_files_byte_for_byte(encoded_pieces, tmp_path):
     """Pieces offered out of order while the join runs: the same file as joining them all at the end."""
-    from montage_ray.join import StreamingJoin, streamable
+    from montage_ray.media.join import StreamingJoin, streamable
 
     info, segments, paths = encoded_pieces
     assert all(streamable(p) for p in paths)  # the encoders write the sample tables first
@@ -194,7 +194,7 @@ def test_a_streamed_join_is_the_join_of_the_finished_files_byte_for_byte(encoded
 
 
 def test_a_piece_written_with_its_samples_first_is_remuxed_for_the_streamed_join(encoded_pieces, tmp_path):
-    from montage_ray.join import StreamingJoin, streamable
+    from montage_ray.media.join import StreamingJoin, streamable
 
     info, segments, paths = encoded_pieces
     plain = str(tmp_path / "plain-3.mp4")
@@ -215,7 +215,7 @@ def test_a_streamed_join_stopped_midway_leaves_nothing_running(encoded_pieces, t
     """An encode failed: the join, blocked on a pipe no piece will come to, is killed, its feeder ends, and
     finishing without every piece is an error, not a hang."""
     from montage_ray.errors import FFmpegError
-    from montage_ray.join import StreamingJoin
+    from montage_ray.media.join import StreamingJoin
 
     info, segments, paths = encoded_pieces
     out = str(tmp_path / "out.mp4")
@@ -254,9 +254,9 @@ def test_the_sample_tables_go_first_into_space_kept_for_them_and_a_short_guess_i
                                                                                         monkeypatch):
     """The join writes moov into room kept at the start (no second pass over the file); when the room is too
     small (ffmpeg before 9.0 still exits 0, without the tables), the join is done again with them moved."""
-    import montage_ray.join as join_module
+    import montage_ray.media.join as join_module
     from montage_ray.errors import FFmpegError
-    from montage_ray.join import StreamingJoin
+    from montage_ray.media.join import StreamingJoin
 
     info, segments, paths = encoded_pieces
     out = str(tmp_path / "kept.mp4")

@@ -14,20 +14,21 @@ import uuid
 import pytest
 import ray
 
-from montage_ray.budget import BudgetView, settle
-from montage_ray.config import LabelConfig
-from montage_ray.cost import month_of
-from montage_ray.ledger import NAMESPACE, Ledger, Spend
-from montage_ray.quota import Refusal
-from montage_ray.report import FailedAttempt, JobReport
-from montage_ray.segment_encode import EncodeResult
+from montage_ray.spending.budget import BudgetView, settle
+from montage_ray.encoders.config import LabelConfig
+from montage_ray.spending.cost import month_of
+from montage_ray.spending.ledger import NAMESPACE, Ledger, Spend
+from montage_ray.spending.quota import Refusal
+from montage_ray.job.report import JobReport
+from montage_ray.encoders.records import FailedAttempt
+from montage_ray.encoders.records import EncodeResult
 from tests.raycheck import exported_total
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DRIVER = textwrap.dedent("""
     import sys, ray
-    from montage_ray.ledger import Ledger, Spend
+    from montage_ray.spending.ledger import Ledger, Spend
     address, name, job = sys.argv[1:4]
     ray.init(address=address, log_to_driver=False, logging_level="WARNING")
     ledger = Ledger(name)

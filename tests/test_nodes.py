@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from montage_ray.cluster.nodes import offered_labels, offers, placements, remote_labels
-from montage_ray.config import LabelConfig
+from montage_ray.encoders.config import LabelConfig
 from montage_ray.errors import ClusterError
 
 NODES = [
@@ -88,7 +88,7 @@ def test_offers_name_a_label_no_node_offers():
 
 
 def test_offers_carry_the_cost_terms_they_are_given():
-    from montage_ray.cost import Price
+    from montage_ray.spending.cost import Price
 
     price = Price(0.6, 0.09, "USD")
     asked = []

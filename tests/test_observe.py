@@ -17,17 +17,18 @@ import pytest
 import ray
 
 from montage_ray import encode
-from montage_ray.config import LabelConfig
+from montage_ray.encoders.config import LabelConfig
 from montage_ray.cluster.nodes import Placement
 from montage_ray.cluster.pool import EncoderPool
 from montage_ray.cluster.session import connected
-from montage_ray.segment_encode import EncodeResult, JobSettings
-from montage_ray.media import inspect
-from montage_ray.plan import plan_segments
-from montage_ray.progress import JobProgress, ProgressPrinter
-from montage_ray.report import FailedAttempt, JobReport
-from montage_ray.split import split_source
-from montage_ray.timeline import FAILED_COLOUR, LABEL_COLOURS, draw_timeline
+from montage_ray.encoders.records import EncodeResult, JobSettings
+from montage_ray.media.info import inspect
+from montage_ray.media.plan import plan_segments
+from montage_ray.job.progress import JobProgress, ProgressPrinter
+from montage_ray.job.report import JobReport
+from montage_ray.encoders.records import FailedAttempt
+from montage_ray.media.cut import split_source
+from montage_ray.job.timeline import FAILED_COLOUR, LABEL_COLOURS, draw_timeline
 from tests.raycheck import exported_total
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

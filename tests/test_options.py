@@ -7,7 +7,7 @@ import os
 import pytest
 
 from montage_ray.errors import InputError
-from montage_ray.options import EncodeOptions
+from montage_ray.job.options import EncodeOptions
 
 
 @pytest.fixture

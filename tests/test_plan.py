@@ -7,8 +7,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from montage_ray.media import PacketIndex, inspect
-from montage_ray.plan import plan_segments
+from montage_ray.media.info import PacketIndex, inspect
+from montage_ray.media.plan import plan_segments
 
 TB = Fraction(1, 30)  # one tick per frame at 30 fps
 
@@ -137,7 +137,7 @@ def test_the_stream_ends_when_its_last_frame_does_as_the_source_says():
                                       ((641, 360), (642, 360, "pad=642:360:0:0,fillborders=right=1:bottom=0:mode=smear")),
                                       ((1, 1), (2, 2, "pad=2:2:0:0,fillborders=right=1:bottom=1:mode=smear"))])
 def test_odd_frame_sizes_are_padded_to_even(size, fit):
-    from montage_ray.plan import fit_frame
+    from montage_ray.media.plan import fit_frame
 
     got = fit_frame(*size)
     assert (got.width, got.height, got.filter) == fit
@@ -151,7 +151,7 @@ def test_odd_frame_sizes_are_padded_to_even(size, fit):
 ])
 def test_a_plan_is_rebuilt_from_its_frame_counts(packets, seconds, taper):
     """scripts/bench.py's limit line encodes the very pieces a job used, from the report's frame counts."""
-    from montage_ray.plan import segments_at
+    from montage_ray.media.plan import segments_at
 
     plan = plan_segments(packets, TB, seconds, taper=taper)
     assert len(plan) >= 2

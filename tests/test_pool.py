@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import ray
 
-from montage_ray.config import LabelConfig
+from montage_ray.encoders.config import LabelConfig
 from montage_ray.cluster.nodes import Placement
 from montage_ray.cluster.pool import EncoderPool, PoolOptions
 from montage_ray.cluster.session import connected
-from montage_ray.segment_encode import JobSettings
+from montage_ray.encoders.records import JobSettings
 from montage_ray.errors import EncoderError
-from montage_ray.media import inspect
-from montage_ray.plan import Segment, plan_segments
-from montage_ray.report import FailedAttempt
-from montage_ray.split import split_source
+from montage_ray.media.info import inspect
+from montage_ray.media.plan import Segment, plan_segments
+from montage_ray.encoders.records import FailedAttempt
+from montage_ray.media.cut import split_source
 
 @pytest.fixture(scope="module")
 def job(make_clip, tmp_path_factory, ray_cluster):
@@ -175,7 +175,7 @@ def test_run_fail_requeues_first_unless_a_copy_runs_or_finished():
 
 
 def test_a_refused_try_does_not_count_and_the_refused_label_leaves_the_pool():
-    from montage_ray.quota import STANDIN_REFUSAL, refuse_label
+    from montage_ray.spending.quota import STANDIN_REFUSAL, refuse_label
     from montage_ray.cluster.workers import Worker
 
     pool, run, segs, Task = _run_state()

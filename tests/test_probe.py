@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from montage_ray import ffmpeg_cli
+from montage_ray.ffmpeg import tool
 from montage_ray._cli import main as cli_main
-from montage_ray.backends import BACKENDS
-from montage_ray.segment_encode import video_output_args
+from montage_ray.encoders.backends import BACKENDS
+from montage_ray.encoders.segment import video_output_args
 from montage_ray.errors import EncoderError
 from montage_ray.probe import (CAUSES, DIAGNOSES, TEST_VIDEO, explain, guess_backend, probe_node, production_command,
                                run_probe, story)
@@ -163,7 +163,7 @@ def test_real_probe_cpu_works_hardware_fails_with_causes(real_node):
     cpu = node.backends["cpu"]
     assert cpu.available and cpu.encoders["h264"] == "libx264" and cpu.cause is None
     assert all(a.ok for a in cpu.attempts) and len(cpu.attempts) == len(cpu.encoders)
-    encoders = ffmpeg_cli.run([FFMPEG, "-hide_banner", "-encoders"], timeout=30).stdout
+    encoders = tool.run([FFMPEG, "-hide_banner", "-encoders"], timeout=30).stdout
     for name, status in node.backends.items():
         assert status.available or (status.cause in CAUSES and status.fix), (name, status)
     if not NO_GPU:
@@ -206,14 +206,14 @@ _PARSER_ERRORS = ("Unrecognized option", "Option not found", "Error setting opti
 def test_production_arguments_pass_the_real_option_parser(name, codec, tmp_path):
     """Each backend's exact production command fails here on the device, never on an option."""
     backend = BACKENDS[name]
-    encoders = ffmpeg_cli.run([FFMPEG, "-hide_banner", "-encoders"], timeout=30).stdout
+    encoders = tool.run([FFMPEG, "-hide_banner", "-encoders"], timeout=30).stdout
     encoder = next((e for e in backend.encoder_names(codec) if f" {e} " in encoders), None)
     if encoder is None:
         pytest.skip(f"this ffmpeg has no {'/'.join(backend.encoder_names(codec))}")
     if not NO_GPU:
         pytest.skip("this machine has a GPU: the production command might succeed")
     src = tmp_path / "src.nut"
-    ffmpeg_cli.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=256x144:rate=25", "-frames:v",
+    tool.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=256x144:rate=25", "-frames:v",
                     "3", "-c:v", "rawvideo", "-pix_fmt", "yuv420p", "-f", "nut", str(src)], timeout=30)
     spec = backend.spec(codec, device="/dev/dri/renderD128", env={"LIBVA_DRIVER_NAME": "iHD"}, encoder=encoder)
     full = production_command(spec, FFMPEG, str(src), str(tmp_path / "out"))
@@ -223,7 +223,7 @@ def test_production_arguments_pass_the_real_option_parser(name, codec, tmp_path)
              *video_output_args(TEST_VIDEO, spec), "-f", "null", "-"]
     assert "-level:v" not in alone or alone[alone.index("-level:v") + 1].isdigit()  # level_idc, never "4.0"
     for cmd in (full, alone):
-        done = ffmpeg_cli.run(cmd, timeout=30, check=False, env=spec.env)
+        done = tool.run(cmd, timeout=30, check=False, env=spec.env)
         assert done.returncode > 0, done.stderr
         assert not any(e in done.stderr for e in _PARSER_ERRORS), done.stderr
         if cmd is full:

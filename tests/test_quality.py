@@ -1,4 +1,4 @@
-"""A quality target per segment (montage_ray/quality.py): the metric and target syntax, the knob search, real
+"""A quality target per segment (montage_ray/encoders/quality.py): the metric and target syntax, the knob search, real
 encodes of noisy moving clips measured against their source pieces, the refusal of a metric this ffmpeg
 lacks, and the spread of scores on a simulated cluster of stand-ins with unlike presets."""
 
@@ -12,15 +12,15 @@ import sys
 
 import pytest
 
-from montage_ray import quality
-from montage_ray.backends import BACKENDS, cpu_spec
-from montage_ray.caps import detect, ffmpeg_caps
+from montage_ray.encoders import quality
+from montage_ray.encoders.backends import BACKENDS, cpu_spec
+from montage_ray.ffmpeg.caps import detect, ffmpeg_caps
 from montage_ray.errors import InputError
-from montage_ray.media import inspect
-from montage_ray.options import EncodeOptions
-from montage_ray.plan import plan_segments
-from montage_ray.segment_encode import SegmentEncodeError, encode_segment
-from montage_ray.split import split_source
+from montage_ray.media.info import inspect
+from montage_ray.job.options import EncodeOptions
+from montage_ray.media.plan import plan_segments
+from montage_ray.encoders.segment import SegmentEncodeError, encode_segment
+from montage_ray.media.cut import split_source
 from tests import mediacheck as mc
 from tests.conftest import FFMPEG
 
@@ -130,7 +130,7 @@ def test_xpsnr_where_the_ffmpeg_has_it(noisy_pieces, ffmpeg_builds):
     """ffmpeg 9.0.2 has xpsnr (7.1+): an actor on such a node measures it; 5.1 here does not."""
     segments, paths = noisy_pieces
     caps = ffmpeg_caps(str(ffmpeg_builds["9.0.2"]))
-    assert caps.has_filter("xpsnr") and caps.has_filter("libvmaf") and caps.metrics()["xpsnr"] == "yes"
+    assert caps.has_filter("xpsnr") and caps.has_filter("libvmaf") and quality.support(caps)["xpsnr"] == "yes"
     result, _ = encode_segment(cpu_spec("h264", preset="veryfast"), segments[3], open(paths[3], "rb").read(),
                                video_args=["-pix_fmt", "yuv420p"], caps=caps,
                                target=quality.parse_target("xpsnr:31:0.5"))
@@ -149,8 +149,8 @@ def test_an_actor_whose_ffmpeg_lacks_the_metric_fails_its_segment_saying_so(nois
 def test_filters_are_learnt_from_each_ffmpeg():
     caps = detect(ffmpeg_caps().path)
     assert {"psnr", "ssim", "scale"} <= caps.filters and "xpsnr" not in caps.filters   # Debian's 5.1
-    assert caps.metrics()["xpsnr"].startswith(f"this ffmpeg ({caps.version}) lacks the filter xpsnr")
-    assert "ffmpeg 7.1 and newer" in caps.metrics()["xpsnr"]
+    assert quality.support(caps)["xpsnr"].startswith(f"this ffmpeg ({caps.version}) lacks the filter xpsnr")
+    assert "ffmpeg 7.1 and newer" in quality.support(caps)["xpsnr"]
 
 
 def test_a_metric_this_ffmpeg_lacks_is_refused_with_one_line_before_any_encode(noisy, tmp_path):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from montage_ray.config import LabelConfig, load_encoders_config, resolve_spec
+from montage_ray.encoders.config import LabelConfig, load_encoders_config
+from montage_ray.probe.spec import resolve_spec
 from montage_ray.errors import InputError
-from montage_ray.routing import JobFacts, Offer, remote_rate, route
+from montage_ray.spending.routing import JobFacts, Offer, remote_rate, route
 
 MB = 1e6
 VAAPI = Offer("vaapi", sessions=1, fps=240)
@@ -93,8 +94,8 @@ def test_bad_encoders_config_is_an_input_error(tmp_path, text, needle):
         load_encoders_config(path)
 
 
-# --- cost and budget (issue 15) ---------------------------------------------------------------------------
-from montage_ray.cost import Price  # noqa: E402
+# --- cost and budget ---------------------------------------------------------------------------------------
+from montage_ray.spending.cost import Price  # noqa: E402
 
 T4 = Price(cost_per_hour=0.60, cost_per_gb=0.09, currency="USD")
 LONG = JobFacts(frames=18000, duration=600, input_bytes=1000 * MB)   # 10 min, 1 GB: nvenc would cost ~$0.10

@@ -7,13 +7,13 @@ from dataclasses import replace
 
 import pytest
 
-from montage_ray import ffmpeg_cli
-from montage_ray.backends import BACKENDS, cpu_spec
-from montage_ray.segment_encode import SegmentEncodeError, count_packets, encode_segment
+from montage_ray.ffmpeg import tool
+from montage_ray.encoders.backends import BACKENDS, cpu_spec
+from montage_ray.encoders.segment import SegmentEncodeError, count_packets, encode_segment
 from montage_ray.errors import FFmpegError
-from montage_ray.media import inspect
-from montage_ray.plan import plan_segments
-from montage_ray.split import split_source
+from montage_ray.media.info import inspect
+from montage_ray.media.plan import plan_segments
+from montage_ray.media.cut import split_source
 
 
 @pytest.fixture(scope="module")
@@ -69,37 +69,37 @@ def test_a_hang_is_killed_at_the_timeout(pieces):
 
 def test_run_kills_the_process_group_on_timeout():
     with pytest.raises(FFmpegError) as caught:
-        ffmpeg_cli.run([ffmpeg_cli.ffmpeg(), "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=duration=60",
+        tool.run([tool.ffmpeg(), "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=duration=60",
                         "-f", "null", "-"], timeout=0.5)
     assert caught.value.timed_out
 
 
 def test_a_started_process_keeps_the_same_rules_in_the_background(tmp_path):
-    """ffmpeg_cli.start: the timeout is enforced by poll/wait, the group is killed, a failure carries its
+    """tool.start: the timeout is enforced by poll/wait, the group is killed, a failure carries its
     stderr line, and watch() sees every process started."""
-    with ffmpeg_cli.watch() as started:
-        slow = ffmpeg_cli.start([ffmpeg_cli.ffmpeg(), "-v", "error", "-re", "-f", "lavfi", "-i",
+    with tool.watch() as started:
+        slow = tool.start([tool.ffmpeg(), "-v", "error", "-re", "-f", "lavfi", "-i",
                                  "testsrc2=duration=60", "-f", "null", "-"], timeout=0.5)
         assert slow.poll() is None  # running: poll never blocks
         with pytest.raises(FFmpegError) as caught:
             slow.wait()
         assert caught.value.timed_out and slow.poll() is not None
-        bad = ffmpeg_cli.start([ffmpeg_cli.ffmpeg(), "-v", "error", "-i", str(tmp_path / "missing.mp4"),
+        bad = tool.start([tool.ffmpeg(), "-v", "error", "-i", str(tmp_path / "missing.mp4"),
                                 "-f", "null", "-"], timeout=30)
         with pytest.raises(FFmpegError, match="No such file"):
             bad.wait()
-    assert len(started) == 2 and all(a[0] == ffmpeg_cli.ffmpeg() for a in started)
+    assert len(started) == 2 and all(a[0] == tool.ffmpeg() for a in started)
 
 
 def test_file_url_never_lets_a_name_become_a_protocol_or_option(tmp_path):
     for name in ("concat:a.mp4|b.mp4", "-x.mp4", "http:x"):
-        url = ffmpeg_cli.file_url(tmp_path / name)
+        url = tool.file_url(tmp_path / name)
         assert url.startswith("file:/") and url.endswith(name)
 
 
 def _psnr(encoded: str, reference: str) -> float:
     """Average PSNR of ``encoded`` against ``reference``, frames paired by number (not by timestamp)."""
-    done = ffmpeg_cli.run([ffmpeg_cli.ffmpeg(), "-hide_banner", "-nostdin", "-i", encoded, "-i", reference,
+    done = tool.run([tool.ffmpeg(), "-hide_banner", "-nostdin", "-i", encoded, "-i", reference,
                            "-lavfi", "[0:v]settb=1/30,setpts=N[a];[1:v]settb=1/30,setpts=N[b];[a][b]psnr",
                            "-f", "null", "-"], timeout=120)
     return float(re.search(r"PSNR y:\S+ u:\S+ v:\S+ average:([\d.]+)", done.stderr).group(1))
@@ -109,7 +109,7 @@ def test_quality_means_the_same_on_every_cpu_encoder(tmp_path):
     """The common --quality maps to each CPU encoder's knob so that PSNR agrees within 2 dB, and a lower
     number is better on every encoder."""
     src = str(tmp_path / "mandelbrot.nut")
-    ffmpeg_cli.run([ffmpeg_cli.ffmpeg(), "-v", "error", "-f", "lavfi", "-i",
+    tool.run([tool.ffmpeg(), "-v", "error", "-f", "lavfi", "-i",
                     "mandelbrot=size=320x240:rate=30,trim=duration=3", "-pix_fmt", "yuv420p", "-c:v", "rawvideo",
                     "-f", "nut", src], timeout=120)
     psnr: dict[tuple[str, int], float] = {}
@@ -117,7 +117,7 @@ def test_quality_means_the_same_on_every_cpu_encoder(tmp_path):
         for quality in (18, 23, 28):
             spec = BACKENDS["cpu"].spec(codec, quality=quality, preset="medium", threads=2)
             out = str(tmp_path / f"{codec}-{quality}.mkv")
-            ffmpeg_cli.run([ffmpeg_cli.ffmpeg(), "-v", "error", "-i", src, *spec.codec_args, "-pix_fmt", "yuv420p",
+            tool.run([tool.ffmpeg(), "-v", "error", "-i", src, *spec.codec_args, "-pix_fmt", "yuv420p",
                             out], timeout=300)
             psnr[codec, quality] = _psnr(out, src)
     for quality in (18, 23, 28):
@@ -129,7 +129,7 @@ def test_quality_means_the_same_on_every_cpu_encoder(tmp_path):
 
 
 def test_the_actor_side_check_catches_a_truncated_or_damaged_segment(pieces, tmp_path):
-    from montage_ray.segment_encode import check_encoded
+    from montage_ray.encoders.segment import check_encoded
 
     info, segments, paths = pieces
     result, encoded = encode_segment(cpu_spec("h264", preset="ultrafast"), segments[1], open(paths[1], "rb").read())

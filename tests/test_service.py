@@ -1,7 +1,7 @@
 """The encoder service on a simulated cluster (a CPU slot and a vaapi stand-in, in a process of their own),
 used by separate driver processes as on a real cluster: jobs at once share the actors fairly, a
 high-priority job goes first, a killed driver's work is dropped and its re-run finishes exact, a
-notebook's jobs and a CLI job share the slots (issue 11: the re-run found every slot held), idle actors
+notebook's jobs and a CLI job share the slots (a re-run once found every slot held), idle actors
 stop. The scheduler's pure fair-share rules are table-tested first."""
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def test_a_killed_driver_is_dropped_and_the_other_job_and_the_rerun_finish_exact
             break
         assert time.monotonic() < deadline, status
         time.sleep(1)
-    # the same command again (issue 11's chaos job): the slots are free or reused, and it ends exact
+    # the same command again (the chaos job's case): the slots are free or reused, and it ends exact
     rerun = _encode(cluster, src, tmp_path / "doomed.mp4", "--overwrite")
     report = _finish(rerun, tmp_path / "doomed.mp4")
     assert not [f for f in report["failures"] if f["reason"] == "not-scheduled"], report["failures"]

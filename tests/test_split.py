@@ -11,16 +11,17 @@ import threading
 import pytest
 import ray
 
-from montage_ray import ffmpeg_cli
-from montage_ray.caps import ffmpeg_caps
+from montage_ray.ffmpeg import tool
+from montage_ray.ffmpeg.caps import ffmpeg_caps
 from montage_ray.cluster.nodes import Placement
 from montage_ray.cluster.pool import EncoderPool
 from montage_ray.cluster.session import connected
 from montage_ray.errors import EncoderError
-from montage_ray.media import inspect
-from montage_ray.plan import plan_segments
-from montage_ray.segment_encode import JobSettings, count_packets
-from montage_ray.split import start_cut, split_source
+from montage_ray.media.info import inspect
+from montage_ray.media.plan import plan_segments
+from montage_ray.encoders.segment import count_packets
+from montage_ray.encoders.records import JobSettings
+from montage_ray.media.cut import start_cut, split_source
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def mkv_source(make_clip, tmp_path_factory):
 def test_cut_lists_every_piece_in_order_with_one_process(mkv_source, tmp_path):
     src, info, segments = mkv_source
     ffmpeg_caps()  # what this ffmpeg can do is asked once per process, not per cut
-    with ffmpeg_cli.watch() as started:
+    with tool.watch() as started:
         cut = start_cut(info, segments, str(tmp_path))
         paths = cut.wait()
     assert len(started) == 1  # one ffmpeg for all pieces, nothing per piece

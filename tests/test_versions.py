@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from montage_ray import commands, ffmpeg_cli
-from montage_ray.backends import cpu_spec
-from montage_ray.caps import ffmpeg_caps
-from montage_ray.segment_encode import video_output_args
+from montage_ray.ffmpeg import commands
+from montage_ray.ffmpeg import tool
+from montage_ray.encoders.backends import cpu_spec
+from montage_ray.ffmpeg.caps import ffmpeg_caps
+from montage_ray.encoders.segment import video_output_args
 from montage_ray.probe import TEST_VIDEO, explain, make_test_clip, run_probe
 from tests import browser
 from tests import mediacheck as mc
@@ -44,7 +45,7 @@ MATRIX = {"4.2.2": {**{k: v for k, v in ALL.items() if k != "startoffset"}, "ten
 
 
 def _rotation(path) -> int:
-    from montage_ray.media import stream_rotation
+    from montage_ray.media.info import stream_rotation
     return stream_rotation([s for s in mc.streams(path) if s["codec_type"] == "video"][0])
 
 
@@ -112,7 +113,7 @@ def test_probe_adapts_to_4_2_and_names_what_5_1_spelling_lacks(ffmpeg_builds, tm
     lines = [d.line for d in node.ffmpeg_diagnoses()]
     assert "this ffmpeg (4.2.2) lacks -fps_mode; montage-ray uses -vsync passthrough instead" in lines
     assert any("-readrate" in line and "5.0" in line for line in lines)
-    done = ffmpeg_cli.run(_spelt_for(old, ffmpeg_cli.ffmpeg(), tmp_path), timeout=60, check=False)
+    done = tool.run(_spelt_for(old, tool.ffmpeg(), tmp_path), timeout=60, check=False)
     assert done.returncode != 0
     diagnosis = explain(done.stderr, returncode=done.returncode)
     assert diagnosis.cause == "ffmpeg-version" and "-fps_mode" in diagnosis.fix and "5.1" in diagnosis.fix
@@ -124,7 +125,7 @@ def test_probe_adapts_to_9_0_and_names_the_refused_time_base(ffmpeg_builds, tmp_
     assert node.backends["cpu"].available, node.backends["cpu"]
     assert node.caps.enc_time_base == "demux" and node.caps.display_rotation
     assert any("refuses -enc_time_base -1" in d.line for d in node.ffmpeg_diagnoses())
-    done = ffmpeg_cli.run(_spelt_for(new, ffmpeg_cli.ffmpeg(), tmp_path), timeout=60, check=False)
+    done = tool.run(_spelt_for(new, tool.ffmpeg(), tmp_path), timeout=60, check=False)
     assert done.returncode != 0
     diagnosis = explain(done.stderr, returncode=done.returncode)
     assert diagnosis.cause == "ffmpeg-version" and "demux" in diagnosis.fix, diagnosis

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from montage_ray import workdirs
+from montage_ray.util import workdirs
 
 
 def _dead_pid() -> int:

@@ -8,7 +8,7 @@ import ray
 from montage_ray.cluster.nodes import Placement
 from montage_ray.cluster.session import connected
 from montage_ray.cluster.workers import WorkerRegistry
-from montage_ray.config import LabelConfig
+from montage_ray.encoders.config import LabelConfig
 
 
 @pytest.fixture(autouse=True)

@@ -27,10 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from montage_ray.config import load_encoders_config
-    from montage_ray.cost import money, month_of
+    from montage_ray.encoders.config import load_encoders_config
+    from montage_ray.spending.cost import money, month_of
     from montage_ray.cluster.session import ray_session
-    from montage_ray.ledger import DEFAULT_NAME, Ledger
+    from montage_ray.spending.ledger import DEFAULT_NAME, Ledger
 
     month = args.month or month_of()
     if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):

@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 
-from montage_ray.backends import CODECS, PRESETS
-from montage_ray.options import VERIFY_MODES, EncodeOptions
-from montage_ray.routing import PROFILES
+from montage_ray.encoders.backends import CODECS, PRESETS
+from montage_ray.job.options import VERIFY_MODES, EncodeOptions
+from montage_ray.spending.routing import PROFILES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -69,7 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> EncodeOptions:
-    """The :class:`~montage_ray.options.EncodeOptions` that the flags ask for (validated by the job)."""
+    """The :class:`~montage_ray.job.options.EncodeOptions` that the flags ask for (validated by the job)."""
     return EncodeOptions(codec=args.codec, quality=args.quality, preset=args.preset,
                          segment_seconds=args.segment_seconds, address=args.address, overwrite=args.overwrite,
                          report=args.report, timeline=args.timeline, workers=args.workers, verify=args.verify,
@@ -82,8 +82,8 @@ def options_from_args(args: argparse.Namespace) -> EncodeOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    from montage_ray.job import encode
-    from montage_ray.progress import ProgressPrinter
+    from montage_ray.job.run import encode
+    from montage_ray.job.progress import ProgressPrinter
 
     if args.verbose:  # montage_ray's INFO log on stderr; ray_session then lets Ray's warnings through too
         logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")

@@ -1,4 +1,4 @@
-"""``montage-ray probe``: what can this node encode with, and why not the rest (issue 3).
+"""``montage-ray probe``: what can this node encode with, and why not the rest.
 
     montage-ray probe                         # a table: backend, encoder, available, device, cause, fix
     montage-ray probe --json                  # {"backends": {name: {"available": ..., "cause": ...}}}
@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from montage_ray.backends import BACKENDS
+from montage_ray.encoders.quality import support as metric_support
+from montage_ray.encoders.backends import BACKENDS
 from montage_ray.errors import InputError
 from montage_ray.probe import DEFAULT_TIMEOUT, NodeProbe, explain_log, probe_node, story
 
@@ -102,7 +103,7 @@ def table(node: NodeProbe) -> str:
         for codec, verdict in codecs.items():
             lines.append(f"hdr: {name} {codec}: HDR10 metadata {verdict}")
     if node.caps:  # what --target-quality / --measure can use here, and why not the others
-        metrics = node.caps.metrics()
+        metrics = metric_support(node.caps)
         lines.append("quality metrics: " + (", ".join(n for n, why in metrics.items() if why == "yes") or "none"))
         lines += [f"quality metric {name}: {why}" for name, why in metrics.items() if why != "yes"]
     return "\n".join(lines)

@@ -1,8 +1,8 @@
 """The encoder actor: one Ray actor per encode session, pinned to a node and a resource label.
 
 It resolves *on its node* how to run its label (the node's probe, or the encoders config, which may name
-a CPU stand-in) and which ffmpeg runs it (:func:`~montage_ray.caps.ffmpeg_caps`: the node's own build, spelt
-its way), encodes one segment at a time with :func:`~montage_ray.segment_encode.encode_segment`,
+a CPU stand-in) and which ffmpeg runs it (:func:`~montage_ray.ffmpeg.caps.ffmpeg_caps`: the node's own build, spelt
+its way), encodes one segment at a time with :func:`~montage_ray.encoders.segment.encode_segment`,
 and answers :meth:`EncoderActor.progress` from its own thread while an encode runs. Actors are started,
 reused and stopped by :class:`~montage_ray.cluster.workers.WorkerRegistry` (a job's own) or by the service
 (:mod:`montage_ray.cluster.service`: one detached actor per slot for every job of the cluster; each call
@@ -29,12 +29,14 @@ from typing import Any
 
 import ray
 
-from montage_ray import metrics, quota
-from montage_ray.caps import ffmpeg_caps
-from montage_ray.config import LabelConfig, resolve_spec
-from montage_ray.plan import Segment
-from montage_ray.segment_encode import (EncodeResult, JobSettings, SegmentEncodeError, encode_segment,
-                                        video_output_args)
+from montage_ray.util import metrics
+from montage_ray.spending import quota
+from montage_ray.ffmpeg.caps import ffmpeg_caps
+from montage_ray.encoders.config import LabelConfig
+from montage_ray.probe.spec import resolve_spec
+from montage_ray.media.plan import Segment
+from montage_ray.encoders.segment import SegmentEncodeError, encode_segment, video_output_args
+from montage_ray.encoders.records import EncodeResult, JobSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ class EncoderActor:
         self._specs: dict[tuple, Any] = {}
         self._progress: dict[int, int] = {}   # segment index -> frames encoded so far (the running one)
         self._node = ""
-        self._served = 0  # segments taken (the stand-in quota knob counts them; see montage_ray.quota)
+        self._served = 0  # segments taken (the stand-in quota knob counts them; see montage_ray.spending.quota)
         self._dropped: dict[str, float] = {}  # job id -> when its driver was found gone (the service)
         # Ask this node's ffmpeg what it can do now, beside the driver's planning and cutting, rather than in
         # front of the first segment (the answer is cached for the process).
@@ -133,7 +135,7 @@ class EncoderActor:
                                              frame_filter=settings.frame_filter,
                                              decode=settings.verify == "decode", threads=threads,
                                              caps=ffmpeg_caps(),  # this node's ffmpeg, asked once per process
-                                             hdr=settings.video.hdr,  # carried and checked (montage_ray.hdr)
+                                             hdr=settings.video.hdr,  # carried and checked (montage_ray.encoders.hdr)
                                              target=settings.target)  # --target-quality / --measure
         except SegmentEncodeError as err:
             log.warning("job %s segment %d attempt %d failed on %s: %s", settings.job_id, segment.index, attempt,

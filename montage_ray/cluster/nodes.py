@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from montage_ray.backends import HARDWARE_LABELS, default_fps
-from montage_ray.config import LabelConfig
+from montage_ray.encoders.backends import HARDWARE_LABELS, default_fps
+from montage_ray.encoders.config import LabelConfig
 from montage_ray.errors import ClusterError
-from montage_ray.routing import Offer
+from montage_ray.spending.routing import Offer
 
 #: Node labels (set by scripts/ray-start-node.sh) that mark a node reached over a slow link.
 REMOTE_LABEL, BANDWIDTH_LABEL = "montage.ai/remote", "montage.ai/bandwidth-mbps"
@@ -105,13 +105,13 @@ def remote_labels(nodes: Iterable[Node]) -> dict[str, float | None]:
 
 
 #: ``terms(label, its config)``: more fields of a label's Offer (price, budget left, a back-off), such as
-#: :meth:`montage_ray.budget.BudgetView.terms` gives from what it read before routing.
+#: :meth:`montage_ray.spending.budget.BudgetView.terms` gives from what it read before routing.
 OfferTerms = Callable[[str, "LabelConfig | None"], Mapping[str, Any]]
 
 
 def offers(nodes: Iterable[Node], config: Mapping[str, LabelConfig], *, pixels: int,
            labels: Iterable[str] | None = None, terms: OfferTerms | None = None) -> list[Offer]:
-    """What the router weighs: one :class:`~montage_ray.routing.Offer` per label the cluster offers.
+    """What the router weighs: one :class:`~montage_ray.spending.routing.Offer` per label the cluster offers.
 
     Speeds are the encoders config's ``expected_fps``, else the backend table's default, scaled from 1080p
     to ``pixels``; remote and bandwidth come from the config or the nodes' labels. ``labels`` limits the

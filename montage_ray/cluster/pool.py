@@ -6,7 +6,7 @@ segments it would finish soonest (an earliest-finish plan), re-issues the slowes
 idle faster actor at the tail (first result wins, the loser is cancelled), retries failures on other
 actors and takes an actor out of rotation after repeated failures or when it dies. The driver owns every
 retry: Ray's own task retries are off, because they are spent in seconds when a node dies. A provider's
-refusal (quota, session limit: :func:`montage_ray.quota.refuse_label`) takes the whole label out of the job;
+refusal (quota, session limit: :func:`montage_ray.spending.quota.refuse_label`) takes the whole label out of the job;
 the refused try does not count against the segment, and the refusal is kept in ``pool.refusals``.
 
 The state of one run lives on one :class:`_Run` object (what is pending, in flight, copied, failed where,
@@ -42,12 +42,14 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 import ray
 from ray.exceptions import RayTaskError, TaskCancelledError
 
-from montage_ray import metrics, quota
-from montage_ray.cluster.workers import ACTOR_GONE, Worker, WorkerRegistry, first_line
-from montage_ray.errors import ClusterError, EncoderError
-from montage_ray.plan import Segment
-from montage_ray.report import FailedAttempt
-from montage_ray.segment_encode import EncodeResult, JobSettings, segment_timeout
+from montage_ray.util import metrics
+from montage_ray.spending import quota
+from montage_ray.cluster.workers import ACTOR_GONE, Worker, WorkerRegistry
+from montage_ray.errors import ClusterError, EncoderError, first_line
+from montage_ray.media.plan import Segment
+from montage_ray.encoders.records import FailedAttempt
+from montage_ray.encoders.segment import segment_timeout
+from montage_ray.encoders.records import EncodeResult, JobSettings
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ log = logging.getLogger(__name__)
 TickCallback = Callable[[dict[int, int], int], None]
 
 #: Segments that became ready since the last call, waiting up to the given seconds for one (a cutter's
-#: :meth:`~montage_ray.split.Cut.ready`); it raises when the segments cannot come.
+#: :meth:`~montage_ray.media.cut.Cut.ready`); it raises when the segments cannot come.
 ReadyFeed = Callable[[float], list[int]]
 
 #: Longest the pool waits on Ray while segments are still being cut, so that new ones go out promptly.

@@ -38,6 +38,8 @@ from typing import Any
 
 import ray
 
+from montage_ray.errors import first_line
+
 log = logging.getLogger(__name__)
 
 #: Where the service lives (the ledger's namespace) and the scheduler's name.
@@ -389,6 +391,29 @@ def _tell(names: list[str], job: str) -> None:
 
 
 def _export(status: dict[str, Any]) -> None:
-    from montage_ray import metrics
+    from montage_ray.util import metrics
 
     metrics.service_state(status)
+
+
+def existing_scheduler() -> Any:
+    """The scheduler's handle, or None when the service has not started on this cluster."""
+    try:
+        return ray.get_actor(SCHEDULER_NAME, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def reclaim(slots: set[tuple[str, str]]) -> None:
+    """Stop the service's idle actors on these (node id, label) slots, for actors outside the service (a
+    :class:`~montage_ray.cluster.workers.WorkerRegistry`) that need them; nothing when there is no service."""
+    scheduler = existing_scheduler() if slots else None
+    if scheduler is None:
+        return
+    try:
+        for node_id, label in slots:
+            stopped = ray.get(scheduler.reclaim.remote(node_id, label), timeout=30)
+            if stopped:
+                log.info("service: stopped idle %s for a registry of this driver", ", ".join(stopped))
+    except Exception as err:  # noqa: BLE001 - the registry then waits for the slots as before
+        log.warning("service: could not reclaim slots: %s", first_line(err))

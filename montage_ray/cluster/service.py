@@ -40,12 +40,12 @@ from ray.exceptions import RayTaskError
 from montage_ray.cluster.actor import EncoderActor
 from montage_ray.cluster.nodes import Placement
 from montage_ray.cluster.scheduler import (GRACE_SECONDS, IDLE_SECONDS, NAMESPACE, SCHEDULER_NAME,
-                                           SchedulerActor)
-from montage_ray.cluster.workers import ACTOR_GONE, Worker, actor_options, first_line, serves_as_standin
-from montage_ray.config import LabelConfig
-from montage_ray.errors import ClusterError, InputError
-from montage_ray.report import FailedAttempt
-from montage_ray.segment_encode import JobSettings
+                                           SchedulerActor, existing_scheduler)
+from montage_ray.cluster.workers import ACTOR_GONE, Worker, actor_options, serves_as_standin
+from montage_ray.encoders.config import LabelConfig
+from montage_ray.errors import ClusterError, InputError, first_line
+from montage_ray.encoders.records import FailedAttempt
+from montage_ray.encoders.records import JobSettings
 
 log = logging.getLogger(__name__)
 
@@ -67,29 +67,6 @@ def _seconds(env: str, default: float) -> float:
 def enabled() -> bool:
     """Whether jobs on a shared Ray use the service (unless ``$MONTAGE_RAY_SERVICE=0``)."""
     return os.environ.get("MONTAGE_RAY_SERVICE", "1") != "0"
-
-
-def existing_scheduler() -> Any:
-    """The scheduler's handle, or None when the service has not started on this cluster."""
-    try:
-        return ray.get_actor(SCHEDULER_NAME, namespace=NAMESPACE)
-    except ValueError:
-        return None
-
-
-def reclaim(slots: set[tuple[str, str]]) -> None:
-    """Stop the service's idle actors on these (node id, label) slots, for actors outside the service (a
-    :class:`~montage_ray.cluster.workers.WorkerRegistry`) that need them; nothing when there is no service."""
-    scheduler = existing_scheduler() if slots else None
-    if scheduler is None:
-        return
-    try:
-        for node_id, label in slots:
-            stopped = ray.get(scheduler.reclaim.remote(node_id, label), timeout=30)
-            if stopped:
-                log.info("service: stopped idle %s for a registry of this driver", ", ".join(stopped))
-    except Exception as err:  # noqa: BLE001 - the registry then waits for the slots as before
-        log.warning("service: could not reclaim slots: %s", first_line(err))
 
 
 class Service:

@@ -30,10 +30,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from montage_ray import workdirs
+from montage_ray.util import workdirs
 from montage_ray.cluster.service import Service, enabled
 from montage_ray.cluster.workers import WorkerRegistry
-from montage_ray.errors import ClusterError
+from montage_ray.errors import ClusterError, first_line
+
+#: The montage_ray package folder, shipped to a cluster as a py_module.
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: Seconds an address gets to answer before the job fails (``$MONTAGE_RAY_CONNECT_TIMEOUT`` overrides it).
 CONNECT_TIMEOUT = 10.0
@@ -186,14 +189,12 @@ def _start_private(ray: Any) -> None:
 
 
 def _connect(ray: Any, address: str, *, ship: bool) -> None:
-    import montage_ray
-
     kwargs: dict[str, Any] = {"address": address}
     # A cluster gets this package shipped to it (not this machine's own ``ray start``: ``ship`` False), unless
     # this driver already runs as a Ray job (whose runtime_env brought the package, and which Ray would
     # refuse to merge with another).
     if ship and "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
-        kwargs["runtime_env"] = {"py_modules": [os.path.dirname(montage_ray.__file__)]}
+        kwargs["runtime_env"] = {"py_modules": [PACKAGE_DIR]}
     timeout = connect_timeout()
     check_reachable(address, timeout)
     own = own_node_address(address)
@@ -206,7 +207,7 @@ def _connect(ray: Any, address: str, *, ship: bool) -> None:
     try:
         _init(ray, **kwargs)
     except Exception as err:  # noqa: BLE001 - Ray raises many kinds here; each becomes one line
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = first_line(err)
         if isinstance(err, AuthenticationError) or "auth" in str(err).lower() or "token" in str(err).lower():
             raise ClusterError(f"authentication failed at Ray {address!r}: {text}; {TOKEN_HELP}") from None
         raise ClusterError(f"cannot connect to Ray at {address!r}: {text} (start one with `ray start --head`, "

@@ -32,9 +32,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from montage_ray.cluster.actor import EncoderActor
 from montage_ray.cluster.nodes import Placement
-from montage_ray.config import LabelConfig
-from montage_ray.report import FailedAttempt
-from montage_ray.segment_encode import JobSettings
+from montage_ray.cluster.scheduler import reclaim
+from montage_ray.encoders.config import LabelConfig
+from montage_ray.errors import first_line
+from montage_ray.encoders.records import FailedAttempt
+from montage_ray.encoders.records import JobSettings
 
 try:  # an actor that is restarting or whose node is unreachable
     from ray.exceptions import ActorUnavailableError
@@ -113,8 +115,6 @@ class WorkerRegistry:
         the same, replaced when it is not. Idle actors of the encoder service on those slots are stopped
         first (they would hold the slots this registry's actors need)."""
         reused = [self._reuse(p, config.get(p.label), reuse) for p in placements]
-        from montage_ray.cluster.service import reclaim
-
         reclaim({(p.node_id, p.label) for p, w in zip(placements, reused) if w is None})
         return [w or self._start(p, config.get(p.label)) for p, w in zip(placements, reused)]
 
@@ -209,9 +209,3 @@ def _collect(refs: list[Any], timeout: float = 5.0) -> None:
                 pass
     except Exception:  # noqa: BLE001 - Ray shut down meanwhile
         pass
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an error's message (its class name when it has none)."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -1,14 +1,14 @@
 """What can this node encode with, honestly, and why not the rest.
 
-A node's probe runs three stages for every backend of :data:`~montage_ray.backends.BACKENDS`, each ffmpeg
+A node's probe runs three stages for every backend of :data:`~montage_ray.encoders.backends.BACKENDS`, each ffmpeg
 run under a hard timeout (a hung driver never hangs the node):
 
 1. **build**: is the backend's encoder in ``ffmpeg -encoders``? And what can this ffmpeg do
-   (:class:`~montage_ray.caps.FFmpegCaps`: version, option spellings, bitstream filters)?
+   (:class:`~montage_ray.ffmpeg.caps.FFmpegCaps`: version, option spellings, bitstream filters)?
 2. **device**: render nodes (``/dev/dri/renderD*``: present, openable by this user, whose GPU vendor),
    NVIDIA nodes, the Jetson markers, V4L2 mem2mem nodes (:mod:`montage_ray.probe.devices`).
 3. **function**: a real tiny encode (a few 256x144 frames) through *exactly* the command production runs
-   (:func:`montage_ray.commands.encode_command`, spelt for this node's ffmpeg). VAAPI tries every render
+   (:func:`montage_ray.ffmpeg.commands.encode_command`, spelt for this node's ffmpeg). VAAPI tries every render
    node x ``LIBVA_DRIVER_NAME`` pair and remembers the working pair *in the backend's status* (the process
    environment is never touched); QSV is derived from the Intel node.
 

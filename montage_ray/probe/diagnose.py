@@ -18,8 +18,8 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from montage_ray import ffmpeg_cli
-from montage_ray.backends import BACKENDS
+from montage_ray.ffmpeg import tool
+from montage_ray.encoders.backends import BACKENDS
 
 #: The fixed vocabulary of reasons a backend is unavailable.
 CAUSES = ("not-in-build", "no-device", "permission-denied", "driver-missing", "driver-too-old",
@@ -199,7 +199,7 @@ def guess_backend(text: str) -> str | None:
 def _line_of(text: str, match: re.Match[str]) -> str:
     start = text.rfind("\n", 0, match.start()) + 1
     end = text.find("\n", match.end())
-    return ffmpeg_cli.strip_context(text[start:end if end >= 0 else len(text)])
+    return tool.strip_context(text[start:end if end >= 0 else len(text)])
 
 
 def _first_match(stderr: str) -> tuple[Pattern, re.Match[str]] | None:
@@ -212,7 +212,7 @@ def _first_match(stderr: str) -> tuple[Pattern, re.Match[str]] | None:
 
 def version_fix(match: re.Match[str]) -> str:
     """The fix for an option this ffmpeg does not take: which feature, and the oldest ffmpeg that has it."""
-    from montage_ray.caps import OLDEST_SUPPORTED, SINCE
+    from montage_ray.ffmpeg.caps import OLDEST_SUPPORTED, SINCE
 
     option = next((g for g in match.groups() if g), "") if match.lastindex else ""
     name = option.split(":")[0].lstrip("-")
@@ -239,7 +239,7 @@ def explain(stderr: str, *, returncode: int | None = None, timed_out: bool = Fal
     :data:`DIAGNOSES` that matches decides, and ``unknown`` (with ffmpeg's last line) when none does.
     """
     backend = backend or guess_backend(stderr)
-    last = ffmpeg_cli.last_error_line(stderr)
+    last = tool.last_error_line(stderr)
     if timed_out:
         return Diagnosis("timeout", "ffmpeg did not finish the test encode in time: a hung driver or GPU. "
                          "Check dmesg for GPU resets, update the driver, and probe again.", backend, last)

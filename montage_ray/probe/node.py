@@ -1,6 +1,6 @@
 """The staged probe of one node: build (``-encoders``), devices, function (a real tiny encode through the
-production command), for every backend of :data:`~montage_ray.backends.BACKENDS`; and what this node's
-ffmpeg can do (:class:`~montage_ray.caps.FFmpegCaps`), which travels with the :class:`NodeProbe`::
+production command), for every backend of :data:`~montage_ray.encoders.backends.BACKENDS`; and what this node's
+ffmpeg can do (:class:`~montage_ray.ffmpeg.caps.FFmpegCaps`), which travels with the :class:`NodeProbe`::
 
     from montage_ray.probe.node import probe_node
 
@@ -24,11 +24,13 @@ from fractions import Fraction
 from typing import Any, Iterable, Mapping, Sequence
 import re
 
-from montage_ray import commands, ffmpeg_cli
-from montage_ray.backends import BACKENDS, Backend, EncoderSpec
-from montage_ray.caps import OLDEST_SUPPORTED, FFmpegCaps, ffmpeg_caps
+from montage_ray.ffmpeg import commands
+from montage_ray.ffmpeg import tool
+from montage_ray.encoders.backends import BACKENDS, Backend, EncoderSpec
+from montage_ray.encoders.quality import support as metric_support
+from montage_ray.ffmpeg.caps import OLDEST_SUPPORTED, FFmpegCaps, ffmpeg_caps
 from montage_ray.errors import EncoderError, FFmpegError, FFmpegNotFound
-from montage_ray.media import VideoInfo
+from montage_ray.media.info import VideoInfo
 from montage_ray.probe.devices import (VA_DRIVER_PACKAGE, VA_DRIVER_VENDOR, VENDORS, DeviceNode, permission_fix,
                                        read_text, under, device_nodes, find_library, find_va_driver)
 from montage_ray.probe.diagnose import Diagnosis, explain
@@ -152,15 +154,15 @@ class NodeProbe:
     def to_json(self) -> dict[str, Any]:
         return {"hostname": self.hostname, "ffmpeg": self.ffmpeg, "seconds": round(self.seconds, 3),
                 "ray_resources": self.ray_resources(), "node_label": self.node_label(),
-                "ffmpeg_caps": self.caps.to_json() if self.caps else None,
+                "ffmpeg_caps": {**self.caps.to_json(), "metrics": metric_support(self.caps)} if self.caps else None,
                 "ffmpeg_version": [d.to_json() for d in self.ffmpeg_diagnoses()],
                 "backends": {name: status.to_json() for name, status in self.backends.items()},
                 "hdr": self.hdr_support()}
 
     def hdr_support(self) -> dict[str, dict[str, str]]:
         """Per available backend and codec, whether an HDR source keeps its HDR10 metadata ("kept: how") or
-        loses it ("lost: why"); see :mod:`montage_ray.hdr`."""
-        from montage_ray.hdr import support
+        loses it ("lost: why"); see :mod:`montage_ray.encoders.hdr`."""
+        from montage_ray.encoders.hdr import support
 
         return {name: support(name, status.encoders, self.caps) for name, status in self.backends.items()
                 if status.available}
@@ -175,7 +177,7 @@ _ENCODER_LINE = re.compile(r"^\s*V[A-Z.]{5}\s+(\S+)", re.MULTILINE)
 
 def build_encoders(ffmpeg: str, *, timeout: float = DEFAULT_TIMEOUT) -> frozenset[str]:
     """The video encoders ``ffmpeg -encoders`` lists (raises :class:`FFmpegError` when it cannot say)."""
-    done = ffmpeg_cli.run([ffmpeg, "-hide_banner", "-encoders"], timeout=timeout)
+    done = tool.run([ffmpeg, "-hide_banner", "-encoders"], timeout=timeout)
     return frozenset(m.group(1) for m in _ENCODER_LINE.finditer(done.stdout) if m.group(1) != "=")
 
 
@@ -192,9 +194,9 @@ TEST_VIDEO = VideoInfo(index=0, codec="rawvideo", width=int(TEST_SIZE.split("x")
 
 def production_command(spec: EncoderSpec, ffmpeg: str, src: str, dst: str, *, loglevel: str = "error",
                        caps: FFmpegCaps | None = None) -> list[str]:
-    """The exact argument list production runs for ``spec`` (:func:`montage_ray.commands.encode_command`)
+    """The exact argument list production runs for ``spec`` (:func:`montage_ray.ffmpeg.commands.encode_command`)
     with the output options production adds (profile, level, pixel format, colours), spelt for ``ffmpeg``."""
-    from montage_ray.segment_encode import video_output_args  # the output options of a production encode
+    from montage_ray.encoders.segment import video_output_args  # the output options of a production encode
 
     return commands.probe_encode_command(spec, src, dst, caps=caps or ffmpeg_caps(ffmpeg),
                                          video_args=video_output_args(TEST_VIDEO, spec), loglevel=loglevel)
@@ -202,7 +204,7 @@ def production_command(spec: EncoderSpec, ffmpeg: str, src: str, dst: str, *, lo
 
 def make_test_clip(ffmpeg: str, path: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
     """Write the probe's source clip: a few frames of testsrc2 as raw yuv420p in NUT (no encoder needed)."""
-    ffmpeg_cli.run(commands.test_clip_command(ffmpeg, path, size=TEST_SIZE, frames=TEST_FRAMES), timeout=timeout)
+    tool.run(commands.test_clip_command(ffmpeg, path, size=TEST_SIZE, frames=TEST_FRAMES), timeout=timeout)
 
 
 def try_encode(spec: EncoderSpec, *, ffmpeg: str, src: str, workdir: str, timeout: float,
@@ -219,7 +221,7 @@ def try_encode(spec: EncoderSpec, *, ffmpeg: str, src: str, workdir: str, timeou
     base = dict(codec=spec.codec, encoder=spec.encoder, device=spec.device, env=dict(spec.env),
                 command=tuple(cmd))
     try:
-        done = ffmpeg_cli.run(cmd, timeout=timeout, check=False, env=spec.env or None)
+        done = tool.run(cmd, timeout=timeout, check=False, env=spec.env or None)
     except FFmpegError as err:  # timed out
         diag = explain(err.stderr, timed_out=err.timed_out, returncode=err.returncode, backend=spec.backend)
         return Attempt(ok=False, seconds=time.monotonic() - started, cause=diag.cause, fix=diag.fix,
@@ -228,7 +230,7 @@ def try_encode(spec: EncoderSpec, *, ffmpeg: str, src: str, workdir: str, timeou
         size = os.path.getsize(dst) if os.path.exists(dst) else 0
         if os.path.exists(dst):
             os.unlink(dst)
-    stderr = ffmpeg_cli.tail(done.stderr)
+    stderr = tool.tail(done.stderr)
     if done.returncode == 0 and size > 0:
         return Attempt(ok=True, seconds=done.seconds, stderr=stderr, **base)
     if done.returncode == 0:
@@ -240,9 +242,9 @@ def try_encode(spec: EncoderSpec, *, ffmpeg: str, src: str, workdir: str, timeou
     else:
         diag = explain(done.stderr, returncode=done.returncode, backend=spec.backend)
         if diag.cause == "crash" and not diag.line:
-            diag = Diagnosis(diag.cause, diag.fix, diag.backend, ffmpeg_cli.describe_failure(done))
+            diag = Diagnosis(diag.cause, diag.fix, diag.backend, tool.describe_failure(done))
     return Attempt(ok=False, seconds=done.seconds, cause=diag.cause, fix=diag.fix,
-                   line=diag.line or ffmpeg_cli.describe_failure(done), stderr=stderr, **base)
+                   line=diag.line or tool.describe_failure(done), stderr=stderr, **base)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -427,7 +429,7 @@ def run_probe(ffmpeg: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
     the test encodes with ``-v verbose`` so failures carry ffmpeg's whole account.
     """
     started = time.monotonic()
-    ffmpeg = ffmpeg or ffmpeg_cli.ffmpeg()
+    ffmpeg = ffmpeg or tool.ffmpeg()
     names = list(backends) if backends is not None else list(BACKENDS)
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
@@ -494,7 +496,7 @@ def probe_node(ffmpeg: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
     Concurrent callers (encoder actors sharing a worker process) wait for one probe instead of each
     running their own. See :func:`run_probe` for the arguments.
     """
-    path = ffmpeg or ffmpeg_cli.ffmpeg()
+    path = ffmpeg or tool.ffmpeg()
     key = (os.path.realpath(shutil.which(path) or path), tuple(backends) if backends is not None else None,
            root, verbose)
     with _cache_guard:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 import shutil
 
-from montage_ray import ffmpeg_cli
-from montage_ray.backends import BACKENDS
+from montage_ray.ffmpeg import tool
+from montage_ray.encoders.backends import BACKENDS
 from montage_ray.errors import FFmpegError
 from montage_ray.probe.node import DEFAULT_TIMEOUT, BackendStatus
 
@@ -23,7 +23,7 @@ def vainfo_report(node: str, driver: str, *, timeout: float = DEFAULT_TIMEOUT) -
     if vainfo is None:
         return ""
     try:
-        done = ffmpeg_cli.run([vainfo, "--display", "drm", "--device", node], timeout=timeout, check=False,
+        done = tool.run([vainfo, "--display", "drm", "--device", node], timeout=timeout, check=False,
                               env={"LIBVA_DRIVER_NAME": driver})
     except FFmpegError as err:
         return f"vainfo did not finish: {err}"

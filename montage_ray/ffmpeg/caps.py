@@ -1,0 +1,213 @@
+"""What this ffmpeg can do, learnt by asking it: version, options, bitstream filters, muxer options.
+
+A cluster is also a cluster of ffmpeg builds (4.2 on Ubuntu 20.04 and patched Jetson builds, 5.1 on
+Debian 12, 7.x and 9.x static builds). Every command montage-ray runs is spelt for the ffmpeg that runs it
+(see :mod:`montage_ray.ffmpeg.commands`), from an :class:`FFmpegCaps` read once per binary path::
+
+    from montage_ray.ffmpeg.caps import ffmpeg_caps
+
+    caps = ffmpeg_caps("/usr/bin/ffmpeg")      # cached per real path
+    caps.version, caps.passthrough             # '5.1.6', ('-fps_mode', 'passthrough')
+    caps.enc_time_base                         # '-1' (ffmpeg 9 takes only 'demux')
+    caps.adaptations                           # ('this ffmpeg (4.2.2) lacks -fps_mode; ...',) on 4.2
+
+Option names come from ``-h full``, bitstream filters from ``-bsfs``, filters from ``-filters`` (the quality
+metrics ``psnr``, ``ssim``, ``xpsnr`` from 7.1, ``libvmaf`` where it was built with it), muxer options from
+``-h muxer=...``; where the help text lies (ffmpeg 9 still documents ``-enc_time_base -1`` but refuses it) a tiny real run of
+one generated frame decides. Nothing here trusts the version string alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+from dataclasses import dataclass
+
+from montage_ray.ffmpeg import queries, tool
+
+#: The oldest ffmpeg montage-ray supports, and what each feature it uses needs (first version that has it;
+#: checked against the real 4.2.2, 5.1, 7.0.2 and 9.0.2 builds).
+OLDEST_SUPPORTED = "4.2"
+SINCE = {
+    "fps_mode": "5.1",            # older: -vsync passthrough (removed in 9.0)
+    "vsync": "1.0 (removed in 9.0)",
+    "readrate": "5.0",
+    "display_rotation": "7.0",   # older: -metadata:s:v rotate= on stream copy (ignored from 7.0)
+    "enc_time_base demux": "7.0",  # older: -enc_time_base -1 (refused from 9.0)
+    "enc_time_base": "4.0",
+    "setts": "4.4",               # bitstream filter used to align decode delays of mixed encoders
+    "progress": "2.0",
+    "dump_extra": "2.0",
+    "xpsnr": "7.1",               # filters that measure quality (--target-quality; see montage_ray.encoders.quality)
+    "libvmaf": "4.0 (built with --enable-libvmaf)",
+}
+
+#: Options montage-ray needs in every command; an ffmpeg without one of them cannot take part.
+REQUIRED_OPTIONS = ("progress", "autorotate", "enc_time_base", "map_metadata", "bsf")  # -noautorotate: -autorotate
+
+# Names may hold a dash after the first character (encoders' private -x265-params, -svtav1-params).
+_OPTION_LINE = re.compile(r"^\s{0,2}-([A-Za-z0-9_][A-Za-z0-9_-]*)(?=[\s<[])", re.MULTILINE)
+_FILTER_LINE = re.compile(r"^\s*[A-Z.|]{2,3}\s+(\w+)\s+\S+->\S+", re.MULTILINE)
+_VERSION = re.compile(r"ffmpeg version \D{0,2}(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+@dataclass(frozen=True)
+class FFmpegCaps:
+    """The features one ffmpeg binary has, and how montage-ray spells each option for it."""
+
+    path: str
+    version: str                          # "4.2.2", "9.0.2", "N-112345-g..." for git builds
+    major: int                            # 0 when the version string is not a release number
+    options: frozenset[str]               # command-line options from -h full (without the dash)
+    bsfs: frozenset[str]                  # bitstream filters from -bsfs
+    muxer_options: frozenset[str]         # options of the mp4, segment muxers and the concat demuxer
+    enc_time_base: str | None             # the value that means "the source's time base": "-1" or "demux"
+    filters: frozenset[str] = frozenset()  # filters from -filters (quality metrics: psnr, ssim, xpsnr, libvmaf)
+
+    @property
+    def passthrough(self) -> tuple[str, str]:
+        """Keep every frame's timestamp: ``-fps_mode passthrough`` (5.1+) or ``-vsync passthrough``."""
+        return ("-fps_mode", "passthrough") if "fps_mode" in self.options else ("-vsync", "passthrough")
+
+    @property
+    def display_rotation(self) -> bool:
+        """Whether the display matrix is set with the input option ``-display_rotation`` (7.0+); older
+        builds turn the ``rotate`` stream tag into a display matrix on stream copy instead."""
+        return "display_rotation" in self.options
+
+    @property
+    def readrate(self) -> bool:
+        return "readrate" in self.options
+
+    @property
+    def progress(self) -> bool:
+        return "progress" in self.options
+
+    def has_bsf(self, name: str) -> bool:
+        return name in self.bsfs
+
+    def has_filter(self, name: str) -> bool:
+        return name in self.filters
+
+    @property
+    def adaptations(self) -> tuple[str, ...]:
+        """What montage-ray spells differently for this ffmpeg, one sentence each (the probe shows them)."""
+        notes = []
+        if "fps_mode" not in self.options:
+            notes.append(f"this ffmpeg ({self.version}) lacks -fps_mode; montage-ray uses -vsync passthrough "
+                         "instead")
+        if self.enc_time_base == "demux":
+            notes.append(f"this ffmpeg ({self.version}) refuses -enc_time_base -1; montage-ray uses "
+                         "-enc_time_base demux instead")
+        if not self.display_rotation:
+            notes.append(f"this ffmpeg ({self.version}) lacks -display_rotation; montage-ray keeps rotation "
+                         "with the rotate stream tag instead")
+        return tuple(notes)
+
+    @property
+    def limits(self) -> tuple[str, ...]:
+        """Features this ffmpeg lacks that montage-ray cannot work around, with the oldest version that has
+        each (jobs that need them fail with this sentence; the rest works)."""
+        notes = []
+        if not self.readrate:
+            notes.append(self.missing("readrate", "throttled CPU stand-ins (readrate in the encoders file)"))
+        if not self.has_bsf("setts"):
+            notes.append(self.missing("setts", "joining segments of differently configured encoders "
+                                               "on the driver"))
+        return tuple(notes)
+
+    @property
+    def unusable(self) -> str | None:
+        """Why montage-ray cannot use this ffmpeg at all (None when it can)."""
+        for name in REQUIRED_OPTIONS:
+            if name not in self.options:
+                return self.missing(name, "every encode")
+        if "vsync" not in self.options and "fps_mode" not in self.options:
+            return self.missing("fps_mode", "every encode")
+        if self.enc_time_base is None:
+            return self.missing("enc_time_base", "every encode")
+        if not self.has_bsf("dump_extra"):
+            return self.missing("dump_extra", "every encode")
+        return None
+
+    _FILTERS = ("psnr", "ssim", "xpsnr", "libvmaf")
+
+    def missing(self, feature: str, needed_for: str) -> str:
+        spelt = feature if feature in ("setts", "dump_extra") or " " in feature or feature in self._FILTERS \
+            else "-" + feature
+        kind = ("the bitstream filter " if feature in ("setts", "dump_extra")
+                else "the filter " if feature in self._FILTERS else "")
+        return (f"this ffmpeg ({self.version}) lacks {kind}{spelt}, needed for {needed_for}; "
+                f"ffmpeg {SINCE.get(feature, '?')} and newer have it")
+
+    def to_json(self) -> dict[str, object]:
+        return {"path": self.path, "version": self.version, "passthrough": " ".join(self.passthrough),
+                "enc_time_base": self.enc_time_base, "display_rotation": self.display_rotation,
+                "readrate": self.readrate, "adaptations": list(self.adaptations), "limits": list(self.limits)}
+
+
+def parse_version(text: str) -> tuple[str, int]:
+    """(version, major) from ``ffmpeg -version``'s first line (``n9.0.2-17-g...`` -> ``9.0.2``)."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    found = _VERSION.search(first)
+    if not found:
+        word = first.split()[2] if len(first.split()) > 2 else "unknown"
+        return word, 0
+    parts = [p for p in found.groups() if p is not None]
+    return ".".join(parts), int(parts[0])
+
+
+def parse_options(help_text: str) -> frozenset[str]:
+    """Option names listed by ``ffmpeg -h full`` (``-fps_mode[:<stream_spec>]`` on 7.0+ included)."""
+    return frozenset(m.group(1) for m in _OPTION_LINE.finditer(help_text))
+
+
+def parse_filters(text: str) -> frozenset[str]:
+    """Filter names listed by ``ffmpeg -filters`` (three flag columns up to 6.x, two from 7.0)."""
+    return frozenset(m.group(1) for m in _FILTER_LINE.finditer(text))
+
+
+def _enc_time_base(ffmpeg: str, timeout: float) -> str | None:
+    """The ``-enc_time_base`` value meaning "the source's": a one-frame real run of each spelling."""
+    for value in ("-1", "demux"):
+        # ffmpeg -f lavfi -i color=s=16x16:d=0.04 -frames:v 1 -c:v rawvideo -enc_time_base VALUE -f null -
+        done = tool.run(queries.tiny_time_base_command(ffmpeg, value), timeout=timeout, check=False)
+        if done.returncode == 0:
+            return value
+    return None
+
+
+def detect(ffmpeg: str, *, timeout: float = 30.0) -> FFmpegCaps:
+    """Ask ``ffmpeg`` what it can do (no cache: see :func:`ffmpeg_caps`)."""
+    version, major = parse_version(tool.run(queries.help_command(ffmpeg, "-version"), timeout=timeout).stdout)
+    options = parse_options(tool.run(queries.help_command(ffmpeg, "-h", "full"), timeout=timeout,
+                                           check=False).stdout)
+    bsfs = frozenset(line.strip() for line in tool.run(queries.help_command(ffmpeg, "-bsfs"),
+                                                             timeout=timeout).stdout.splitlines()[1:]
+                     if line.strip())
+    filters = parse_filters(tool.run(queries.help_command(ffmpeg, "-filters"), timeout=timeout,
+                                           check=False).stdout)
+    muxer_options: set[str] = set()
+    for what in ("muxer=mp4", "muxer=segment", "demuxer=concat"):
+        text = tool.run(queries.help_command(ffmpeg, "-h", what), timeout=timeout, check=False).stdout
+        muxer_options |= {m.group(1) for m in re.finditer(r"^\s+-(\w+)\s", text, re.MULTILINE)}
+    return FFmpegCaps(path=ffmpeg, version=version, major=major, options=options, bsfs=bsfs,
+                      muxer_options=frozenset(muxer_options), enc_time_base=_enc_time_base(ffmpeg, timeout),
+                      filters=filters)
+
+
+_cache: dict[str, FFmpegCaps] = {}
+_lock = threading.Lock()
+
+
+def ffmpeg_caps(ffmpeg: str | None = None) -> FFmpegCaps:
+    """The capabilities of ``ffmpeg`` (default: this process's, :func:`montage_ray.ffmpeg.tool.ffmpeg`),
+    asked once per real path and cached for the life of the process."""
+    path = ffmpeg or tool.ffmpeg()
+    key = os.path.realpath(shutil.which(path) or path)
+    with _lock:
+        if key not in _cache:
+            _cache[key] = detect(path)
+        return _cache[key]
