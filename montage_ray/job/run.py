@@ -40,6 +40,7 @@ from montage_ray.util import workdirs
 from montage_ray.job.cache import SegmentCache, maker_id, settings_fingerprint, source_identity
 from montage_ray.ffmpeg.caps import ffmpeg_caps
 from montage_ray.spending.budget import Bill, BudgetView, price_of, refusals_at_start, settle
+from montage_ray.spending.ledger import Ledger, LedgerFile, open_ledger
 from montage_ray.cluster.nodes import Placement, offered_labels, offers, placements, remote_labels
 from montage_ray.cluster.pool import EncoderPool, PoolOptions, ReadyFeed
 from montage_ray.cluster.service import JobLease
@@ -124,7 +125,8 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
             fit = fit_frame(media.video.width, media.video.height)  # odd sizes: decided before any encoder
             settings = job_settings(media, opts, fit, job_id)
             log.info("job %s: %s -> %s (%d frames)", job_id, src, dst, media.video.frames)
-            decision = route_job(media, job)                                    # offers/route
+            ledger = open_ledger(session.private)  # the spending ledger: this machine's, or the head's
+            decision = route_job(media, job, ledger)                            # offers/route
             crew = start_workers(session, decision, media, job, settings)       # workers
             cache = open_cache(job, media, settings)
             segments = (cache and cache.plan(opts.segment_seconds, len(media.packets))  # an earlier run's cuts
@@ -149,7 +151,7 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
                     finally:
                         cut.close()
             finally:  # even when the encode failed: the paid labels were used, the refusals happened
-                bill = settle_job(job_id, clock.started_at, crew, encoded, job.config)   # settle
+                bill = settle_job(job_id, clock.started_at, crew, encoded, job.config, ledger)   # settle
             encoded.results = sorted(encoded.results + list(reused.values()), key=lambda r: r.segment)
             clock.lap("encode")
         clock.lap("ray")  # start-up above, shut-down (of a Ray started here) now
@@ -200,13 +202,13 @@ def job_settings(media: MediaInfo, opts: EncodeOptions, fit: FrameFit, job_id: s
                        frame_filter=fit.filter, verify=opts.verify, target=opts.target())
 
 
-def route_job(media: MediaInfo, job: ValidJob) -> Route:
+def route_job(media: MediaInfo, job: ValidJob, ledger: Ledger | LedgerFile | None = None) -> Route:
     """Which labels of what the cluster offers take part in this job (see :mod:`montage_ray.spending.routing`); a paid
     label's price, budget left this month and any provider back-off come from the ledger (read once)."""
     import ray
 
     opts = job.options
-    budget = BudgetView.load(job.config)
+    budget = BudgetView.load(job.config, ledger)
     offered = offers(ray.nodes(), job.config, pixels=media.video.width * media.video.height, labels=opts.labels,
                      terms=budget.terms)
     offered, hdr_reasons = (master_offers(offered, media.video.hdr, opts.codec, job.config)
@@ -452,10 +454,11 @@ def _storer(cache: SegmentCache | None, segments: list[Segment], job: ValidJob,
     return store
 
 
-def settle_job(job_id: str, started: float, crew: Crew, encoded: Encoded, config: Mapping[str, LabelConfig]) -> Bill:
+def settle_job(job_id: str, started: float, crew: Crew, encoded: Encoded, config: Mapping[str, LabelConfig],
+               ledger: Ledger | LedgerFile | None = None) -> Bill:
     """What the paid labels cost (ledger, ``ray_montage_cost``), and the labels providers refused backed off."""
     return settle(job_id, started, encoded.results, crew.unavailable + encoded.failures, config,
-                  refusals_at_start(crew.unavailable) + encoded.refusals)
+                  refusals_at_start(crew.unavailable) + encoded.refusals, ledger=ledger)
 
 
 def write_extras(report: JobReport, job: ValidJob) -> None:
