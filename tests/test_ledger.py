@@ -66,7 +66,7 @@ def _exact(nvenc: dict) -> None:
     jobs = nvenc["jobs"]
     assert {k: j["entries"] for k, j in jobs.items()} == {"job-a": 50, "job-b": 50, "shared": 100}
     assert nvenc["seconds"] == 200.0 and nvenc["bytes"] == 200_000.0
-    assert nvenc["cost"] == pytest.approx(2.0) and jobs["shared"]["cost"] == pytest.approx(1.0)
+    assert nvenc["cost"] == 2.0 and jobs["shared"]["cost"] == 1.0   # exact: kept in millionths
 
 
 def test_the_file_keeps_every_charge_and_back_off_as_a_row(ledger_path):
@@ -95,7 +95,7 @@ def test_the_file_keeps_every_charge_and_back_off_as_a_row(ledger_path):
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("SELECT COUNT(*) FROM charges").fetchone()[0] == 3
     assert db.execute("SELECT COUNT(*) FROM back_offs").fetchone()[0] == 4   # three back-offs and a clearing
-    for sql in ("UPDATE charges SET cost = 0", "DELETE FROM charges", "DELETE FROM back_offs"):
+    for sql in ("UPDATE charges SET cost_micros = 0", "DELETE FROM charges", "DELETE FROM back_offs"):
         with pytest.raises(sqlite3.IntegrityError, match="never"):
             db.execute(sql)
     assert stat.S_IMODE(os.stat(ledger_path).st_mode) == 0o600

@@ -41,6 +41,9 @@ ENV = "MONTAGE_RAY_LEDGER"
 #: ``PRAGMA application_id`` of a montage-ray ledger ("MRLG"), and the version of its tables.
 APPLICATION_ID, SCHEMA_VERSION = 0x4D524C47, 1
 
+#: Costs are kept as whole millionths of their currency, so that a month's total is exact.
+MICROS = 1_000_000
+
 #: Seconds a write waits for another process's transaction before it gives up.
 BUSY_SECONDS = 30.0
 
@@ -54,7 +57,7 @@ CREATE TABLE charges (
     job_id TEXT NOT NULL,
     seconds REAL NOT NULL,
     bytes REAL NOT NULL,
-    cost REAL NOT NULL,
+    cost_micros INTEGER NOT NULL,      -- the cost in millionths of the currency: sums are exact
     currency TEXT NOT NULL
 );
 CREATE INDEX charges_by_month ON charges (month, label);
@@ -111,12 +114,12 @@ class LedgerFile:
         """Record ``spend`` (once, however often it is sent); returns its label's total for that month."""
         s = spend if isinstance(spend, dict) else spend.__dict__
         with self._transaction(write=True) as db:
-            db.execute("INSERT OR IGNORE INTO charges (charge_id, at, month, label, job_id, seconds, bytes, cost, "
-                       "currency) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT OR IGNORE INTO charges (charge_id, at, month, label, job_id, seconds, bytes, "
+                       "cost_micros, currency) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (s["charge_id"], time.time(), s["month"], s["label"], s["job_id"], float(s["seconds"]),
-                        float(s["nbytes"]), float(s["cost"]), s["currency"]))
-            return float(db.execute("SELECT TOTAL(cost) FROM charges WHERE month = ? AND label = ?",
-                                    (s["month"], s["label"])).fetchone()[0])
+                        float(s["nbytes"]), round(float(s["cost"]) * MICROS), s["currency"]))
+            return db.execute("SELECT COALESCE(SUM(cost_micros), 0) FROM charges WHERE month = ? AND label = ?",
+                              (s["month"], s["label"])).fetchone()[0] / MICROS
 
     def back_off(self, label: str, reason: str, seconds: float | None = None) -> dict[str, Any]:
         """Leave ``label`` out of new jobs for ``seconds`` (default: the last back-off doubled, see
@@ -271,14 +274,17 @@ def _why(err: BaseException) -> str:
 
 def _month(db: sqlite3.Connection, month: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    rows = db.execute("SELECT label, job_id, TOTAL(cost), TOTAL(seconds), TOTAL(bytes), COUNT(*), MAX(at), "
-                      "MAX(id) FROM charges WHERE month = ? GROUP BY label, job_id ORDER BY label, MIN(id)", (month,))
-    for label, job_id, cost, seconds, nbytes, entries, last, _ in rows:
+    rows = db.execute("SELECT label, job_id, SUM(cost_micros), TOTAL(seconds), TOTAL(bytes), COUNT(*), MAX(at) "
+                      "FROM charges WHERE month = ? GROUP BY label, job_id ORDER BY label, MIN(id)", (month,))
+    micros: dict[str, int] = {}
+    for label, job_id, cost, seconds, nbytes, entries, last in rows:
         entry = out.setdefault(label, {"cost": 0.0, "seconds": 0.0, "bytes": 0.0, "jobs": {}})
-        entry["jobs"][job_id] = {"cost": cost, "seconds": seconds, "bytes": nbytes, "entries": entries,
+        entry["jobs"][job_id] = {"cost": cost / MICROS, "seconds": seconds, "bytes": nbytes, "entries": entries,
                                  "last": last}
-        for key, value in (("cost", cost), ("seconds", seconds), ("bytes", nbytes)):
-            entry[key] += value
+        micros[label] = micros.get(label, 0) + cost
+        entry["cost"] = micros[label] / MICROS
+        entry["seconds"] += seconds
+        entry["bytes"] += nbytes
     for label, currency in db.execute(  # the currency of each label's latest charge
             "SELECT label, currency FROM charges WHERE id IN (SELECT MAX(id) FROM charges WHERE month = ? "
             "GROUP BY label)", (month,)):
