@@ -185,8 +185,7 @@ LOCAL_CASES = [
     ("only a paid local label, budget spent: nothing to use", LONG, [local_paid(0.0)], (),
      "vaapi left out: this job would cost"),
     ("a ledger that cannot be read: every paid label left out", LONG,
-     [dataclasses.replace(local_paid(None), unavailable="the spending ledger /x cannot be read: file is not a database"),
-      CPU],
+     [dataclasses.replace(local_paid(None), unavailable="the spending ledger /x cannot be read: not a database"), CPU],
      ("cpu",), "vaapi left out: the spending ledger /x cannot be read"),
 ]
 

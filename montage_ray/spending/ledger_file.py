@@ -72,8 +72,10 @@ CREATE TABLE back_offs (
 CREATE INDEX back_offs_by_label ON back_offs (label, id);
 CREATE TRIGGER charges_kept_1 BEFORE UPDATE ON charges BEGIN SELECT RAISE(ABORT, 'charges are never changed'); END;
 CREATE TRIGGER charges_kept_2 BEFORE DELETE ON charges BEGIN SELECT RAISE(ABORT, 'charges are never removed'); END;
-CREATE TRIGGER back_offs_kept_1 BEFORE UPDATE ON back_offs BEGIN SELECT RAISE(ABORT, 'back-offs are never changed'); END;
-CREATE TRIGGER back_offs_kept_2 BEFORE DELETE ON back_offs BEGIN SELECT RAISE(ABORT, 'back-offs are never removed'); END;
+CREATE TRIGGER back_offs_kept_1 BEFORE UPDATE ON back_offs
+    BEGIN SELECT RAISE(ABORT, 'back-offs are never changed'); END;
+CREATE TRIGGER back_offs_kept_2 BEFORE DELETE ON back_offs
+    BEGIN SELECT RAISE(ABORT, 'back-offs are never removed'); END;
 PRAGMA application_id = {APPLICATION_ID};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
@@ -144,8 +146,9 @@ class LedgerFile:
 
     # -- reads ------------------------------------------------------------------------------------------
     def state(self, month: str, now: float | None = None, create: bool = False) -> dict[str, Any]:
-        """``{"month": month(month), "back_offs": back_offs(now), "path": the file}``, read at one instant. ``create``: make
-        the file if there is none yet (a job with paid labels: a ledger that cannot be made is an error)."""
+        """``{"month": month(month), "back_offs": back_offs(now), "path": the file}``, read at one instant.
+        ``create``: make the file if there is none yet (a job with paid labels: a ledger that cannot be made is
+        an error)."""
         with self._transaction(create=create) as db:
             return {"month": _month(db, month) if db else {}, "back_offs": _back_offs(db, now) if db else {},
                     "path": self.path}

@@ -3,8 +3,8 @@
 The cluster offers labels (``vaapi``, ``nvenc``, ``cpu``, ...), each with a number of sessions and an
 expected speed. Local labels take part (a paid one only within its budget); a *remote* label (the cloud
 GPU, reached over a slow link) takes part only when shipping its share of the segments there and back, plus
-its encode time, finishes the job sooner than leaving it out. Small jobs stay on one local encoder; ``master`` jobs may prefer the labels
-configured as best quality.
+its encode time, finishes the job sooner than leaving it out. Small jobs stay on one local encoder;
+``master`` jobs may prefer the labels configured as best quality.
 
 A paid label (``price``), local or remote, in every profile, takes part only while its expected cost fits
 in what is left of its monthly budget (``budget_left``): it is billed for as long as the job holds it. ``fast``
