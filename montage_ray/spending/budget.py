@@ -133,7 +133,7 @@ def settle(job_id: str, started: float, segments: Sequence[EncodeResult], failur
         price = price_of(config.get(label))
         if price is None:
             continue
-        amount = charge(price, seconds, nbytes)
+        amount = round(charge(price, seconds, nbytes), 6)  # as the ledger keeps it: whole millionths
         bill.cost[label] = {"cost": amount, "currency": price.currency, "seconds": seconds, "bytes": nbytes,
                             "month": month}
         metrics.cost_recorded(label=label, amount=amount, currency=price.currency)
