@@ -11,7 +11,7 @@ import argparse
 import signal
 import sys
 import threading
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from montage_ray.errors import MontageError, Terminated
 
@@ -20,8 +20,15 @@ from . import budget_cmd, encode_cmd, probe_cmd, service_cmd
 COMMANDS = (encode_cmd, probe_cmd, budget_cmd, service_cmd)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error is one line (what is wrong and where the help is), not the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"montage-ray: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> Parser:
+    parser = Parser(
         prog="montage-ray",
         description="Encode video fast and reliably on a Ray cluster of hardware and CPU encoders.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

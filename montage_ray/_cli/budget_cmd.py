@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import time
 
@@ -36,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
         raise InputError(f"month must be YYYY-MM, not {month!r}")
     config = load_encoders_config(args.encoders_config)
-    with ray_session(args.address or os.environ.get("RAY_ADDRESS") or "auto"):
+    with ray_session(args.address, default="auto"):
         ledger = Ledger(args.ledger or DEFAULT_NAME)
         spent = ledger.month(month)
         back_offs = ledger.back_offs()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 ADDRESS_HELP = "Ray cluster to read: auto, HOST:PORT or ray://HOST:10001 (default: $RAY_ADDRESS, else auto)"
 
@@ -29,15 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(run=run_service)
 
 
-def _address(args: argparse.Namespace) -> str:
-    return args.address or os.environ.get("RAY_ADDRESS") or "auto"
-
-
 def run_status(args: argparse.Namespace) -> int:
     from montage_ray.cluster.service import Service
     from montage_ray.cluster.session import ray_session
 
-    with ray_session(_address(args)):
+    with ray_session(args.address, default="auto"):
         status = Service().status()
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
@@ -78,7 +73,7 @@ def run_service(args: argparse.Namespace) -> int:
     from montage_ray.cluster.service import Service
     from montage_ray.cluster.session import ray_session
 
-    with ray_session(_address(args)):
+    with ray_session(args.address, default="auto"):
         stopped = Service().stop()
     print(f"stopped {len(stopped)} encoder actor(s) of the service" + (": " + ", ".join(stopped) if stopped else ""))
     return 0
