@@ -615,5 +615,5 @@ def test_docs_give_the_job_api_address_in_ray_api_server_address():
     RAY_API_SERVER_ADDRESS first."""
     for path in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
         text = path.read_text(encoding="utf-8")
-        assert not re.search(r"(?<![A-Z_])RAY_ADDRESS=['\"]?https?://", text), path
+        assert not re.search(r"(?m)^\s*(export\s.*\s)?RAY_ADDRESS=['\"]?https?://", text), path
     assert "RAY_API_SERVER_ADDRESS=http://127.0.0.1:8265" in (ROOT / "docs" / "deployment.md").read_text()
