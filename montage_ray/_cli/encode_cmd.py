@@ -106,8 +106,12 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("montage_ray").setLevel(logging.INFO)
 
     # A bar redrawn in place on a terminal; one plain line per segment when stdout is a file or a pipe.
-    report = encode(args.src, args.dst, options_from_args(args),
-                    progress=None if args.quiet else ProgressPrinter(sys.stdout))
+    printer = None if args.quiet else ProgressPrinter(sys.stdout)
+    try:
+        report = encode(args.src, args.dst, options_from_args(args), progress=printer)
+    finally:
+        if printer is not None:
+            printer.close()  # a stage still shown ("starting a local Ray ...") is cleared before an error line
     if not args.quiet:
         print(report.summary())
         print(f"wrote {args.dst}" + "".join(f" and {p}" for p in (args.report, args.timeline) if p))

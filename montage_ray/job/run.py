@@ -43,7 +43,7 @@ from montage_ray.spending.budget import Bill, BudgetView, price_of, refusals_at_
 from montage_ray.cluster.nodes import Placement, offered_labels, offers, placements, remote_labels
 from montage_ray.cluster.pool import EncoderPool, PoolOptions, ReadyFeed
 from montage_ray.cluster.service import JobLease
-from montage_ray.cluster.session import RaySession, ray_session
+from montage_ray.cluster.session import RaySession, ray_session, starts_private
 from montage_ray.cluster.workers import Worker
 from montage_ray.encoders.config import LabelConfig
 from montage_ray.errors import ClusterError, EncoderError, FFmpegError, InputError, VerificationError
@@ -98,6 +98,9 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
     opts = job.options
     clock.skip()
     job_id = uuid.uuid4().hex[:8]
+    listener = _listener(progress)
+    if listener:
+        listener.begin(job_id=job_id, source=os.fspath(src), destination=os.fspath(dst))
     folder = os.path.dirname(job.target)
     workdirs.sweep(folder, WORKDIR_PREFIX)  # leftovers of killed jobs (whose owner is gone)
     workdir = cache = streaming = None
@@ -111,6 +114,8 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
                 with contextlib.suppress(FutureTimeout):  # a bad input mostly fails at once: say so
                     inspecting.result(timeout=INSPECT_HEAD_START)  # before a Ray is started for nothing
                 ray_from = time.monotonic()
+                if listener and starts_private(opts.address):
+                    listener.stage("starting a local Ray ...")  # seconds, before anything else shows
                 try:
                     session = in_session.enter_context(ray_session(opts.address))  # ... Ray starts
                 except BaseException:
@@ -143,7 +148,7 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
                     cut = start_cut(media, segments, workdir)                   # cut, in the background
                     try:
                         encode_segments(encoded, todo, cut, settings, session, pool_options,  # encode as cut
-                                        _listener(progress), fallback=lambda: _local_workers(session, job, settings),
+                                        listener, fallback=lambda: _local_workers(session, job, settings),
                                         on_piece=_on_piece(_storer(cache, segments, job, opts.segment_seconds),
                                                            streaming), gate=lease)
                     finally:
