@@ -39,7 +39,7 @@ def main() -> int:
     import ray
 
     from montage_ray import encode
-    from montage_ray.job.run import run
+    from montage_ray.job import run
     from montage_ray.media.info import inspect
     from montage_ray.media.plan import DECODE_COST, plan_segments
 

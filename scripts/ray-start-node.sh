@@ -17,6 +17,8 @@
 #                                               as concurrent sessions (MONTAGE_<NAME>_SESSIONS overrides)
 #   --labels montage.ai/encoder=vaapi-qsv        the backends, or "cpu"; plus montage.ai/remote=true when
 #                                               MONTAGE_RAY_REMOTE=1 (a node reached over a slow link)
+# MONTAGE_RAY_STANDINS='{"nvenc": 2}' (tests and simulations only) adds resource labels served by CPU stand-ins
+# (the job's encoders config must name them `standin: true`); the node label montage.ai/standin lists them.
 # The head's dashboard binds to 127.0.0.1 unless --dashboard-host (or MONTAGE_DASHBOARD_HOST) says
 # otherwise: it has no authentication of its own. Arguments after `--` go to `ray start` unchanged.
 #
@@ -101,6 +103,29 @@ if ! probed="$("${probe[@]}" --ray-resources --node-label)"; then
 fi
 { IFS= read -r resources; IFS= read -r backends; } <<<"$probed"
 labels="montage.ai/encoder=${backends}"
+if [ -n "${MONTAGE_RAY_STANDINS:-}" ]; then
+  # the probe's resources plus the stand-in labels; a malformed value stops the start with one line
+  if ! merged="$(python3 - "$resources" "$MONTAGE_RAY_STANDINS" <<'PY'
+import json, re, sys
+try:
+    probed, standins = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+except ValueError:
+    sys.exit(1)
+if not isinstance(standins, dict) or not all(
+        isinstance(k, str) and re.fullmatch(r"[a-z0-9_]{1,32}", k) and isinstance(v, int) and v >= 1
+        for k, v in standins.items()):
+    sys.exit(1)
+print(json.dumps({**probed, **standins}, sort_keys=True))
+print("-".join(sorted(standins)))
+PY
+)"; then
+    echo "$me: MONTAGE_RAY_STANDINS=${MONTAGE_RAY_STANDINS} is not a JSON object of label -> sessions" \
+         "such as {\"nvenc\": 2}; not starting Ray" >&2
+    exit 2
+  fi
+  { IFS= read -r resources; IFS= read -r standin_names; } <<<"$merged"
+  labels="${labels},montage.ai/standin=${standin_names}"
+fi
 case "${MONTAGE_RAY_REMOTE:-0}" in
   1|true|yes) labels="${labels},montage.ai/remote=true"
               # the link's speed lets routing decide whether shipping segments there pays off

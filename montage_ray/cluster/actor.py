@@ -75,7 +75,8 @@ class EncoderActor:
 
     def _node_name(self) -> str:
         if not self._node:
-            self._node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
+            # the node's address, as Ray knows it (hosts may share a hostname), and its id
+            self._node = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
         return self._node
 
     def describe(self, settings: JobSettings | None = None, config: Any = SAME) -> dict[str, Any]:

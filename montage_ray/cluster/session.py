@@ -139,6 +139,30 @@ def check_reachable(address: str, timeout: float) -> None:
                        "leave out --address and unset RAY_ADDRESS for a private local Ray)")
 
 
+def own_node_address(address: str) -> str | None:
+    """This host's address toward the head at ``address`` when a Ray node of this machine runs on it, else
+    None (Ray's own choice stands).
+
+    Ray attaches a driver to a node of its machine, the head's where there are several: right with one node
+    per machine, wrong where hosts share one machine's process table (hosts in network namespaces, as
+    scripts/netns_cluster.py makes them): there the head's node is another host, its sockets are out of this
+    host's reach, and every actor waits on a driver it cannot call back."""
+    target = _host_port(address)
+    if target is None or not target[0]:
+        return None
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in target[0] else socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(target)  # no packet is sent: the kernel only picks the route and source address
+            own = probe.getsockname()[0]
+        from ray._private.services import _find_address_from_flag
+
+        nodes = _find_address_from_flag("--node_ip_address")
+    except (OSError, ImportError):
+        return None
+    # a loopback address is Ray's own single-machine case, which it resolves itself
+    return own if own in nodes and not own.startswith("127.") and own != "::1" else None
+
+
 def _resolve(address: str) -> str:
     """``auto`` as Ray would read it (the address ``ray start`` wrote), so that it can be checked first."""
     if address != "auto":
@@ -271,6 +295,9 @@ def _connect(ray: Any, address: str, *, ship: bool) -> None:
     check_reachable(address, timeout)
     if not address.startswith("ray://"):
         check_token(address, timeout)
+    own = own_node_address(address)
+    if own:
+        kwargs["_node_ip_address"] = own
     try:
         from ray.exceptions import AuthenticationError
     except ImportError:  # pragma: no cover - Ray before token authentication

@@ -4,9 +4,10 @@
 reads top to bottom: validate -> inspect (in a thread, while Ray starts) -> session -> offers/route ->
 workers -> plan -> cut + encode (pipelined: the cutter runs in the background and each piece goes to the
 pool the moment it is cut) -> settle -> join -> verify (the structure and the joins decoded here; each actor
-decoded its own segment) -> publish, each phase a function that returns what the next needs (settle: what
-the paid labels cost, see :mod:`montage_ray.spending.budget`, even when the encode failed); the
-:class:`~montage_ray.job.report.JobReport` is built at the end from what the phases returned. Only a verified
+decoded its own segment) -> publish, each phase a method of one :class:`JobRun` that keeps what the job has
+made so far (options, media, route, workers, plan, cache, the encoded pieces, the join) on itself (settle:
+what the paid labels cost, see :mod:`montage_ray.spending.budget`, even when the encode failed); the
+:class:`~montage_ray.job.report.JobReport` is built at the end from that state. Only a verified
 file is ever renamed to the destination::
 
     from montage_ray import encode
@@ -17,7 +18,7 @@ file is ever renamed to the destination::
     print(report.summary())
 
 A segment that an interrupted run of the same job encoded and verified is taken from the segment cache at
-plan time (:mod:`montage_ray.job.cache`: :func:`reuse_segments`); only the others are encoded, each kept there as
+plan time (:mod:`montage_ray.job.cache`: :meth:`JobRun.reuse`); only the others are encoded, each kept there as
 it lands, and the job's entries are cleared once the destination is published.
 """
 
@@ -33,7 +34,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator
 
 from montage_ray.encoders import hdr
 from montage_ray.util import workdirs
@@ -45,7 +46,6 @@ from montage_ray.cluster.pool import EncoderPool, PoolOptions, ReadyFeed
 from montage_ray.cluster.service import JobLease
 from montage_ray.cluster.session import RaySession, ray_session, starts_private
 from montage_ray.cluster.workers import Worker
-from montage_ray.encoders.config import LabelConfig
 from montage_ray.errors import ClusterError, EncoderError, FFmpegError, InputError, VerificationError
 from montage_ray.util.files import publish
 from montage_ray.media.join import JoinPlan, MoovRoomTooSmall, NoNamedPipes, StreamingJoin, join_segments, verify_output
@@ -95,106 +95,377 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
     """
     clock = _Clock()
     job = (options or EncodeOptions()).replace(**kwargs).validate(src, dst)      # validate
-    opts = job.options
     clock.skip()
-    job_id = uuid.uuid4().hex[:8]
-    listener = _listener(progress)
-    if listener:
-        listener.begin(job_id=job_id, source=os.fspath(src), destination=os.fspath(dst))
-    folder = os.path.dirname(job.target)
-    workdirs.sweep(folder, WORKDIR_PREFIX)  # leftovers of killed jobs (whose owner is gone)
-    workdir = cache = streaming = None
-    try:
-        workdir = workdirs.make_workdir(folder, WORKDIR_PREFIX)
-        tmp_out = os.path.join(workdir, "joined" + os.path.splitext(job.target)[1])
-        with contextlib.ExitStack() as in_session:
-            with ThreadPoolExecutor(2, thread_name_prefix="inspect") as side:
-                inspecting = side.submit(_timed, inspect, job.source)           # inspect, while ...
-                side.submit(ffmpeg_caps)  # (what this ffmpeg can do, for the cut: asked once per process)
-                with contextlib.suppress(FutureTimeout):  # a bad input mostly fails at once: say so
-                    inspecting.result(timeout=INSPECT_HEAD_START)  # before a Ray is started for nothing
-                ray_from = time.monotonic()
-                if listener and starts_private(opts.address):
-                    listener.stage("starting a local Ray ...")  # seconds, before anything else shows
-                try:
-                    session = in_session.enter_context(ray_session(opts.address))  # ... Ray starts
-                except BaseException:
-                    inspecting.result()  # a bad input says so before a cluster problem does
-                    raise
-                ray_to = time.monotonic()
-                media, probe_from, probe_to = inspecting.result()
-            dv_note = hdr.refuse_dolby_vision(media, allow_loss=opts.allow_dv_loss)  # InputError unless allowed
-            clock.overlapped([("probe", probe_from, probe_to), ("ray", ray_from, ray_to)])
-            lease = in_session.enter_context(_lease(session, job_id, opts.priority))  # the service's, if shared
-            fit = fit_frame(media.video.width, media.video.height)  # odd sizes: decided before any encoder
-            settings = job_settings(media, opts, fit, job_id)
-            log.info("job %s: %s -> %s (%d frames)", job_id, src, dst, media.video.frames)
-            decision = route_job(media, job)                                    # offers/route
-            crew = start_workers(session, decision, media, job, settings)       # workers
-            cache = open_cache(job, media, settings)
-            segments = (cache and cache.plan(opts.segment_seconds, len(media.packets))  # an earlier run's cuts
-                        or plan_job(media, opts, crew.ready))                   # plan
-            ready = crew.ready[:max(1, len(segments))]
-            encoded = Encoded.start(segments, workdir, ready)
-            streaming = start_streaming_join(media, segments, tmp_out, workdir, job, ready)  # join, as they come
-            reused = reuse_segments(cache, segments, encoded, crew, job)       # pieces an earlier run made
-            if streaming is not None:
-                for index in reused:
-                    streaming.offer(index, encoded.paths[index])
-            todo = [s for s in segments if s.index not in reused]
+    run = JobRun(job, clock, listener=_listener(progress), pool_options=pool_options)
+    if run.listener:
+        run.listener.begin(job_id=run.job_id, source=os.fspath(src), destination=os.fspath(dst))
+    with run.in_workdir():                  # a work folder beside the destination, removed at the end
+        with run.in_session():              # inspect, while Ray starts; the encoder service's lease
+            run.route()                     # offers/route
+            run.start_workers()             # workers
+            run.plan()                      # plan (or an earlier run's cuts, from the cache)
+            run.start_join()                # join, as the pieces come
+            run.reuse()                     # pieces an earlier run made
             clock.lap("plan")
-            try:
-                if todo:
-                    cut = start_cut(media, segments, workdir)                   # cut, in the background
-                    try:
-                        encode_segments(encoded, todo, cut, settings, session, pool_options,  # encode as cut
-                                        listener, fallback=lambda: _local_workers(session, job, settings),
-                                        on_piece=_on_piece(_storer(cache, segments, job, opts.segment_seconds),
-                                                           streaming), gate=lease)
-                    finally:
-                        cut.close()
-            finally:  # even when the encode failed: the paid labels were used, the refusals happened
-                bill = settle_job(job_id, clock.started_at, crew, encoded, job.config)   # settle
-            encoded.results = sorted(encoded.results + list(reused.values()), key=lambda r: r.segment)
+            run.encode_segments()           # cut + encode as cut; settle, even when the encode failed
             clock.lap("encode")
-        clock.lap("ray")  # start-up above, shut-down (of a Ray started here) now
-        joined = finish_join(streaming, media, segments, encoded, tmp_out, workdir, job)  # join (the rest)
+        clock.lap("ray")                    # start-up above, shut-down (of a Ray started here) now
+        run.join()                          # join (the rest)
         clock.lap("join")
-        # each actor decoded its own segment in full (--verify decode): here the structure and the joins
-        checked = verify_output(tmp_out, joined, decode=False)                  # verify
-        hdr_out = hdr_output_line(tmp_out, media)
+        run.verify()                        # verify
         clock.lap("verify")
-        publish(tmp_out, job.target, overwrite=opts.overwrite)                  # publish
-        if cache is not None and not opts.keep_cache:
-            cache.clear(segments, opts.segment_seconds)
-    except (OSError, FFmpegError, EncoderError, VerificationError) as err:
-        full = workdirs.disk_full_error(folder, err)  # a full disk: one line, exit 4, not a traceback
-        if cache is not None and (full is not None or isinstance(err, VerificationError)):
-            cache.discard()  # its pieces would hold the space to free, or be taken again by a re-run
-        if full is not None:
-            raise full from None
-        raise
-    finally:
-        if streaming is not None:
-            streaming.stop()  # a failed job's join: killed, its feeder ended
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
-    report = JobReport(
-        source=os.fspath(src), output=os.fspath(dst), codec=opts.codec, frames=media.video.frames,
-        duration=sum(s.duration for s in segments), job_id=job_id, started=clock.started_at,
-        wall_seconds=clock.elapsed(), timings=clock.timings, phases=clock.spans, segments=encoded.results,
-        failures=crew.unavailable + encoded.failures, encoders=sorted({w.encoder for w in encoded.workers}),
-        notes=[*([fit.note] if fit.note else []), *joined.notes, *checked.notes, *bill.notes],
-        ray_address=session.address, profile=opts.profile, route=list(decision.reasons), segments_reused=len(reused),
-        duplicates=encoded.duplicates, cost=bill.cost, provider=[*bill.provider, *encoded.provider],
-        hdr=[*hdr.report_lines(media.video.hdr, encoded.results, output=hdr_out), *([dv_note] if dv_note else [])],
-        workers=[{"name": w.name, "label": w.label, "encoder": w.encoder, "host": w.hostname, "node": w.node,
-                  "pid": w.pid} for w in encoded.workers])
+        run.publish()                       # publish
+    report = run.report(src, dst)
     write_extras(report, job)
     return report
 
 
 # -- the phases -----------------------------------------------------------------------------------------
+
+
+class JobRun:
+    """One job's run: the validated job and what its phases make (media, route, workers, plan, cache, the
+    encoded pieces, the join), kept on one object; each phase is a method that leaves what the next needs on
+    ``self``. :func:`encode` calls them in order; an attribute is set by the phase that makes it."""
+
+    def __init__(self, job: ValidJob, clock: "_Clock", *, listener: ProgressListener | None = None,
+                 pool_options: PoolOptions | None = None) -> None:
+        self.job = job
+        self.opts = job.options
+        self.clock = clock
+        self.listener = listener
+        self.pool_options = pool_options
+        self.job_id = uuid.uuid4().hex[:8]
+        self.folder = os.path.dirname(job.target)
+        self.workdir: str | None = None
+        self.tmp_out = ""
+        self.cache: SegmentCache | None = None
+        self.streaming: StreamingJoin | None = None
+        self.reused: dict[int, EncodeResult] = {}
+        # set by in_session: session, lease, media, dv_note, fit, settings; route: decision;
+        # start_workers: ready, unavailable; plan: segments, encoded; encode_segments: bill;
+        # join: joined; verify: checked, hdr_out
+
+    @contextlib.contextmanager
+    def in_workdir(self) -> Iterator[None]:
+        """The job's work folder (the leftovers of killed jobs swept first), removed at the end with the
+        streamed join stopped; a full disk is one line (exit 4), and a failed job's cache is discarded when
+        its pieces would hold the space to free or be taken again by a re-run."""
+        workdirs.sweep(self.folder, WORKDIR_PREFIX)  # leftovers of killed jobs (whose owner is gone)
+        try:
+            self.workdir = workdirs.make_workdir(self.folder, WORKDIR_PREFIX)
+            self.tmp_out = os.path.join(self.workdir, "joined" + os.path.splitext(self.job.target)[1])
+            yield
+        except (OSError, FFmpegError, EncoderError, VerificationError) as err:
+            full = workdirs.disk_full_error(self.folder, err)  # a full disk: one line, exit 4, not a traceback
+            if self.cache is not None and (full is not None or isinstance(err, VerificationError)):
+                self.cache.discard()
+            if full is not None:
+                raise full from None
+            raise
+        finally:
+            if self.streaming is not None:
+                self.streaming.stop()  # a failed job's join: killed, its feeder ended
+            if self.workdir is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def in_session(self) -> Iterator[None]:
+        """Inspect the source while Ray starts (or is connected), then hold the Ray session and, on a shared
+        Ray, the job's lease at the encoder service while the block runs."""
+        opts = self.opts
+        with contextlib.ExitStack() as in_session:
+            with ThreadPoolExecutor(2, thread_name_prefix="inspect") as side:
+                inspecting = side.submit(_timed, inspect, self.job.source)      # inspect, while ...
+                side.submit(ffmpeg_caps)  # (what this ffmpeg can do, for the cut: asked once per process)
+                with contextlib.suppress(FutureTimeout):  # a bad input mostly fails at once: say so
+                    inspecting.result(timeout=INSPECT_HEAD_START)  # before a Ray is started for nothing
+                ray_from = time.monotonic()
+                if self.listener and starts_private(opts.address):
+                    self.listener.stage("starting a local Ray ...")  # seconds, before anything else shows
+                try:
+                    self.session = in_session.enter_context(ray_session(opts.address))  # ... Ray starts
+                except BaseException:
+                    inspecting.result()  # a bad input says so before a cluster problem does
+                    raise
+                ray_to = time.monotonic()
+                self.media, probe_from, probe_to = inspecting.result()
+            media = self.media
+            self.dv_note = hdr.refuse_dolby_vision(media, allow_loss=opts.allow_dv_loss)  # InputError unless allowed
+            self.clock.overlapped([("probe", probe_from, probe_to), ("ray", ray_from, ray_to)])
+            self.lease = in_session.enter_context(_lease(self.session, self.job_id, opts.priority))
+            self.fit = fit_frame(media.video.width, media.video.height)  # odd sizes: decided before any encoder
+            self.settings = job_settings(media, opts, self.fit, self.job_id)
+            log.info("job %s: %s -> %s (%d frames)", self.job_id, self.job.source, self.job.target,
+                     media.video.frames)
+            yield
+
+    def route(self) -> None:
+        """Which labels of what the cluster offers take part in this job (see :mod:`montage_ray.spending.routing`);
+        a paid label's price, budget left this month and any provider back-off come from the ledger (read once)."""
+        import ray
+
+        opts, media, config = self.opts, self.media, self.job.config
+        budget = BudgetView.load(config)
+        offered = offers(ray.nodes(), config, pixels=media.video.width * media.video.height, labels=opts.labels,
+                         terms=budget.terms)
+        offered, hdr_reasons = (master_offers(offered, media.video.hdr, opts.codec, config)
+                                if opts.profile == "master" else (offered, []))
+        decision = route(JobFacts(frames=media.video.frames, duration=_duration(media), input_bytes=media.size,
+                                  profile=opts.profile, small_job_seconds=small_job_seconds(opts.segment_seconds)),
+                         offered)
+        if hdr_reasons:
+            decision = dataclasses.replace(decision, reasons=(*hdr_reasons, *decision.reasons))
+        if not decision.labels:
+            raise ClusterError("no encoder in the cluster can serve this job: " + "; ".join(decision.reasons))
+        self.decision: Route = decision
+
+    def start_workers(self) -> None:
+        """Start (or reuse) an actor per session of the chosen labels: one for a small job, at most ``workers``;
+        ``ready`` are those that started, ``unavailable`` why the others did not."""
+        import ray
+
+        opts = self.opts
+        chosen = placements(ray.nodes(), self.decision.labels, self.job.config)
+        if is_small_job(_duration(self.media), opts.segment_seconds):
+            chosen = chosen[:1]  # shorter than two segments: one segment, one actor
+        if opts.workers is not None:
+            chosen = chosen[:opts.workers]
+        self.ready, self.unavailable = self._start(chosen)
+        if not self.ready:
+            raise ClusterError("no encoder could start: "
+                               + "; ".join(f"{u.actor}: {u.message}" for u in self.unavailable))
+
+    def plan(self) -> None:
+        """The segments: an earlier run's cuts when the segment cache has them, else cut points at the length
+        :func:`~montage_ray.media.plan.segment_length` chooses; and where each encoded piece will be written."""
+        self.cache = self._open_cache()
+        opts, media = self.opts, self.media
+        self.segments: list[Segment] = self.cache and self.cache.plan(opts.segment_seconds, len(media.packets))
+        if not self.segments:
+            length = segment_length(_duration(media), chosen=opts.segment_seconds,
+                                    speeds=[w.fps for w in self.ready])
+            self.segments = plan_segments(media.packets, media.video.time_base, length.seconds, taper=length.taper)
+        self.ready = self.ready[:max(1, len(self.segments))]
+        self.encoded = Encoded.start(self.segments, self.workdir, self.ready)
+
+    def start_join(self) -> None:
+        """The join, started now and fed each segment as it arrives in order
+        (:class:`~montage_ray.media.join.StreamingJoin`), when every worker is the same encoder: segments of
+        differently configured encoders are aligned first, which needs all of them (then, and with
+        ``MONTAGE_RAY_STREAM_JOIN=0``, none: the join waits for the end)."""
+        if os.environ.get(STREAM_JOIN_ENV, "1") == "0" or not hasattr(os, "mkfifo") or len(self.segments) < 2:
+            return
+        if len({w.encoder for w in self.ready}) != 1:
+            return
+        try:
+            self.streaming = StreamingJoin(self.media, self.segments, self.tmp_out, self.workdir,
+                                           container=self.job.container)
+        except NoNamedPipes as err:
+            log.info("joining at the end: %s", err)
+
+    def reuse(self) -> None:
+        """The segments an earlier run encoded and verified, put in place in ``encoded.paths`` (segment index ->
+        its result, marked ``reused``) and handed to the streamed join: only pieces made by an encoder of the
+        kind serving this job, and decoded once when ``--verify decode``. The pieces are re-checked side by
+        side (a packet count each)."""
+        cache = self.cache
+        if cache is None or not os.path.isdir(cache.folder):
+            return
+        makers = {maker_id(w.label, w.encoder, self.job.config.get(w.label)) for w in self.ready}
+        with ThreadPoolExecutor(4, thread_name_prefix="cache") as side:
+            found = side.map(lambda s: cache.take(s, self.encoded.paths[s.index], makers=makers,
+                                                  verify=self.opts.verify), self.segments)
+            self.reused = {r.segment: r for r in found if r is not None}
+        if self.reused:
+            log.info("reusing %d of %d segments from %s", len(self.reused), len(self.segments), cache.folder)
+        if self.streaming is not None:
+            for index in self.reused:
+                self.streaming.offer(index, self.encoded.paths[index])
+
+    def encode_segments(self) -> None:
+        """Cut the segments not reused in the background and encode each the moment it is cut; then settle what
+        the paid labels cost (even when the encode failed: the paid labels were used, the refusals happened)."""
+        todo = [s for s in self.segments if s.index not in self.reused]
+        try:
+            if todo:
+                cut = start_cut(self.media, self.segments, self.workdir)
+                try:
+                    self._encode(todo, cut)
+                finally:
+                    cut.close()
+        finally:
+            self.bill: Bill = settle(self.job_id, self.clock.started_at, self.encoded.results,
+                               self.unavailable + self.encoded.failures, self.job.config,
+                               refusals_at_start(self.unavailable) + self.encoded.refusals)
+        self.encoded.results = sorted(self.encoded.results + list(self.reused.values()), key=lambda r: r.segment)
+
+    def join(self) -> None:
+        """The joined file: the streamed join's end when it ran and every piece came from one encoder (after a
+        fallback to other encoders they must be aligned: it is stopped and the segments joined here), else the
+        whole join now. A streamed join that failed is logged and done again the plain way."""
+        streaming, encoded = self.streaming, self.encoded
+        mixed = len({r.encoder for r in encoded.results}) > 1
+        reserve = True
+        if streaming is not None and not mixed:
+            try:
+                self.joined: JoinPlan = streaming.finish()
+                return
+            except FFmpegError as err:
+                reserve = not isinstance(err, MoovRoomTooSmall)  # then the same room would be too small again
+                log.warning("the streamed join failed (%s); joining again from the encoded files", err)
+        if streaming is not None:
+            streaming.stop()
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp_out)
+        self.joined = join_segments(self.media, self.segments, encoded.paths, self.tmp_out, self.workdir,
+                                    container=self.job.container, mixed=mixed, codec=self.opts.codec,
+                                    reserve=reserve)
+
+    def verify(self) -> None:
+        """The joined file's structure and joins (each actor decoded its own segment in full with ``--verify
+        decode``), and for an HDR source whether its first frame still carries the HDR."""
+        self.checked = verify_output(self.tmp_out, self.joined, decode=False)
+        self.hdr_out = hdr_output_line(self.tmp_out, self.media)
+
+    def publish(self) -> None:
+        """The verified file renamed to the destination; the job's cache entries cleared unless kept."""
+        publish(self.tmp_out, self.job.target, overwrite=self.opts.overwrite)
+        if self.cache is not None and not self.opts.keep_cache:
+            self.cache.clear(self.segments, self.opts.segment_seconds)
+
+    def report(self, src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> JobReport:
+        """What the phases did, as the user's :class:`~montage_ray.job.report.JobReport`."""
+        opts, media, encoded, bill, clock = self.opts, self.media, self.encoded, self.bill, self.clock
+        return JobReport(
+            source=os.fspath(src), output=os.fspath(dst), codec=opts.codec, frames=media.video.frames,
+            duration=sum(s.duration for s in self.segments), job_id=self.job_id, started=clock.started_at,
+            wall_seconds=clock.elapsed(), timings=clock.timings, phases=clock.spans, segments=encoded.results,
+            failures=self.unavailable + encoded.failures, encoders=sorted({w.encoder for w in encoded.workers}),
+            notes=[*([self.fit.note] if self.fit.note else []), *self.joined.notes, *self.checked.notes,
+                   *bill.notes],
+            ray_address=self.session.address, profile=opts.profile, route=list(self.decision.reasons),
+            segments_reused=len(self.reused), duplicates=encoded.duplicates, cost=bill.cost,
+            provider=[*bill.provider, *encoded.provider],
+            hdr=[*hdr.report_lines(media.video.hdr, encoded.results, output=self.hdr_out),
+                 *([self.dv_note] if self.dv_note else [])],
+            workers=[{"name": w.name, "label": w.label, "encoder": w.encoder, "host": w.hostname, "node": w.node,
+                      "pid": w.pid} for w in encoded.workers])
+
+    # -- the encode, its fallback and the cache -----------------------------------------------------------
+
+    def _encode(self, segments: list[Segment], cut: Cut) -> None:
+        """Run ``segments`` through a pool of ``encoded.workers`` the moment ``cut`` has each, writing each
+        encoded piece as it arrives (then :meth:`_landed`: the streamed join and the segment cache take it).
+
+        When a provider refuses every label of the pool (quota, session limit), the segments left go to the
+        local encoders (:meth:`_local_workers`) instead of failing the job. On the encoder service, the job's
+        lease at the scheduler gates the pool (fair share with the other jobs, priority first).
+        """
+        encoded, listener, gate, registry = self.encoded, self.listener, self.lease, self.session.registry
+        if gate is not None:
+            gate.update(frames=sum(s.frames for s in segments), segments=len(segments))
+        pool = EncoderPool(encoded.workers, self.pool_options, registry=registry, gate=gate)
+        pieces = cut.paths
+        arrivals = _Arrivals(cut)
+        done: set[int] = set()
+        told = 0  # failures of this pool already passed on to the listener
+
+        def load(seg: Segment) -> bytes:
+            with open(pieces[seg.index], "rb") as fh:
+                return fh.read()
+
+        def tell_failures() -> None:
+            nonlocal told
+            for attempt in pool.failures[told:]:
+                listener.failure(attempt)  # type: ignore[union-attr]
+            told = len(pool.failures)
+
+        def on_tick(partial: dict[int, int], busy: int) -> None:
+            tell_failures()
+            listener.tick(partial, busy)  # type: ignore[union-attr]
+
+        if listener:
+            listener.start(frames=sum(s.frames for s in segments), segments=len(segments),
+                           encoders=len(encoded.workers))
+        try:
+            while True:
+                try:
+                    for seg, result, data in pool.run([s for s in segments if s.index not in done], load=load,
+                                                      settings=self.settings, ready=arrivals.feed(),
+                                                      on_tick=on_tick if listener else None):
+                        with open(encoded.paths[seg.index], "wb") as fh:
+                            fh.write(data)
+                        self._landed(seg, result, encoded.paths[seg.index])
+                        done.add(seg.index)
+                        encoded.results.append(result)
+                        if listener:
+                            tell_failures()
+                            listener.segment_done(result)
+                    break
+                except EncoderError:
+                    local = self._local_workers() if _all_refused(pool) else []
+                    if not local:
+                        raise
+                    if listener:
+                        tell_failures()
+                    encoded.add_pool(pool)
+                    encoded.workers += [w for w in local if all(w is not x for x in encoded.workers)]
+                    encoded.provider.append("every encoder of the job was refused; the rest went to "
+                                            + ", ".join(sorted({w.label for w in local})))
+                    pool, told = EncoderPool(local, self.pool_options, registry=registry, gate=gate), 0
+        finally:
+            encoded.add_pool(pool)
+            if listener:
+                listener.close()
+        encoded.results.sort(key=lambda r: r.segment)
+
+    def _landed(self, seg: Segment, result: EncodeResult, path: str) -> None:
+        """An encoded piece is written: handed to the streamed join first (the last piece's store is not on the
+        way to the output), then kept in the cache (with the job's plan, beside the first)."""
+        if self.streaming is not None:
+            self.streaming.offer(seg.index, path)
+        if self.cache is not None:
+            config = self.job.config
+            maker = maker_id(result.resource or result.backend, result.encoder, config.get(result.resource or ""))
+            self.cache.store(seg, result, path, maker=maker, verified=self.opts.verify,
+                             plan=(self.opts.segment_seconds, self.segments))
+
+    def _open_cache(self) -> SegmentCache | None:
+        """The segment cache of this source and these settings (see :mod:`montage_ray.job.cache`), its entries
+        that nobody came back for pruned; None with ``--no-cache``."""
+        if self.job.cache is None:
+            return None
+        cache = SegmentCache(self.job.cache, source_identity(self.job.source, self.media.packets,
+                                                              self.media.video.index),
+                             settings_fingerprint(self.opts, self.settings))
+        cache.prune()
+        return cache
+
+    def _local_workers(self) -> list[Worker]:
+        """Start (or reuse) the cluster's local encoder actors, for a job whose every label a provider refused:
+        each offered label (of ``labels``, when given) that is neither remote nor paid."""
+        import ray
+
+        nodes = ray.nodes()
+        remotes = remote_labels(nodes)
+        wanted, config = self.opts.labels, self.job.config
+        local = [label for label in offered_labels(nodes, config)
+                 if (wanted is None or label in wanted) and label not in remotes
+                 and not (label in config and (config[label].remote or price_of(config[label])))]
+        if not local:
+            return []
+        ready, _ = self._start(placements(nodes, local, config))
+        return ready
+
+    def _start(self, chosen: list[Placement]) -> tuple[list[Worker], list[FailedAttempt]]:
+        """The actors of ``chosen`` that start: the encoder service's on a shared Ray (this process's own
+        registry actors are stopped first: they would hold the slots), else this session's registry's."""
+        session, config, settings = self.session, self.job.config, self.settings
+        if session.service is not None:
+            session.registry.stop()
+            return session.service.wait_ready(session.service.start(chosen, config, job=settings.job_id), settings)
+        return session.registry.wait_ready(session.registry.start(chosen, config), settings)
 
 
 def job_settings(media: MediaInfo, opts: EncodeOptions, fit: FrameFit, job_id: str) -> JobSettings:
@@ -205,27 +476,6 @@ def job_settings(media: MediaInfo, opts: EncodeOptions, fit: FrameFit, job_id: s
                        frame_filter=fit.filter, verify=opts.verify, target=opts.target())
 
 
-def route_job(media: MediaInfo, job: ValidJob) -> Route:
-    """Which labels of what the cluster offers take part in this job (see :mod:`montage_ray.spending.routing`); a paid
-    label's price, budget left this month and any provider back-off come from the ledger (read once)."""
-    import ray
-
-    opts = job.options
-    budget = BudgetView.load(job.config)
-    offered = offers(ray.nodes(), job.config, pixels=media.video.width * media.video.height, labels=opts.labels,
-                     terms=budget.terms)
-    offered, hdr_reasons = (master_offers(offered, media.video.hdr, opts.codec, job.config)
-                            if opts.profile == "master" else (offered, []))
-    decision = route(JobFacts(frames=media.video.frames, duration=_duration(media), input_bytes=media.size,
-                              profile=opts.profile, small_job_seconds=small_job_seconds(opts.segment_seconds)),
-                     offered)
-    if hdr_reasons:
-        decision = dataclasses.replace(decision, reasons=(*hdr_reasons, *decision.reasons))
-    if not decision.labels:
-        raise ClusterError("no encoder in the cluster can serve this job: " + "; ".join(decision.reasons))
-    return decision
-
-
 def hdr_output_line(path: str, media: MediaInfo) -> str:
     """For an HDR source, whether the joined file's first frame still carries its HDR (one ffprobe of one
     frame; each segment's first frame was checked by its actor)."""
@@ -233,37 +483,6 @@ def hdr_output_line(path: str, media: MediaInfo) -> str:
         return ""
     lost = hdr.check_output(path, media.video.hdr)
     return f"output frame 0: {hdr.LOST + lost if lost else 'kept'}"
-
-
-@dataclass
-class Crew:
-    """The encoder actors of a job that started, and why the others did not."""
-
-    ready: list[Worker]
-    unavailable: list[FailedAttempt] = field(default_factory=list)
-
-
-def start_workers(session: RaySession, decision: Route, media: MediaInfo, job: ValidJob,
-                  settings: JobSettings) -> Crew:
-    """Start (or reuse) an actor per session of the chosen labels: one for a small job, at most ``workers``."""
-    import ray
-
-    opts = job.options
-    chosen = placements(ray.nodes(), decision.labels, job.config)
-    if is_small_job(_duration(media), opts.segment_seconds):
-        chosen = chosen[:1]  # shorter than two segments: one segment, one actor
-    if opts.workers is not None:
-        chosen = chosen[:opts.workers]
-    ready, unavailable = _start(session, chosen, job.config, settings)
-    if not ready:
-        raise ClusterError("no encoder could start: " + "; ".join(f"{u.actor}: {u.message}" for u in unavailable))
-    return Crew(ready, unavailable)
-
-
-def plan_job(media: MediaInfo, opts: EncodeOptions, workers: list[Worker]) -> list[Segment]:
-    """Cut points for this job, at the length :func:`~montage_ray.media.plan.segment_length` chooses."""
-    length = segment_length(_duration(media), chosen=opts.segment_seconds, speeds=[w.fps for w in workers])
-    return plan_segments(media.packets, media.video.time_base, length.seconds, taper=length.taper)
 
 
 @dataclass
@@ -290,177 +509,8 @@ class Encoded:
         self.refusals += pool.refusals
 
 
-def encode_segments(encoded: Encoded, segments: list[Segment], cut: Cut, settings: JobSettings,
-                    session: RaySession, pool_options: PoolOptions | None, listener: ProgressListener | None, *,
-                    fallback: Callable[[], list[Worker]] | None = None,
-                    on_piece: Callable[[Segment, EncodeResult, str], None] | None = None,
-                    gate: JobLease | None = None) -> Encoded:
-    """Run every segment through a pool of ``encoded.workers`` the moment ``cut`` has it, writing each encoded
-    piece as it arrives (then ``on_piece(segment, result, path)``: the segment cache keeps it).
-
-    When a provider refuses every label of the pool (quota, session limit), the segments left go to
-    ``fallback()``'s workers (the local encoders) instead of failing the job. On the encoder service,
-    ``gate`` is the job's lease at the scheduler (fair share with the other jobs, priority first).
-    """
-    if gate is not None:
-        gate.update(frames=sum(s.frames for s in segments), segments=len(segments))
-    pool = EncoderPool(encoded.workers, pool_options, registry=session.registry, gate=gate)
-    pieces = cut.paths
-    arrivals = _Arrivals(cut)
-    done: set[int] = set()
-    told = 0  # failures of this pool already passed on to the listener
-
-    def load(seg: Segment) -> bytes:
-        with open(pieces[seg.index], "rb") as fh:
-            return fh.read()
-
-    def tell_failures() -> None:
-        nonlocal told
-        for attempt in pool.failures[told:]:
-            listener.failure(attempt)  # type: ignore[union-attr]
-        told = len(pool.failures)
-
-    def on_tick(partial: dict[int, int], busy: int) -> None:
-        tell_failures()
-        listener.tick(partial, busy)  # type: ignore[union-attr]
-
-    if listener:
-        listener.start(frames=sum(s.frames for s in segments), segments=len(segments), encoders=len(encoded.workers))
-    try:
-        while True:
-            try:
-                for seg, result, data in pool.run([s for s in segments if s.index not in done], load=load,
-                                                  settings=settings, ready=arrivals.feed(),
-                                                  on_tick=on_tick if listener else None):
-                    with open(encoded.paths[seg.index], "wb") as fh:
-                        fh.write(data)
-                    if on_piece is not None:
-                        on_piece(seg, result, encoded.paths[seg.index])
-                    done.add(seg.index)
-                    encoded.results.append(result)
-                    if listener:
-                        tell_failures()
-                        listener.segment_done(result)
-                break
-            except EncoderError:
-                local = fallback() if fallback is not None and _all_refused(pool) else []
-                if not local:
-                    raise
-                if listener:
-                    tell_failures()
-                encoded.add_pool(pool)
-                encoded.workers += [w for w in local if all(w is not x for x in encoded.workers)]
-                encoded.provider.append("every encoder of the job was refused; the rest went to "
-                                        + ", ".join(sorted({w.label for w in local})))
-                pool, told = EncoderPool(local, pool_options, registry=session.registry, gate=gate), 0
-    finally:
-        encoded.add_pool(pool)
-        if listener:
-            listener.close()
-    encoded.results.sort(key=lambda r: r.segment)
-    return encoded
-
-
-#: ``MONTAGE_RAY_STREAM_JOIN=0`` joins only once every segment is encoded (see :func:`start_streaming_join`).
+#: ``MONTAGE_RAY_STREAM_JOIN=0`` joins only once every segment is encoded (see :meth:`JobRun.start_join`).
 STREAM_JOIN_ENV = "MONTAGE_RAY_STREAM_JOIN"
-
-
-def start_streaming_join(media: MediaInfo, segments: list[Segment], tmp_out: str, workdir: str, job: ValidJob,
-                         workers: list[Worker]) -> StreamingJoin | None:
-    """The join, started now and fed each segment as it arrives in order (:class:`~montage_ray.media.join.StreamingJoin`),
-    when every worker is the same encoder: segments of differently configured encoders are aligned first,
-    which needs all of them (then, and with ``MONTAGE_RAY_STREAM_JOIN=0``, None: the join waits for the end)."""
-    if os.environ.get(STREAM_JOIN_ENV, "1") == "0" or not hasattr(os, "mkfifo") or len(segments) < 2:
-        return None
-    if len({w.encoder for w in workers}) != 1:
-        return None
-    try:
-        return StreamingJoin(media, segments, tmp_out, workdir, container=job.container)
-    except NoNamedPipes as err:
-        log.info("joining at the end: %s", err)
-        return None
-
-
-def finish_join(streaming: StreamingJoin | None, media: MediaInfo, segments: list[Segment], encoded: Encoded,
-                tmp_out: str, workdir: str, job: ValidJob) -> JoinPlan:
-    """The joined file: the streamed join's end when it ran and every piece came from one encoder (after a
-    fallback to other encoders they must be aligned: it is stopped and the segments joined here), else the
-    whole join now. A streamed join that failed is logged and done again the plain way."""
-    mixed = len({r.encoder for r in encoded.results}) > 1
-    reserve = True
-    if streaming is not None and not mixed:
-        try:
-            return streaming.finish()
-        except FFmpegError as err:
-            reserve = not isinstance(err, MoovRoomTooSmall)  # then the same room would be too small again
-            log.warning("the streamed join failed (%s); joining again from the encoded files", err)
-    if streaming is not None:
-        streaming.stop()
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_out)
-    return join_segments(media, segments, encoded.paths, tmp_out, workdir, container=job.container, mixed=mixed,
-                         codec=job.options.codec, reserve=reserve)
-
-
-def _on_piece(store: Callable[[Segment, EncodeResult, str], None] | None,
-              streaming: StreamingJoin | None) -> Callable[[Segment, EncodeResult, str], None] | None:
-    """What happens to each encoded piece once it is written: kept in the cache, handed to the streamed join."""
-    if streaming is None:
-        return store
-
-    def landed(seg: Segment, result: EncodeResult, path: str) -> None:
-        streaming.offer(seg.index, path)  # first: the last piece's store is not on the way to the output
-        if store is not None:
-            store(seg, result, path)
-
-    return landed
-
-
-def open_cache(job: ValidJob, media: MediaInfo, settings: JobSettings) -> SegmentCache | None:
-    """The segment cache of this source and these settings (see :mod:`montage_ray.job.cache`), its entries
-    that nobody came back for pruned; None with ``--no-cache``."""
-    if job.cache is None:
-        return None
-    cache = SegmentCache(job.cache, source_identity(job.source, media.packets, media.video.index),
-                         settings_fingerprint(job.options, settings))
-    cache.prune()
-    return cache
-
-
-def reuse_segments(cache: SegmentCache | None, segments: list[Segment], encoded: Encoded, crew: Crew,
-                   job: ValidJob) -> dict[int, EncodeResult]:
-    """The segments an earlier run encoded and verified, put in place in ``encoded.paths`` (segment index ->
-    its result, marked ``reused``): only pieces made by an encoder of the kind serving this job, and
-    decoded once when ``--verify decode``. The pieces are re-checked side by side (a packet count each)."""
-    if cache is None or not os.path.isdir(cache.folder):
-        return {}
-    makers = {maker_id(w.label, w.encoder, job.config.get(w.label)) for w in crew.ready}
-    with ThreadPoolExecutor(4, thread_name_prefix="cache") as side:
-        found = side.map(lambda s: cache.take(s, encoded.paths[s.index], makers=makers, verify=job.options.verify),
-                         segments)
-        reused = {r.segment: r for r in found if r is not None}
-    if reused:
-        log.info("reusing %d of %d segments from %s", len(reused), len(segments), cache.folder)
-    return reused
-
-
-def _storer(cache: SegmentCache | None, segments: list[Segment], job: ValidJob,
-            plan_key: Any) -> Callable[[Segment, EncodeResult, str], None] | None:
-    """What keeps each verified piece in the cache as it lands (with the job's plan, beside the first)."""
-    if cache is None:
-        return None
-
-    def store(seg: Segment, result: EncodeResult, path: str) -> None:
-        maker = maker_id(result.resource or result.backend, result.encoder, job.config.get(result.resource or ""))
-        cache.store(seg, result, path, maker=maker, verified=job.options.verify, plan=(plan_key, segments))
-
-    return store
-
-
-def settle_job(job_id: str, started: float, crew: Crew, encoded: Encoded, config: Mapping[str, LabelConfig]) -> Bill:
-    """What the paid labels cost (ledger, ``ray_montage_cost``), and the labels providers refused backed off."""
-    return settle(job_id, started, encoded.results, crew.unavailable + encoded.failures, config,
-                  refusals_at_start(crew.unavailable) + encoded.refusals)
 
 
 def write_extras(report: JobReport, job: ValidJob) -> None:
@@ -517,33 +567,6 @@ def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
 def _all_refused(pool: EncoderPool) -> bool:
     """A provider refused a label of the pool, and no worker of it is left."""
     return bool(pool.refusals) and not any(w.alive for w in pool.workers)
-
-
-def _local_workers(session: RaySession, job: ValidJob, settings: JobSettings) -> list[Worker]:
-    """Start (or reuse) the cluster's local encoder actors, for a job whose every label a provider refused:
-    each offered label (of ``labels``, when given) that is neither remote nor paid."""
-    import ray
-
-    nodes = ray.nodes()
-    remotes = remote_labels(nodes)
-    wanted, config = job.options.labels, job.config
-    local = [label for label in offered_labels(nodes, config)
-             if (wanted is None or label in wanted) and label not in remotes
-             and not (label in config and (config[label].remote or price_of(config[label])))]
-    if not local:
-        return []
-    ready, _ = _start(session, placements(nodes, local, config), config, settings)
-    return ready
-
-
-def _start(session: RaySession, chosen: list[Placement], config: Mapping[str, LabelConfig], settings: JobSettings
-           ) -> tuple[list[Worker], list[FailedAttempt]]:
-    """The actors of ``chosen`` that start: the encoder service's on a shared Ray (this process's own registry
-    actors are stopped first: they would hold the slots), else this session's registry's."""
-    if session.service is not None:
-        session.registry.stop()
-        return session.service.wait_ready(session.service.start(chosen, config, job=settings.job_id), settings)
-    return session.registry.wait_ready(session.registry.start(chosen, config), settings)
 
 
 @contextlib.contextmanager
