@@ -8,6 +8,7 @@ stderr and its exit code; a traceback is printed only for a real bug.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
@@ -43,6 +44,9 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # montage_ray's warnings (a retried segment, a re-opened lease) are the progress output's business, or
+    # --verbose's: stderr holds the one line of an error
+    logging.getLogger("montage_ray").addHandler(logging.NullHandler())
     parser = build_parser()
     args = parser.parse_args(argv)
     if threading.current_thread() is threading.main_thread():

@@ -578,6 +578,11 @@ def _lease(session: RaySession, job_id: str, priority: int) -> Iterator[JobLease
     lease = session.service.lease(job_id, priority=priority)
     try:
         yield lease
+    except EncoderError:
+        stopped = lease.stopped()  # `service stop --force` killed its actors: say that, not what it broke
+        if stopped:
+            raise ClusterError(stopped) from None
+        raise
     finally:
         lease.close()
 
