@@ -41,6 +41,7 @@ from montage_ray.util import workdirs
 from montage_ray.job.cache import SegmentCache, maker_id, settings_fingerprint, source_identity
 from montage_ray.ffmpeg.caps import ffmpeg_caps
 from montage_ray.spending.budget import Bill, BudgetView, price_of, refusals_at_start, settle
+from montage_ray.cluster.link import measure_links
 from montage_ray.cluster.nodes import Placement, offered_labels, offers, placements, remote_labels
 from montage_ray.cluster.pool import EncoderPool, PoolOptions, ReadyFeed
 from montage_ray.cluster.service import JobLease
@@ -207,15 +208,20 @@ class JobRun:
 
         opts, media, config = self.opts, self.media, self.job.config
         budget = BudgetView.load(config)
-        offered = offers(ray.nodes(), config, pixels=media.video.width * media.video.height, labels=opts.labels,
-                         terms=budget.terms)
+        nodes = ray.nodes()
+        links, link_notes = measure_links(nodes, config, labels=opts.labels)  # the remote labels' links, now
+        offered = offers(nodes, config, pixels=media.video.width * media.video.height, labels=opts.labels,
+                         terms=budget.terms, measured={label: speed.mbps for label, speed in links.items()})
         offered, hdr_reasons = (master_offers(offered, media.video.hdr, opts.codec, config)
                                 if opts.profile == "master" else (offered, []))
         decision = route(JobFacts(frames=media.video.frames, duration=_duration(media), input_bytes=media.size,
                                   profile=opts.profile, small_job_seconds=small_job_seconds(opts.segment_seconds)),
                          offered)
-        if hdr_reasons:
-            decision = dataclasses.replace(decision, reasons=(*hdr_reasons, *decision.reasons))
+        link_lines = [f"{label}: link to {speed.node} measured at {speed.mbps:.3g} Mbit/s "
+                      f"({speed.nbytes / 1e6:.2f} MB in {speed.seconds:.2f} s)" for label, speed in links.items()]
+        if hdr_reasons or link_lines or link_notes:
+            decision = dataclasses.replace(decision, reasons=(*hdr_reasons, *link_lines, *link_notes,
+                                                              *decision.reasons))
         if not decision.labels:
             raise ClusterError("no encoder in the cluster can serve this job: " + "; ".join(decision.reasons))
         self.decision: Route = decision

@@ -44,6 +44,7 @@ class Offer:
     fps: float                     # expected frames/s of one session
     remote: bool = False
     bandwidth_mbps: float | None = None
+    bandwidth_source: str = ""      # where the bandwidth comes from ("measured", "configured", ...), for reasons
     quality_rank: int = 0
     hardware: bool = True
     # a paid label's cost terms
@@ -95,6 +96,13 @@ def first_trip(offer: Offer, job: JobFacts) -> float:
         return 0.0
     return (job.input_bytes * (1 + job.output_ratio) * min(1.0, 10 / max(job.duration, 1e-9))
             * 8 / (offer.bandwidth_mbps * 1e6))
+
+
+def _remote(offer: Offer) -> str:
+    """"remote", with the link's speed and its source when the offer says where it comes from."""
+    if not offer.bandwidth_source or not offer.bandwidth_mbps:
+        return "remote"
+    return f"remote (link {offer.bandwidth_mbps:.3g} Mbit/s, {offer.bandwidth_source})"
 
 
 def expected_cost(offer: Offer, job: JobFacts, job_seconds: float, share: float) -> float:
@@ -174,7 +182,7 @@ def route(job: JobFacts, offers: list[Offer], *, min_gain: float = 0.10) -> Rout
         if not with_it < without * (1 - need):
             saved = f"saves {100 * (1 - with_it / without):.0f} %, needs {100 * need:.0f} %" if without > with_it \
                 else "no faster"
-            reasons.append(f"{o.label}: remote, would take {with_it:.0f} s vs {without:.0f} s without "
+            reasons.append(f"{o.label}: {_remote(o)}, would take {with_it:.0f} s vs {without:.0f} s without "
                            f"({saved}), left out")
             continue
         cost = expected_cost(o, job, with_it, added / (rate + added))
@@ -189,7 +197,7 @@ def route(job: JobFacts, offers: list[Offer], *, min_gain: float = 0.10) -> Rout
             costs.append((o.label, cost))
         timing = f"{without:.0f} s -> {with_it:.0f} s with it" if without < float("inf") \
             else f"the only label: {with_it:.0f} s"
-        reasons.append(f"{o.label}: remote, {timing}{priced}, used")
+        reasons.append(f"{o.label}: {_remote(o)}, {timing}{priced}, used")
     if not chosen:
         return Route((), tuple(reasons) + ("no usable encoder",))
     return Route(tuple(o.label for o in chosen), tuple(reasons), tuple(costs))
