@@ -643,3 +643,12 @@ def test_started_nodes_refuse_jobs_without_the_token():
                 os.killpg(node.pid, signal.SIGKILL)
         _kill_processes_mentioning(str(tmp))
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_docs_give_the_job_api_address_in_ray_api_server_address():
+    """An http:// RAY_ADDRESS (the job API) breaks every montage-ray command and ray.init(); Ray's job CLI reads
+    RAY_API_SERVER_ADDRESS first."""
+    for path in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"(?m)^\s*(export\s.*\s)?RAY_ADDRESS=['\"]?https?://", text), path
+    assert "RAY_API_SERVER_ADDRESS=http://127.0.0.1:8265" in (ROOT / "docs" / "deployment.md").read_text()

@@ -23,7 +23,7 @@ from montage_ray.encoders.records import EncodeResult, FailedAttempt
 from montage_ray.errors import LedgerError
 from montage_ray.job.report import JobReport
 from montage_ray.spending.budget import BudgetView, settle
-from montage_ray.spending.cost import Price, month_of
+from montage_ray.spending.cost import month_of
 from montage_ray.spending.ledger import ACTOR_NAME, NAMESPACE, Ledger, LedgerFile, Spend
 from montage_ray.spending.quota import Refusal
 from montage_ray.spending.routing import JobFacts, Offer, route

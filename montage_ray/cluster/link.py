@@ -54,7 +54,7 @@ def _receiver() -> Any:
     return receive
 
 
-def measure_node(node_id: str, address: str, *, min_seconds: float = 0.5, max_bytes: int = 16 * 2**20,
+def measure_node(node_id: str, address: str, *, min_seconds: float = 0.5, max_bytes: int = 4 * 2**20,
                  timeout: float = 30.0) -> LinkSpeed | None:
     """The link from this driver to the node ``node_id`` (at ``address``); None if it did not answer."""
     import ray

@@ -42,10 +42,22 @@ class Placement:
     node_name: str
     index: int                 # n-th session of this label on this node
     node_cpus: int = 1         # CPUs of that node (CPU actors share them when a job has few segments)
+    address: str = ""          # the node's address, as Ray knows it
 
     @property
     def name(self) -> str:
         return f"encoder:{self.label}:{self.node_name}:{self.index}"
+
+    @property
+    def node(self) -> str:
+        """The node as the report, the metrics and ``montage-ray status`` name it (:func:`node_tag`)."""
+        return node_tag(self.address or self.node_name.rsplit("-", 1)[0], self.node_id)
+
+
+def node_tag(address: str, node_id: str) -> str:
+    """How the report, every metric's ``node`` tag and ``montage-ray status`` name a node: its address as Ray
+    knows it (hosts may share a hostname) and the first 8 hex digits of its id, ``10.0.0.1/1a2b3c4d``."""
+    return f"{address}/{node_id[:8]}"
 
 
 def _alive(node: Node) -> bool:
@@ -68,14 +80,15 @@ def placements(nodes: Iterable[Node], labels: Iterable[str] | None = None,
             continue
         resources = node.get("Resources", {})
         node_id = node.get("NodeID", "")
-        node_name = f"{node.get('NodeManagerAddress', 'node')}-{node_id[:6]}"
+        address = node.get("NodeManagerAddress", "node")
+        node_name = f"{address}-{node_id[:6]}"
         node_cpus = int(resources.get("CPU", 0))
         for label in known:
             if wanted is None or label in wanted:
-                hardware += [Placement(label, node_id, node_name, i, node_cpus)
+                hardware += [Placement(label, node_id, node_name, i, node_cpus, address)
                              for i in range(int(resources.get(label, 0)))]
         if wanted is None or "cpu" in wanted:
-            cpus += [Placement("cpu", node_id, node_name, i, node_cpus) for i in range(node_cpus)]
+            cpus += [Placement("cpu", node_id, node_name, i, node_cpus, address) for i in range(node_cpus)]
     return hardware + cpus
 
 

@@ -46,7 +46,7 @@ from montage_ray.cluster.link import measure_links
 from montage_ray.cluster.nodes import Placement, offered_labels, offers, placements, remote_labels
 from montage_ray.cluster.pool import EncoderPool, PoolOptions, ReadyFeed
 from montage_ray.cluster.service import JobLease
-from montage_ray.cluster.session import RaySession, ray_session
+from montage_ray.cluster.session import RaySession, ray_session, starts_private
 from montage_ray.cluster.workers import Worker
 from montage_ray.errors import ClusterError, EncoderError, FFmpegError, InputError, VerificationError
 from montage_ray.util.files import publish
@@ -99,6 +99,8 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
     job = (options or EncodeOptions()).replace(**kwargs).validate(src, dst)      # validate
     clock.skip()
     run = JobRun(job, clock, listener=_listener(progress), pool_options=pool_options)
+    if run.listener:
+        run.listener.begin(job_id=run.job_id, source=os.fspath(src), destination=os.fspath(dst))
     with run.in_workdir():                  # a work folder beside the destination, removed at the end
         with run.in_session():              # inspect, while Ray starts; the encoder service's lease
             run.route()                     # offers/route
@@ -182,6 +184,8 @@ class JobRun:
                 with contextlib.suppress(FutureTimeout):  # a bad input mostly fails at once: say so
                     inspecting.result(timeout=INSPECT_HEAD_START)  # before a Ray is started for nothing
                 ray_from = time.monotonic()
+                if self.listener and starts_private(opts.address):
+                    self.listener.stage("starting a local Ray ...")  # seconds, before anything else shows
                 try:
                     self.session = in_session.enter_context(ray_session(opts.address))  # ... Ray starts
                 except BaseException:
@@ -583,6 +587,11 @@ def _lease(session: RaySession, job_id: str, priority: int) -> Iterator[JobLease
     lease = session.service.lease(job_id, priority=priority)
     try:
         yield lease
+    except EncoderError:
+        stopped = lease.stopped()  # `service stop --force` killed its actors: say that, not what it broke
+        if stopped:
+            raise ClusterError(stopped) from None
+        raise
     finally:
         lease.close()
 
