@@ -119,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     from montage_ray.cluster.session import join_drains
     from montage_ray.errors import MontageError
 
-    cluster, nodes = start_cluster(DEFAULT_LAYOUT, args.head_cpus)
     tmp = tempfile.mkdtemp(prefix="montage-sim-")
+    # simulated spending goes to a ledger of this run (gone with it), never the machine's own, unless set
+    os.environ.setdefault("MONTAGE_RAY_LEDGER", os.path.join(tmp, "ledger.sqlite"))
+    cluster, nodes = start_cluster(DEFAULT_LAYOUT, args.head_cpus)
     config = os.path.join(tmp, "encoders.yaml")
     standins = {label: spec for label, spec in DEFAULT_LAYOUT.items() if label not in args.real}
     if args.paid_nvenc and "nvenc" in standins:
