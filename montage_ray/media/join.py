@@ -727,12 +727,12 @@ def verify_output(path: str, plan: JoinPlan, *, decode: bool = True, timeout: fl
                 raise VerificationError(f"the joined output decodes to {frames} video frames, the source has "
                                         f"{found.frames}")
         else:
-            if found.tail is not None:
-                decode_tail(path, found.tail, timeout=timeout)
             if windows is not None:
                 windows.judge()
             else:
                 decode_joins(path, plan, found.first_time)
+            if found.tail is not None:
+                decode_tail(path, found.tail, timeout=timeout)
         if source is not None and found.shown is not None:
             compare(found.shown, source.result(), frame=plan.frame_duration)
     finally:
