@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                          "its error, if any, is the script's (the cluster starts once for both)")
     ap.add_argument("--address", default=None,
                     help="run on this simulated cluster, already running (tests/service_cluster.py --simulated), "
-                         "instead of starting one; it is left as found (service stopped, node back, no back-offs)")
+                         "instead of starting one; it is left as found (its service stopped, a removed node back)")
     ap.add_argument("--control", default=None, metavar="FIFO",
                     help="with --address: the running cluster's control pipe, for --kill-node")
     args = ap.parse_args(argv)
@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     from montage_ray.cluster.session import join_drains
     from montage_ray.errors import MontageError
 
+    tmp = tempfile.mkdtemp(prefix="montage-sim-")
+    # simulated spending goes to a ledger of this run (gone with it), never the machine's own, unless set
+    os.environ.setdefault("MONTAGE_RAY_LEDGER", os.path.join(tmp, "ledger.sqlite"))
     if args.address:
         cluster = None
         ray.init(address=args.address, log_to_driver=False, logging_level="WARNING")
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             tell(args.control, "remove vaapi")
         else:
             cluster.remove_node(nodes["vaapi"])
-    tmp = tempfile.mkdtemp(prefix="montage-sim-")
+
     config = os.path.join(tmp, "encoders.yaml")
     standins = {label: spec for label, spec in DEFAULT_LAYOUT.items() if label not in args.real}
     if args.paid_nvenc and "nvenc" in standins:
@@ -272,19 +275,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def leave_as_found(ray, control: str | None) -> None:
     """On a running cluster that other jobs share, what a cluster of its own would take with it: the encoder
-    service's actors (stopped: they count the segments they served, which the stand-in quota reads), the
-    providers' back-offs this job's refusals recorded (cleared), and the removed vaapi node (put back, with
-    ``control``)."""
+    service's actors (stopped: they count the segments they served, which the stand-in quota reads) and the
+    removed vaapi node (put back, with ``control``). The run's spending and back-offs are in its own ledger
+    file already."""
     from montage_ray.cluster.service import Service
-    from montage_ray.spending.ledger import Ledger
 
-    Service().stop()
+    Service().stop(force=True)  # (no job of this run is in flight any more)
     if control:
         tell(control, "add vaapi")
         wait_for_label(ray, "vaapi")
-    ledger = Ledger()
-    for label in ledger.back_offs(now=0):
-        ledger.clear_back_off(label)
 
 
 def _suffixed(path: str, suffix: str) -> str:

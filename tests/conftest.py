@@ -106,6 +106,16 @@ def make_clip(clip_dir: Path):
     return make
 
 
+@pytest.fixture(autouse=True)
+def ledger_path(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own spending ledger file (not made until something is charged): ``$MONTAGE_RAY_LEDGER``,
+    which its drivers, subprocesses and private Rays inherit and the ledger actor is told, so that no test
+    reads another's spending or writes the user's ledger."""
+    path = tmp_path_factory.mktemp("ledger", numbered=True) / "ledger.sqlite"
+    monkeypatch.setenv("MONTAGE_RAY_LEDGER", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray for the session (two CPUs); encode() uses it instead of starting its own."""

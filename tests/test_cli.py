@@ -146,3 +146,48 @@ def test_report_and_timeline_never_replace_a_file(flag, name, make_clip, tmp_pat
     assert done.returncode == 2
     assert src.read_bytes() == before and not (tmp_path / "o.mp4").exists()
     assert (tmp_path / "keep.json").read_text() == "precious" and (tmp_path / "keep.png").read_text() == "precious"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--priority", "1.5"], "argument --priority: must be a whole number from -100 to 100, not '1.5'"),
+    (["--codec", "vp9"], "argument --codec: invalid choice: 'vp9'"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_a_usage_error_is_one_line_not_the_whole_usage(args, needle, tmp_path):
+    done = cli("encode", "in.mp4", "o.mp4", *args, cwd=tmp_path, timeout=60)
+    assert_one_line_error(done, needle, "--help`)")
+    assert done.returncode == 2 and done.stdout == ""
+
+
+def test_h265_is_hevc():
+    from montage_ray._cli import build_parser
+    from montage_ray.job.options import EncodeOptions
+
+    args = build_parser().parse_args(["encode", "a.mp4", "b.mp4", "--codec", "h265"])
+    assert args.codec == "hevc"
+    assert EncodeOptions(codec="H265").codec == "hevc" and EncodeOptions().replace(codec="h265").codec == "hevc"
+
+
+def test_encode_help_describes_the_cuts_and_the_priorities(tmp_path):
+    done = cli("encode", "--help", cwd=tmp_path, timeout=60)
+    text = " ".join(done.stdout.split())
+    assert "GOP-aligned" not in text and "at any frame" in text
+    assert "two segments" in text and "never stopped" in text and "h265" in text
+
+
+@pytest.mark.parametrize("address,env,needle", [
+    ("127.0.0.1", "", "--address 127.0.0.1 has no port: give HOST:PORT"),
+    ("", "http://127.0.0.1:8265", "RAY_ADDRESS=http://127.0.0.1:8265 is the address of Ray's job API"),
+    ("https://head:8265", "", "RAY_API_SERVER_ADDRESS"),
+    ("redis://head:6379", "", "does not know the scheme 'redis://'"),
+])
+@pytest.mark.parametrize("command", ["encode", "status"])
+def test_an_address_that_cannot_work_is_one_line_before_anything_starts(command, address, env, needle, make_clip,
+                                                                        tmp_path):
+    args = ["encode", str(make_clip("bframes")), "o.mp4"] if command == "encode" else ["status"]
+    if address:
+        args += ["--address", address]
+    done = subprocess.run([sys.executable, "-m", "montage_ray", *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, RAY_ADDRESS=env))
+    assert_one_line_error(done, needle)
+    assert done.returncode == 2 and not (tmp_path / "o.mp4").exists()

@@ -125,3 +125,88 @@ def test_the_cloud_link_carries_the_rate_it_is_shaped_to(cluster, mbit):
         cluster.shape(cluster.cloud, 200.0)
     # tbf lets a bucket's worth through at once and TCP takes a moment to fill the link: room both ways
     assert 0.5 * mbit < measured < 1.2 * mbit, measured
+
+
+@pytest.fixture(scope="module")
+def heavy_clip(tmp_path_factory):
+    """20 s at about 8 Mbit/s (noise at a low QP): heavy enough that a 5 Mbit/s link cannot pay off."""
+    out = tmp_path_factory.mktemp("netns") / "heavy.mp4"
+    mc.run_ffmpeg(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=20", "-f", "lavfi", "-i",
+                   "sine=duration=20", "-vf", "noise=alls=10:allf=t", "-c:v", "libx264", "-preset", "ultrafast",
+                   "-qp", "20", "-g", "30", "-c:a", "aac", "-b:a", "96k", str(out)])
+    return out
+
+
+def _route_line(report, label: str) -> str:
+    return next(line for line in report["route"] if line.startswith(f"{label}: remote"))
+
+
+@pytest.mark.slow
+def test_routing_follows_the_measured_cloud_link(cluster, heavy_clip, tmp_path):
+    """The cloud link's bandwidth is measured before routing: on 200 Mbit/s the cloud host gets work, on
+    5 Mbit/s it is left out with its reason, and the job is exact both times."""
+    fast = _encode(cluster, heavy_clip, tmp_path / "fast.mp4")
+    cluster.shape(cluster.cloud, 5.0)
+    try:
+        slow = _encode(cluster, heavy_clip, tmp_path / "slow.mp4")
+    finally:
+        cluster.shape(cluster.cloud, 200.0)
+    for run, dst in ((fast, tmp_path / "fast.mp4"), (slow, tmp_path / "slow.mp4")):
+        assert run.exit_code == 0, run.stderr[-3000:]
+        _exact(heavy_clip, dst)
+    cloud = cluster.cloud.name
+    assert "measured" in _route_line(fast.report, "nvenc") and _route_line(fast.report, "nvenc").endswith("used")
+    assert fast.segments_by_host(cluster).get(cloud, 0) >= 1
+    line = _route_line(slow.report, "nvenc")
+    assert "measured" in line and line.endswith("left out"), line
+    assert cloud not in slow.segments_by_host(cluster)
+    measured = [float(l.split("measured at ")[1].split()[0]) for l in slow.report["route"] if "measured at" in l]
+    assert measured and measured[0] < 5.0 * 1.3, measured  # never more than the link carries
+    # what crossed the slow link was the measurement (a few blobs), not the job's segments
+    assert slow.bytes_by_host[cloud]["to_host"] < 0.5 * os.path.getsize(heavy_clip)
+
+
+def _restored(cluster, host):
+    cluster.restore(host)
+    assert host.address in cluster.alive_nodes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,host,seconds", [("flap", "h0", 2.0), ("partition", "h2", None), ("kill", "h2", 0.0)],
+                         ids=["head-link-flaps", "cloud-partitioned", "cloud-killed"])
+def test_a_fault_during_a_job_ends_exact(cluster, make_clip, tmp_path, kind, host, seconds):
+    """The head's link down for 2 s; the cloud host unreachable (processes alive) for longer than the node
+    timeout, then back; the cloud host's processes killed. Each job ends exact, and the fault hit it while
+    it ran."""
+    src, dst = make_clip("long"), tmp_path / "out.mp4"
+    fault = nc.Fault(kind, host, after=1, seconds=seconds if seconds is not None else 3 * cluster.node_timeout)
+    try:
+        run = _encode(cluster, src, dst, faults=[fault])
+    finally:
+        if kind != "flap":
+            _restored(cluster, cluster.host(host))
+    assert fault.applied_at is not None and fault.applied_at < run.wall, (fault, run.wall)
+    assert run.exit_code == 0, run.stderr[-3000:]
+    _exact(src, dst)
+    assert sum(s["frames"] for s in run.report["segments"]) == 600
+    if kind != "flap":  # the segments lost on the cloud host were encoded again elsewhere
+        for f in run.report["failures"]:
+            again = next(s for s in run.report["segments"] if s["segment"] == f["segment"])
+            assert cluster.host_of_node(again["node"]) is not None
+
+
+@pytest.mark.slow
+def test_the_command_line_builds_runs_and_tears_down(tmp_path):
+    """`netns_cluster.py --hosts 2 -- encode ...` exits with the job's code (a missing source: 2, one line),
+    writes its summary, and leaves no namespace, link or process behind."""
+    summary = tmp_path / "s.json"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--hosts", "2", "--summary", str(summary), "--",
+                           "encode", str(tmp_path / "missing.mp4"), str(tmp_path / "out.mp4")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "missing.mp4" in done.stderr and "Traceback" not in done.stderr
+    data = json.loads(summary.read_text())
+    assert data["exit_code"] == 2 and [h["address"] for h in data["hosts"]] == ["198.18.0.1", "198.18.0.2"]
+    assert not (tmp_path / "out.mp4").exists()
+    tag = nc.NS_RE.match(data["hosts"][0]["netns"])
+    assert nc.leftovers(tag.group(1) + tag.group(2)) == {"namespaces": [], "links": [], "processes": []}

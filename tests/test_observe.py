@@ -61,7 +61,7 @@ def test_progress_counts_finished_and_running_frames_once():
 
 def test_printer_redraws_a_bar_on_a_terminal_and_prints_lines_otherwise():
     term = io.StringIO()
-    bar = ProgressPrinter(term, tty=True)
+    bar = ProgressPrinter(term, tty=True, columns=121)
     bar.start(frames=200, segments=2, encoders=2)
     bar.tick({0: 50}, 2)
     bar.failure(FailedAttempt(1, 1, "cpu:x", "enc:1", "crash", "ffmpeg was killed by SIGABRT"))
@@ -70,8 +70,9 @@ def test_printer_redraws_a_bar_on_a_terminal_and_prints_lines_otherwise():
     text = term.getvalue()
     assert text.count("\r[") >= 4 and "50/200 frames" in text and "100/200 frames" in text
     # the bar is cleared, the failure printed on a line of its own, the bar drawn again below it
-    assert "\r\x1b[2Ksegment 2 attempt 1 failed on enc:1 (crash): ffmpeg was killed by SIGABRT\n\r[" in text
+    assert "\r\x1b[2Ksegment 1 attempt 1 failed on enc:1 (crash): ffmpeg was killed by SIGABRT\n\r[" in text
     assert text.endswith("\n") and "1 failed" in text
+    assert all(len(drawn.split("\n")[0]) <= 120 for drawn in text.split("\r"))
 
     log = io.StringIO()
     lines = ProgressPrinter(log, tty=False)
@@ -82,7 +83,38 @@ def test_printer_redraws_a_bar_on_a_terminal_and_prints_lines_otherwise():
     assert "\r" not in log.getvalue()
     assert log.getvalue().splitlines() == [
         "encoding 200 frames in 2 segments on 2 encoders",
-        "segment 1/2 done: 100 frames in 1.0 s (100.0 fps) on a; 100/200 frames (50%)"]
+        "segment 0 done (1/2): 100 frames in 1.0 s (100.0 fps) on a; 100/200 frames (50%)"]
+
+    one = io.StringIO()
+    single = ProgressPrinter(one, tty=False)
+    single.begin(job_id="1a2b3c4d", source="in.mp4", destination="out.mp4")
+    single.stage("starting a local Ray ...")
+    single.start(frames=1, segments=1, encoders=1)
+    assert one.getvalue().splitlines() == ["job 1a2b3c4d: in.mp4 -> out.mp4", "starting a local Ray ...",
+                                           "encoding 1 frame in 1 segment on 1 encoder"]
+
+
+@pytest.mark.parametrize("failures", [0, 3])
+def test_the_bar_fits_any_width_and_the_finished_bar_names_no_busy_encoders(failures):
+    now = [100.0]
+    p = JobProgress(frames=123456, segments=140, encoders=16, clock=lambda: now[0])
+    p.failures = failures
+    p.update({0: 4000, 1: 3000}, busy=16)
+    now[0] = 161.0
+    for width in range(1, 200):
+        line = p.line(width)
+        assert len(line) <= width, (width, line)
+        if width >= 40:
+            assert line.startswith("[") and "%" in line and "ETA" in line
+    assert "16/16 encoders busy" in p.line(120) and "busy 16/16" in p.line(79)
+    for i in range(140):
+        p.segment_done(i, 123456 // 140 + (1 if i < 123456 % 140 else 0))
+    p.update({}, busy=16)                         # the last poll before the end still saw every actor busy
+    for width in (40, 79, 120):
+        line = p.line(width)
+        assert len(line) <= width and "busy" not in line and "ETA" not in line and "1:01" in line, line
+        assert "100%" in line
+    assert "140/140 segments" in p.line(120) and "123456/123456 frames" in p.line(120)
 
 
 # -- progress from inside a running segment (real Ray, real ffmpeg) ----------------------------------------
@@ -220,14 +252,22 @@ def test_timeline_marks_failed_attempts(tmp_path):
 # -- the CLI on a terminal ----------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_cli_draws_a_progress_bar_on_a_terminal(make_clip, tmp_path):
-    """`montage-ray encode` in a pseudo-terminal redraws one bar in place, then prints the summary."""
+def test_cli_draws_a_progress_bar_that_fits_an_80_column_terminal(make_clip, tmp_path):
+    """`montage-ray encode` in an 80-column pseudo-terminal: the job id first, "starting a local Ray ..." while
+    it starts, then one bar redrawn in place that never reaches the last column (a line that wraps stacks up
+    at every redraw), a finished bar without busy encoders, then the summary."""
+    import fcntl
+    import struct
+    import termios
+
     exe = os.path.join(os.path.dirname(sys.executable), "montage-ray")
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "RAY_ADDRESS")}
     pid, fd = pty.fork()
-    if pid == 0:  # the child: the CLI, with the pty as its terminal
+    if pid == 0:  # the child: the CLI, with an 80x24 pty as its terminal
+        fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
         os.chdir(tmp_path)
-        os.execv(exe, [exe, "encode", str(make_clip("long")), "o.mp4", "--preset", "ultrafast",
-                       "--segment-seconds", "4", "--workers", "2"])
+        os.execve(exe, [exe, "encode", str(make_clip("long")), "o.mp4", "--preset", "ultrafast",
+                        "--segment-seconds", "4", "--workers", "2"], env)
     out, deadline = b"", time.monotonic() + 240
     while time.monotonic() < deadline:
         ready, _, _ = select.select([fd], [], [], 1.0)
@@ -240,8 +280,15 @@ def test_cli_draws_a_progress_bar_on_a_terminal(make_clip, tmp_path):
                 break
             out += chunk
     _, status = os.waitpid(pid, 0)
-    text = out.decode(errors="replace")
+    text = out.decode(errors="replace").replace("\r\n", "\n")  # the pty's line discipline adds \r to \n
     assert os.waitstatus_to_exitcode(status) == 0, text
-    assert text.count("\r[") >= 3 and "ETA" in text and "encoders busy" in text
-    assert "600/600 frames 100%" in text and "5/5 segments" in text
+    assert re.match(r"job [0-9a-f]{8}: \S+long.mp4 -> o.mp4\n", text), text[:200]
+    assert "starting a local Ray ..." in text
+    draws = [piece.split("\n")[0].replace("\x1b[2K", "") for piece in text.split("\r")[1:]]
+    bars = [d for d in draws if d.startswith("[")]
+    assert len(bars) >= 3 and all(len(d) <= 79 for d in draws), [d for d in draws if len(d) > 79]
+    assert any("ETA" in b and "busy" in b for b in bars)
+    final = bars[-1]
+    assert "600/600" in final and "100%" in final and "5/5" in final and "done in" in final, final
+    assert "busy" not in final and "ETA" not in final, final
     assert "wrote o.mp4" in text and (tmp_path / "o.mp4").exists()

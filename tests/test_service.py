@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -83,11 +86,17 @@ def test_idle_slots_are_those_no_open_job_uses():
 
 # -- on a simulated cluster, with driver processes -----------------------------------------------------------
 
+#: The simulated cluster's temp folder (TMPDIR of its Ray and so of its actors): where their encodes' scratch
+#: folders (montage-seg-*) are, apart from other test sessions' on this machine.
+SCRATCH = Path(tempfile.gettempdir()) / f"mrsvc-{os.getpid()}"
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     folder = tmp_path_factory.mktemp("service")
     config = folder / "encoders.yaml"
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    SCRATCH.mkdir(exist_ok=True)
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "TMPDIR": str(SCRATCH)}
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "service_cluster.py"), str(config), "2"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     address = proc.stdout.readline().strip()
@@ -95,6 +104,7 @@ def cluster(tmp_path_factory):
     yield address, config
     proc.stdin.close()
     proc.wait(timeout=120)
+    shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -272,3 +282,130 @@ def test_the_actors_stop_after_the_idle_time_and_service_stop_stops_them_at_once
     stop()
     status = _status(cluster)
     assert not status["running"] and status["named"] == []
+
+
+PLAIN_TASK = """
+import sys, ray
+ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
+task = ray.remote(num_cpus=1)(lambda: "ran").remote()
+try:
+    print(ray.get(task, timeout=float(sys.argv[2])))
+except ray.exceptions.GetTimeoutError:
+    print("waited")
+"""
+
+
+def _plain_task(cluster, timeout: float) -> str:
+    """A plain @ray.remote(num_cpus=1) task from a driver of its own: "ran", or "waited" past ``timeout``. The
+    simulated cluster has one CPU, the head's: the CPU slot's."""
+    done = subprocess.run([sys.executable, "-c", PLAIN_TASK, cluster[0], str(timeout)], capture_output=True,
+                          text=True, cwd=ROOT, env=_env(), timeout=120 + timeout)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_a_working_cpu_slot_reserves_its_cpu_and_an_idle_one_leaves_it_to_plain_tasks(cluster, render_clip, tmp_path):
+    job = _encode(cluster, render_clip, tmp_path / "r.mp4", "--no-cache")
+    _wait_for(job, "segment ")
+    status = _status(cluster)
+    cpu = [a for a in status["actors"] if a["label"] == "cpu"]
+    assert cpu and all(a["cpu_reserved"] for a in cpu), status["actors"]
+    assert _plain_task(cluster, 3) == "waited"               # the encoding slot holds its CPU
+    report = _finish(job, tmp_path / "r.mp4")
+    # the metrics' node tag: status (ray_montage_service_actors) names a node as the report does
+    # (ray_montage_segments_encoded)
+    assert {a["node"] for a in cpu} == {s["node"] for s in report["segments"] if s["resource"] == "cpu"}
+    assert _plain_task(cluster, 30) == "ran"                 # idle: the CPU is the cluster's again ...
+    status = _status(cluster)
+    assert [a["name"] for a in cpu] == [a["name"] for a in status["actors"] if a["label"] == "cpu"]  # ... and
+    assert not any(a["cpu_reserved"] for a in status["actors"])  # the actor is still there for the next job
+
+
+def test_service_stop_during_a_job_needs_force_names_the_job_and_the_job_says_so(cluster, render_clip, tmp_path):
+    job = _encode(cluster, render_clip, tmp_path / "s.mp4", "--no-cache")
+    first = job.stdout.readline()
+    job_id = first.split()[1].rstrip(":")
+    assert first.startswith("job ") and len(job_id) == 8, first
+    _wait_for(job, "segment ")
+
+    def stop(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "montage_ray", "service", "stop", "--address", cluster[0],
+                               *extra], capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=120)
+
+    refused = stop()
+    assert refused.returncode == 2 and refused.stdout == "", refused.stderr
+    assert refused.stderr.count("\n") == 1 and f"1 job is running on the encoder service: {job_id} (" in refused.stderr
+    assert "--force" in refused.stderr and job.poll() is None    # the job goes on
+    forced = stop("--force")
+    assert forced.returncode == 0, forced.stderr
+    assert f"stopped job {job_id} (priority 0, " in forced.stdout and "encoder actor(s)" in forced.stdout
+    out, err = job.communicate(timeout=120)
+    assert job.returncode == 6, err
+    assert err.splitlines() == [err.strip()] and "montage-ray: error: the encoder service was stopped at " in err
+    assert "service stop --force" in err and not (tmp_path / "s.mp4").exists()
+    assert list(SCRATCH.glob("montage-seg-*")) == []            # each actor cleaned up before it was killed
+    assert not _status(cluster)["running"]
+
+
+def _previews_every_7_s(starve: float, until: float = 120.0) -> tuple[list[float], int]:
+    """A render (priority 0) on two slots, and a preview job of priority 100 opened every 7 s that wants both
+    slots for 40 segments (10 s with four in flight: each overlaps the next): each driver asks for what it can send every half second, segments take a
+    second. Returns when the render's tickets were granted, and how many previews finished."""
+    share = FairShare(depth=2, grace=GRACE, starve=starve)
+    for name in ("a", "b"):
+        share.register(name, node="n", label="cpu", now=0)
+    share.open("render", priority=0, now=0)
+    running: list[tuple[float, str, str]] = []        # (ends, job, slot)
+    left = {"render": 1}                               # the render's last segment: stuck at 14/15
+    render_grants, finished, t = [], 0, 0.0
+    while t < until:
+        if t % 7 == 0:
+            job = f"preview{int(t)}"
+            share.open(job, priority=100, now=t)
+            left[job] = 40
+        for end, job, slot in [r for r in running if r[0] <= t]:
+            running.remove((end, job, slot))
+            share.release(job, slot, now=t)
+            left[job] -= 1
+            if left[job] == 0:
+                share.close(job, now=t)
+                finished += job != "render"
+        for job in sorted(j for j in left if left[j] > 0 and j in share.jobs):
+            busy = sum(1 for r in running if r[1] == job)
+            want = min(left[job] - busy, 4)
+            got = share.grant(job, {"a": (want + 1) // 2, "b": want // 2} if want > 0 else {}, now=t)
+            for slot, n in got.items():
+                running += [(t + 1.0, job, slot)] * n
+                if job == "render":
+                    render_grants.append(t)
+        t += 0.5
+        share.heartbeat("render", now=t)
+    return render_grants, finished
+
+
+def test_high_priority_jobs_arriving_every_7_s_do_not_starve_a_priority_0_job():
+    grants, previews = _previews_every_7_s(starve=30)
+    assert grants and grants[0] <= 31, grants      # the share floor: one ticket after 30 s of asking
+    assert len(grants) == 1 and previews >= 10     # the previews still go first the rest of the time
+    unfloored, _ = _previews_every_7_s(starve=10_000)
+    assert unfloored == []                         # without the floor it waits for as long as previews come
+
+
+def test_a_starved_job_keeps_one_ticket_until_it_has_nothing_more_to_send():
+    share = _share(("render", 0), ("preview", 100))
+    share.starve = 5
+    assert share.grant("preview", {"a": 2, "b": 2}, now=0) == {"a": 2, "b": 2}
+    for t in (0, 1.5, 3, 4.5, 5.5):                                             # the render polls, in vain
+        assert share.grant("render", {"a": 1}, now=t) == {}
+        share.heartbeat("preview", now=t)
+    assert share.starving(share.jobs["render"], 5.5)
+    share.release("preview", "a", now=6)
+    assert share.grant("preview", {"a": 1}, now=6) == {}                        # kept for the starving render
+    assert share.grant("render", {"a": 1}, now=6.5) == {"a": 1}
+    share.release("render", "a", now=7)
+    share.release("preview", "a", now=7)
+    assert share.grant("render", {"a": 2}, now=7) == {"a": 1}                   # the floor: one ticket, at once
+    assert share.grant("preview", {"a": 2}, now=7) == {"a": 1}
+    share.release("render", "a", now=8)
+    assert share.grant("render", {}, now=8) == {}                               # nothing more to send
+    assert not share.jobs["render"].floor

@@ -77,3 +77,32 @@ def test_a_job_on_the_connected_ray_reports_its_real_address(make_clip, tmp_path
 
     report = encode(make_clip("bframes"), tmp_path / "o.mp4", preset="ultrafast")
     assert report.ray_address == ray.get_runtime_context().gcs_address != ""
+
+
+def test_a_port_where_no_ray_head_answers_is_named_in_one_line(make_clip, tmp_path):
+    """Something listens (the dashboard's port, say) but it is not a GCS: one line that says which port to give."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        done = cli("encode", str(make_clip("bframes")), "o.mp4", "--address", f"127.0.0.1:{port}", cwd=tmp_path,
+                   timeout=120)
+    finally:
+        server.close()
+    assert_one_line_error(done, f"something listens at 127.0.0.1:{port}, but not a Ray head's GCS", "6379")
+    assert done.returncode == 6 and not (tmp_path / "o.mp4").exists()

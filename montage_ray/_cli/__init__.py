@@ -8,10 +8,11 @@ stderr and its exit code; a traceback is printed only for a real bug.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from montage_ray.errors import MontageError, Terminated
 
@@ -20,8 +21,15 @@ from . import budget_cmd, encode_cmd, probe_cmd, service_cmd
 COMMANDS = (encode_cmd, probe_cmd, budget_cmd, service_cmd)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error is one line (what is wrong and where the help is), not the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"montage-ray: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> Parser:
+    parser = Parser(
         prog="montage-ray",
         description="Encode video fast and reliably on a Ray cluster of hardware and CPU encoders.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -36,6 +44,9 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # montage_ray's warnings (a retried segment, a re-opened lease) are the progress output's business, or
+    # --verbose's: stderr holds the one line of an error
+    logging.getLogger("montage_ray").addHandler(logging.NullHandler())
     parser = build_parser()
     args = parser.parse_args(argv)
     if threading.current_thread() is threading.main_thread():

@@ -6,18 +6,20 @@ import argparse
 import logging
 import sys
 
-from montage_ray.encoders.backends import CODECS, PRESETS
+from montage_ray.encoders.backends import CODECS, PRESETS, codec_name
 from montage_ray.job.options import VERIFY_MODES, EncodeOptions
 from montage_ray.spending.routing import PROFILES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="encode a video file on Ray",
-                       description="Encode SRC into DST on Ray: GOP-aligned segments on encoder actors, "
-                                   "joined and verified before DST is written.")
+                       description="Encode SRC into DST on Ray: SRC is cut into segments (at clean keyframes "
+                                   "where the GOPs allow it, else at any frame), encoded on encoder actors side by "
+                                   "side, joined and verified before DST is written.")
     p.add_argument("src", metavar="SRC", help="source video file (a local file)")
     p.add_argument("dst", metavar="DST", help="destination (.mp4, .m4v, .mov or .mkv)")
-    p.add_argument("--codec", choices=CODECS, default="h264", help="video codec (default h264)")
+    p.add_argument("--codec", choices=CODECS, type=codec_name, default="h264",
+                   help="video codec: h264, hevc (or h265) or av1 (default h264)")
     p.add_argument("--quality", type=int, default=23, metavar="Q",
                    help="CRF-like quality, 0 best .. 51 worst (default 23)")
     p.add_argument("--preset", choices=PRESETS, default="medium", help="speed preset (default medium)")
@@ -43,9 +45,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "default tolerance 0.5 dB, 0.005, 1)")
     p.add_argument("--measure", metavar="METRIC", default=None,
                    help="measure each segment against the source and report its score (no re-encode)")
-    p.add_argument("--priority", type=int, default=0, metavar="P",
-                   help="on a shared cluster's encoder service, jobs of higher priority go first (e.g. 10 for "
-                        "a preview; default 0: fair share with the other jobs)")
+    p.add_argument("--priority", type=_priority, default=0, metavar="P",
+                   help="on a shared cluster's encoder service (-100 to 100, default 0): each encoder actor holds "
+                        "two segments (one encoding, one queued); as they finish, a job of higher priority that "
+                        "wants the actor gets its next segment in first (running segments are never stopped), and "
+                        "jobs of the same priority share the actors evenly. A job that has waited 30 s without "
+                        "a segment in flight gets one whatever the priorities. E.g. 10 for a preview")
     p.add_argument("--overwrite", action="store_true",
                    help="replace DST, and the --report and --timeline files, if they exist")
     p.add_argument("--report", metavar="R.json", default=None, help="write the job report as JSON")
@@ -66,6 +71,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verbose", action="store_true",
                    help="log what the job does, and let Ray's own warnings through (silenced otherwise)")
     p.set_defaults(run=run)
+
+
+def _priority(text: str) -> int:
+    """``--priority``: a whole number from -100 to 100 (one line otherwise, not the usage)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not -100 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be a whole number from -100 to 100, not {text!r}")
+    return value
 
 
 def options_from_args(args: argparse.Namespace) -> EncodeOptions:
@@ -90,8 +106,12 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("montage_ray").setLevel(logging.INFO)
 
     # A bar redrawn in place on a terminal; one plain line per segment when stdout is a file or a pipe.
-    report = encode(args.src, args.dst, options_from_args(args),
-                    progress=None if args.quiet else ProgressPrinter(sys.stdout))
+    printer = None if args.quiet else ProgressPrinter(sys.stdout)
+    try:
+        report = encode(args.src, args.dst, options_from_args(args), progress=printer)
+    finally:
+        if printer is not None:
+            printer.close()  # a stage still shown ("starting a local Ray ...") is cleared before an error line
     if not args.quiet:
         print(report.summary())
         print(f"wrote {args.dst}" + "".join(f" and {p}" for p in (args.report, args.timeline) if p))

@@ -3,14 +3,14 @@
 ``status`` prints the service's actors per node and label (busy with which job, or idle how long), the jobs
 in flight (priority, progress, share of the actors' tickets) and the queue (tickets asked for, not granted
 yet); ``--json`` prints the same as JSON. ``service stop`` stops every encoder actor of the service and its
-scheduler at once (the next job starts them again).
+scheduler at once (the next job starts them again); with jobs in flight only with ``--force``, and it names
+the jobs it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 
 ADDRESS_HELP = "Ray cluster to read: auto, HOST:PORT or ray://HOST:10001 (default: $RAY_ADDRESS, else auto)"
 
@@ -25,19 +25,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("service", help="manage the encoder service (stop)",
                        description="Manage the cluster's encoder service.")
     s.add_argument("action", choices=["stop"], help="stop: stop every encoder actor of the service now")
+    s.add_argument("--force", action="store_true",
+                   help="stop it even when jobs are running on it (they fail, each with one line; a re-run reuses "
+                        "the segments they finished)")
     s.add_argument("--address", default=None, metavar="ADDR", help=ADDRESS_HELP)
     s.set_defaults(run=run_service)
-
-
-def _address(args: argparse.Namespace) -> str:
-    return args.address or os.environ.get("RAY_ADDRESS") or "auto"
 
 
 def run_status(args: argparse.Namespace) -> int:
     from montage_ray.cluster.service import Service
     from montage_ray.cluster.session import ray_session
 
-    with ray_session(_address(args)):
+    with ray_session(args.address, default="auto"):
         status = Service().status()
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
@@ -61,6 +60,8 @@ def format_status(status: dict) -> str:
         for a in actors:
             what = ("busy: " + ", ".join(f"job {j} x{n}" for j, n in sorted(a["jobs"].items()))
                     if a["busy"] else f"idle {a['idle_seconds']:.0f} s")
+            if a.get("cpu_reserved"):
+                what += ", its CPU reserved"
             lines.append(f"    {a['name']}: {what}")
     for j in status["jobs"]:
         lines.append(f"  job {j['job']} priority {j['priority']}: {j['segments_done']}/{j['segments']} segments, "
@@ -78,7 +79,11 @@ def run_service(args: argparse.Namespace) -> int:
     from montage_ray.cluster.service import Service
     from montage_ray.cluster.session import ray_session
 
-    with ray_session(_address(args)):
-        stopped = Service().stop()
-    print(f"stopped {len(stopped)} encoder actor(s) of the service" + (": " + ", ".join(stopped) if stopped else ""))
+    with ray_session(args.address, default="auto"):
+        stopped = Service().stop(force=args.force)
+    actors = stopped["actors"]
+    print(f"stopped {len(actors)} encoder actor(s) of the service" + (": " + ", ".join(actors) if actors else ""))
+    for j in stopped["jobs"]:
+        print(f"stopped job {j['job']} (priority {j['priority']}, {j['segments_done']}/{j['segments']} segments "
+              "done): it fails with one line saying so; run it again to finish it")
     return 0

@@ -34,6 +34,7 @@ from montage_ray.spending import quota
 from montage_ray.ffmpeg.caps import ffmpeg_caps
 from montage_ray.encoders.config import LabelConfig
 from montage_ray.probe.spec import resolve_spec
+from montage_ray.cluster.nodes import node_tag
 from montage_ray.media.plan import Segment
 from montage_ray.encoders.segment import SegmentEncodeError, encode_segment, video_output_args
 from montage_ray.encoders.records import EncodeResult, JobSettings
@@ -61,6 +62,8 @@ class EncoderActor:
         self._node = ""
         self._served = 0  # segments taken (the stand-in quota knob counts them; see montage_ray.spending.quota)
         self._dropped: dict[str, float] = {}  # job id -> when its driver was found gone (the service)
+        self._stopping = False                # the service is being stopped: every job's work ends
+        self._running = 0                     # encodes in progress (one at most: encodes run one at a time)
         # Ask this node's ffmpeg what it can do now, beside the driver's planning and cutting, rather than in
         # front of the first segment (the answer is cached for the process).
         threading.Thread(target=_warm_caps, name="montage-caps", daemon=True).start()
@@ -76,7 +79,7 @@ class EncoderActor:
     def _node_name(self) -> str:
         if not self._node:
             # the node's address, as Ray knows it (hosts may share a hostname), and its id
-            self._node = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
+            self._node = node_tag(ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
         return self._node
 
     def describe(self, settings: JobSettings | None = None, config: Any = SAME) -> dict[str, Any]:
@@ -101,13 +104,35 @@ class EncoderActor:
         self._dropped = {j: t for j, t in self._dropped.items() if now - t < 3600}
         self._dropped[job_id] = now
 
+    @ray.method(concurrency_group="status")
+    def quiesce(self, timeout: float = 10.0) -> bool:
+        """Stop the running encode and refuse the rest, then wait until it has cleaned up (its scratch folder
+        removed): the service is about to kill this actor. True when nothing runs any more."""
+        self._stopping = True
+        deadline = time.monotonic() + timeout
+        while self._running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not self._running
+
     def encode(self, segment: Segment, data: bytes, settings: JobSettings, *, threads: int = 1,
                timeout: float = 600.0, attempt: int = 1, config: Any = SAME, name: str | None = None,
                lease: str = "") -> tuple[EncodeResult, bytes]:
         """Encode one segment with this label's spec for the job's settings (and ``config``, the job's label
         config, when the service shares this actor between jobs; ``name`` is the name the job knows it by,
         ``lease`` its key at the service's scheduler, by which :meth:`drop` names it)."""
+        self._running += 1
+        try:
+            return self._encode(segment, data, settings, threads=threads, timeout=timeout, attempt=attempt,
+                                config=config, name=name, lease=lease)
+        finally:
+            self._running -= 1
+
+    def _encode(self, segment: Segment, data: bytes, settings: JobSettings, *, threads: int = 1,
+               timeout: float = 600.0, attempt: int = 1, config: Any = SAME, name: str | None = None,
+               lease: str = "") -> tuple[EncodeResult, bytes]:
         lease = lease or settings.job_id
+        if self._stopping:
+            raise SegmentEncodeError(f"segment {segment.index}: the encoder service is stopping", reason="dropped")
         if lease and lease in self._dropped:
             raise SegmentEncodeError(f"segment {segment.index}: job {settings.job_id} was dropped (its driver "
                                      "is gone)", reason="dropped")
@@ -126,7 +151,7 @@ class EncoderActor:
             self._progress = {segment.index: frames}
 
         def should_stop() -> bool:
-            return ctx.is_canceled() or lease in self._dropped
+            return ctx.is_canceled() or lease in self._dropped or self._stopping
 
         try:
             result, encoded = encode_segment(spec, segment, data, video_args=video_output_args(settings.video, spec),
@@ -140,7 +165,7 @@ class EncoderActor:
         except SegmentEncodeError as err:
             log.warning("job %s segment %d attempt %d failed on %s: %s", settings.job_id, segment.index, attempt,
                         name, err)
-            if lease in self._dropped:
+            if lease in self._dropped or self._stopping:
                 raise SegmentEncodeError(str(err), reason="dropped") from None
             raise
         finally:

@@ -42,10 +42,22 @@ class Placement:
     node_name: str
     index: int                 # n-th session of this label on this node
     node_cpus: int = 1         # CPUs of that node (CPU actors share them when a job has few segments)
+    address: str = ""          # the node's address, as Ray knows it
 
     @property
     def name(self) -> str:
         return f"encoder:{self.label}:{self.node_name}:{self.index}"
+
+    @property
+    def node(self) -> str:
+        """The node as the report, the metrics and ``montage-ray status`` name it (:func:`node_tag`)."""
+        return node_tag(self.address or self.node_name.rsplit("-", 1)[0], self.node_id)
+
+
+def node_tag(address: str, node_id: str) -> str:
+    """How the report, every metric's ``node`` tag and ``montage-ray status`` name a node: its address as Ray
+    knows it (hosts may share a hostname) and the first 8 hex digits of its id, ``10.0.0.1/1a2b3c4d``."""
+    return f"{address}/{node_id[:8]}"
 
 
 def _alive(node: Node) -> bool:
@@ -68,14 +80,15 @@ def placements(nodes: Iterable[Node], labels: Iterable[str] | None = None,
             continue
         resources = node.get("Resources", {})
         node_id = node.get("NodeID", "")
-        node_name = f"{node.get('NodeManagerAddress', 'node')}-{node_id[:6]}"
+        address = node.get("NodeManagerAddress", "node")
+        node_name = f"{address}-{node_id[:6]}"
         node_cpus = int(resources.get("CPU", 0))
         for label in known:
             if wanted is None or label in wanted:
-                hardware += [Placement(label, node_id, node_name, i, node_cpus)
+                hardware += [Placement(label, node_id, node_name, i, node_cpus, address)
                              for i in range(int(resources.get(label, 0)))]
         if wanted is None or "cpu" in wanted:
-            cpus += [Placement("cpu", node_id, node_name, i, node_cpus) for i in range(node_cpus)]
+            cpus += [Placement("cpu", node_id, node_name, i, node_cpus, address) for i in range(node_cpus)]
     return hardware + cpus
 
 
@@ -104,19 +117,35 @@ def remote_labels(nodes: Iterable[Node]) -> dict[str, float | None]:
     return out
 
 
+def remote_nodes(nodes: Iterable[Node], config: Mapping[str, LabelConfig]) -> dict[str, list[tuple[str, str]]]:
+    """{remote label: [(node id, node address), ...]}: the alive nodes offering each label that is remote,
+    by the encoders config or by the node's own label (the links worth measuring)."""
+    nodes = [n for n in nodes if _alive(n)]
+    marked = remote_labels(nodes)
+    out: dict[str, list[tuple[str, str]]] = {}
+    for label in sorted(set(marked) | {k for k, c in config.items() if c.remote}):
+        for node in nodes:
+            if node.get("Resources", {}).get(label, 0) > 0:
+                out.setdefault(label, []).append((node.get("NodeID", ""), node.get("NodeManagerAddress", "")))
+    return out
+
+
 #: ``terms(label, its config)``: more fields of a label's Offer (price, budget left, a back-off), such as
 #: :meth:`montage_ray.spending.budget.BudgetView.terms` gives from what it read before routing.
 OfferTerms = Callable[[str, "LabelConfig | None"], Mapping[str, Any]]
 
 
 def offers(nodes: Iterable[Node], config: Mapping[str, LabelConfig], *, pixels: int,
-           labels: Iterable[str] | None = None, terms: OfferTerms | None = None) -> list[Offer]:
+           labels: Iterable[str] | None = None, terms: OfferTerms | None = None,
+           measured: Mapping[str, float] | None = None) -> list[Offer]:
     """What the router weighs: one :class:`~montage_ray.spending.routing.Offer` per label the cluster offers.
 
     Speeds are the encoders config's ``expected_fps``, else the backend table's default, scaled from 1080p
-    to ``pixels``; remote and bandwidth come from the config or the nodes' labels. ``labels`` limits the
-    labels; ClusterError names a wanted label that no node offers. ``terms`` adds each label's cost terms
-    (it is given, not read here: this module stays pure).
+    to ``pixels``; remote comes from the config or the nodes' labels, a remote label's bandwidth from
+    ``measured`` ({label: Mbit/s}, see :mod:`montage_ray.cluster.link`), else the config, else the nodes'
+    labels, and the offer says which. ``labels`` limits the labels; ClusterError names a wanted label that
+    no node offers. ``terms`` adds each label's cost terms (given, like ``measured``, not read here: this
+    module stays pure).
     """
     nodes = list(nodes)
     offered = offered_labels(nodes, config)
@@ -132,8 +161,15 @@ def offers(nodes: Iterable[Node], config: Mapping[str, LabelConfig], *, pixels: 
     for label, sessions in offered.items():
         cfg = config.get(label)
         fps = (cfg.expected_fps if cfg and cfg.expected_fps else default_fps(label)) / scale
-        out.append(Offer(label, sessions, fps, remote=bool(cfg and cfg.remote) or label in remotes,
-                         bandwidth_mbps=(cfg.bandwidth_mbps if cfg else None) or remotes.get(label),
+        remote = bool(cfg and cfg.remote) or label in remotes
+        bandwidth, source = None, ""
+        for value, said in (((measured or {}).get(label), "measured"),
+                            (cfg.bandwidth_mbps if cfg else None, "configured"),
+                            (remotes.get(label), "node label")):
+            if value:
+                bandwidth, source = value, said
+                break
+        out.append(Offer(label, sessions, fps, remote=remote, bandwidth_mbps=bandwidth, bandwidth_source=source,
                          quality_rank=cfg.quality_rank if cfg else 0, hardware=label != "cpu",
                          **(terms(label, cfg) if terms else {})))
     return out

@@ -11,12 +11,18 @@ earliest-finish plan, tail duplicates). The scheduler decides only *whose turn i
   older one;
 - a ticket is left free for a better-placed job that asked for the slot lately (``demand_ttl``), so a job
   that only polls still gets its turn;
+- a share floor: a job that has asked for ``starve`` seconds (30) without holding a single ticket gets the
+  next free one on a slot it asks for, whatever the priorities (previews arriving one after another would
+  otherwise hold a render at 14 of 15 segments for as long as they keep coming);
 - a job whose driver stopped heart-beating for ``grace`` seconds (it was killed) loses its tickets, and
   the actors are told to drop its segments: nothing runs on its behalf afterwards.
 
 :class:`FairShare` is the pure state (table-tested); :class:`SchedulerActor` is the detached named actor
 that holds it for the cluster, stops encoder actors idle for ``idle`` seconds and exports the state as
-Ray metrics::
+Ray metrics. The service's CPU actors reserve no CPU of their own (Ray cannot change an actor's reservation):
+while a CPU slot holds tickets, and ``HOLD_LINGER`` seconds after, the scheduler reserves its CPU with a
+one-bundle placement group on the slot's node, so an idle service leaves the cluster's CPUs to other Ray work
+(a plain ``@ray.remote(num_cpus=1)`` task) and a busy one keeps them from it::
 
     share = FairShare(depth=2)
     share.register("encoder:cpu:n:0", node="n", label="cpu", now=0)
@@ -42,6 +48,9 @@ from montage_ray.errors import first_line
 
 log = logging.getLogger(__name__)
 
+#: The node label Ray gives every node: its id (what a placement group's bundle is pinned by).
+NODE_ID_LABEL = "ray.io/node-id"
+
 #: Where the service lives (the ledger's namespace) and the scheduler's name.
 NAMESPACE, SCHEDULER_NAME = "montage-ray", "montage-scheduler"
 
@@ -50,6 +59,12 @@ IDLE_SECONDS, GRACE_SECONDS = 300.0, 10.0
 
 #: Seconds a refused ask keeps counting as demand (a driver polls well within it).
 DEMAND_TTL = 2.0
+
+#: Seconds a job may ask without holding a ticket before it gets one whatever the priorities (the share floor).
+STARVE_SECONDS = 30.0
+
+#: Seconds a CPU slot keeps its CPU reserved after its last ticket (the next segment of a job comes at once).
+HOLD_LINGER = 5.0
 
 
 @dataclass
@@ -80,6 +95,8 @@ class JobState:
     wants: dict[str, int] = field(default_factory=dict)   # slot -> tickets of its last ask (its demand)
     unmet: dict[str, int] = field(default_factory=dict)   # slot -> tickets of that ask not granted (the queue)
     active: bool = False                                   # it has work to send (a standing ask, not withdrawn)
+    waiting_since: float | None = None                     # asking, holding no ticket, since (the share floor)
+    floor: bool = False                                    # it starved: one ticket is its due while it asks
     asked: float = 0.0
     held: int = 0
     granted: int = 0                                       # tickets ever granted
@@ -92,10 +109,12 @@ class JobState:
 class FairShare:
     """Tickets per slot, granted by priority, then fair share; pure (every method takes ``now``)."""
 
-    def __init__(self, depth: int = 2, grace: float = GRACE_SECONDS, demand_ttl: float = DEMAND_TTL) -> None:
+    def __init__(self, depth: int = 2, grace: float = GRACE_SECONDS, demand_ttl: float = DEMAND_TTL,
+                 starve: float = STARVE_SECONDS) -> None:
         self.depth = depth
         self.grace = grace
         self.demand_ttl = demand_ttl
+        self.starve = starve
         self.slots: dict[str, SlotState] = {}
         self.jobs: dict[str, JobState] = {}
 
@@ -178,6 +197,7 @@ class FairShare:
         asked = {n: c for n, c in wants.items() if c > 0}
         state.wants = asked if standing else {}
         state.active = standing and bool(asked)
+        starved = self.starving(state, now)
         out: dict[str, int] = {}
         for name, count in asked.items():
             slot = self.slots.get(name)
@@ -191,14 +211,33 @@ class FairShare:
                 state.granted += 1
                 out[name] = out.get(name, 0) + 1
         state.unmet = {n: c - out.get(n, 0) for n, c in state.wants.items() if c > out.get(n, 0)}
+        if not state.active:  # nothing more to send: it waits for nobody
+            state.waiting_since, state.floor = None, False
+        elif state.held == 0:
+            state.waiting_since = state.waiting_since if state.waiting_since is not None else now
+        else:
+            state.waiting_since = None
+            state.floor = state.floor or (starved and bool(out))
         return out
 
+    def starving(self, job: JobState, now: float) -> bool:
+        """The job holds no ticket and has asked for ``starve`` seconds, or starved before and still asks:
+        one ticket is its due (the share floor), whatever the priorities."""
+        waited = job.waiting_since is not None and now - job.waiting_since >= self.starve
+        return job.active and job.held == 0 and (job.floor or waited) and now - job.asked <= self.demand_ttl
+
     def _kept(self, state: JobState, slot: SlotState, now: float) -> bool:
-        """Whether the slot's free tickets are kept for other jobs: a job of a higher priority with work to send
-        keeps whole the slots it asks for or holds tickets on; jobs of the same priority with a better claim
-        (fewer tickets held) keep as many as they asked for and did not get."""
+        """Whether the slot's free tickets are kept for other jobs: a starving job (see :meth:`starving`) that
+        asked for the slot keeps it from everyone, the starving job waiting longest first; then a job of a
+        higher priority with work to send keeps whole the slots it asks for or holds tickets on; jobs of the
+        same priority with a better claim (fewer tickets held) keep as many as they asked for and did not get."""
         mine = self._claim(state)
         rivals = [j for j in self.jobs.values() if j is not state and now - j.seen <= self.demand_ttl]
+        starving = [j for j in rivals if self.starving(j, now) and j.unmet.get(slot.name, 0) > 0]
+        if self.starving(state, now):  # the one waiting longest first
+            return any((j.waiting_since or now) < (state.waiting_since or now) for j in starving)
+        if starving and len(starving) >= slot.free(self.depth):  # one ticket each is their due
+            return True
         if any(j.priority > state.priority and j.active and (j.wants.get(slot.name, 0) > 0 or slot.held.get(j.job))
                for j in rivals):
             return True
@@ -253,6 +292,8 @@ class SchedulerActor:
         self._lock = threading.Lock()
         self._dropped: list[str] = []
         self._dead_checked = 0.0
+        self._holds: dict[str, Any] = {}   # CPU slot -> the placement group that reserves its CPU while it works
+        self._holding = threading.Lock()   # the reaper's thread and stop_all both change the reservations
         threading.Thread(target=self._reap_forever, name="montage-reaper", daemon=True).start()
 
     def settings(self) -> dict[str, float]:
@@ -293,6 +334,8 @@ class SchedulerActor:
     def status(self) -> dict[str, Any]:
         with self._lock:
             out = self._share.status(time.monotonic())
+            for actor in out["actors"]:
+                actor["cpu_reserved"] = actor["name"] in self._holds
         out.update(idle=self._idle, dropped=list(self._dropped[-20:]))
         return out
 
@@ -315,6 +358,7 @@ class SchedulerActor:
             for job in jobs:
                 self._share.close(job, now=time.monotonic())
         _kill(names)
+        self._hold_cpus({})
         return names
 
     # -- the reaper ----------------------------------------------------------------------------------
@@ -339,12 +383,38 @@ class SchedulerActor:
             for name in idle:
                 self._share.forget(name)
             status = self._share.status(now)
+            working = {s.name: s.node_id for s in self._share.slots.values()
+                       if s.label == "cpu" and s.node_id and (s.held or now - s.last_used < HOLD_LINGER)}
+        self._hold_cpus(working)
         for job, names in holders.items():
             log.warning("job %s: its driver is silent or gone; its segments are dropped", job)
             self._dropped.append(job)
             _tell(names, job)
         _kill(idle)
         _export(status)
+
+    def _hold_cpus(self, working: dict[str, str]) -> None:
+        """Reserve the CPU of each working CPU slot ({slot: node id}) with a placement group pinned to its node,
+        and release those of the others. A reservation that cannot be placed at once (a plain task took the
+        CPU while the slot was idle) waits for it; the encode does not."""
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        with self._holding:
+            self._change_holds(working, placement_group, remove_placement_group)
+
+    def _change_holds(self, working: dict[str, str], placement_group: Any, remove_placement_group: Any) -> None:
+        for name in [n for n in self._holds if n not in working]:
+            try:
+                remove_placement_group(self._holds.pop(name))
+            except Exception as err:  # noqa: BLE001 - already gone with its node
+                log.info("service: releasing the CPU of %s: %s", name, first_line(err))
+        for name, node_id in working.items():
+            if name not in self._holds:
+                try:
+                    self._holds[name] = placement_group([{"CPU": 1}], strategy="STRICT_PACK",
+                                                        bundle_label_selector=[{NODE_ID_LABEL: node_id}])
+                except Exception as err:  # noqa: BLE001 - the slot works unreserved, as before
+                    log.info("service: reserving the CPU of %s: %s", name, first_line(err))
 
     def _dead_drivers(self) -> list[str]:
         """Jobs whose driver Ray already knows to be dead (faster than the grace period)."""

@@ -20,7 +20,7 @@ after ``grace`` seconds and the actors drop its segments; an actor idle for ``id
         ...
     lease.close()
     service.status()                                      # actors, jobs (progress, share), queue
-    service.stop()                                        # every actor of the service, now
+    service.stop(force=True)                              # every actor of the service, now
 
 ``$MONTAGE_SERVICE_IDLE`` and ``$MONTAGE_SERVICE_GRACE`` (seconds) set the idle time and the grace period
 when the scheduler is first started; ``montage-ray status`` and ``montage-ray service stop`` use the same.
@@ -49,8 +49,26 @@ from montage_ray.encoders.records import JobSettings
 
 log = logging.getLogger(__name__)
 
+#: The named actor (in the service's namespace) that keeps the last ``service stop --force``: when, which jobs.
+STOPPED_NAME = "montage-service-stopped"
+
 #: A resource only Ray's head node has: the scheduler never lives on a node that may go away.
 HEAD_RESOURCE = "node:__internal_head__"
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class StopRecord:
+    """What the last ``service stop --force`` stopped, kept on the head after the service's actors are gone, so
+    that the drivers of the stopped jobs can say why their encoders vanished."""
+
+    def __init__(self) -> None:
+        self._record: dict[str, Any] | None = None
+
+    def set(self, record: dict[str, Any]) -> None:
+        self._record = record
+
+    def get(self) -> dict[str, Any] | None:
+        return self._record
 
 
 def _seconds(env: str, default: float) -> float:
@@ -95,7 +113,7 @@ class Service:
         workers = [self._worker(p, config.get(p.label)) for p in placements]
         try:
             ray.get(self.scheduler.register.remote(
-                [{"name": w.slot, "node": p.node_name, "label": p.label, "node_id": p.node_id}
+                [{"name": w.slot, "node": p.node, "label": p.label, "node_id": p.node_id}
                  for w, p in zip(workers, placements)], job), timeout=60)
         except Exception as err:  # noqa: BLE001 - the scheduler is gone: one line, exit 6
             raise ClusterError(f"the encoder service's scheduler does not answer: {first_line(err)}") from None
@@ -103,7 +121,7 @@ class Service:
 
     def _worker(self, p: Placement, cfg: LabelConfig | None) -> Worker:
         actor = EncoderActor.options(name=p.name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-                                     **actor_options(p)).remote(p.label, None, p.name)
+                                     **actor_options(p, reserve_cpu=False)).remote(p.label, None, p.name)
         standin = serves_as_standin(p.label, cfg)
         fps = cfg.expected_fps if cfg and cfg.expected_fps else 0.0
         worker = Worker(actor=actor, name=p.name + (":stand-in" if standin else ""), label=p.label, placement=p,
@@ -178,26 +196,67 @@ class Service:
                               if a.get("namespace") == NAMESPACE and a["name"].startswith("encoder:"))
         return out
 
-    def stop(self) -> list[str]:
-        """Stop every actor of the service and the scheduler, now; returns the actors' names."""
+    def stop(self, *, force: bool = False) -> dict[str, Any]:
+        """Stop every actor of the service and the scheduler, now: ``{"actors": names, "jobs": the jobs in
+        flight that it stopped}``. With jobs in flight, only with ``force`` (else InputError in one line); their
+        drivers then fail with one line that says the service was stopped (a record kept on the head). Each actor
+        first ends its running encode and cleans up after it (its scratch folder), then it is killed."""
         scheduler = existing_scheduler()
+        jobs: list[dict[str, Any]] = []
+        if scheduler is not None:
+            try:
+                jobs = ray.get(scheduler.status.remote(), timeout=30)["jobs"]
+            except Exception:  # noqa: BLE001 - a dead scheduler knows of no job
+                pass
+        if jobs and not force:
+            running = ", ".join(f"{j['job']} ({j['segments_done']}/{j['segments']} segments)" for j in jobs)
+            raise InputError(f"{len(jobs)} job{'s are' if len(jobs) > 1 else ' is'} running on the encoder service: "
+                             f"{running}; stopping the service stops {'them' if len(jobs) > 1 else 'it'}: pass "
+                             "--force to do it anyway")
+        if jobs:
+            record = StopRecord.options(name=STOPPED_NAME, namespace=NAMESPACE, lifetime="detached",
+                                        get_if_exists=True, resources={HEAD_RESOURCE: 0.001}).remote()
+            ray.get(record.set.remote({"at": time.time(), "jobs": [j["job"] for j in jobs]}), timeout=30)
+        handles = {}
+        for name in [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                     if a.get("namespace") == NAMESPACE and a["name"].startswith("encoder:")]:
+            try:
+                handles[name] = ray.get_actor(name, namespace=NAMESPACE)
+            except Exception:  # noqa: BLE001 - stopped meanwhile
+                pass
+        quiet = [h.quiesce.remote() for h in handles.values()]
+        if quiet:  # each ends its encode and removes its scratch folder (a kill mid-encode leaves it behind)
+            ray.wait(quiet, num_returns=len(quiet), timeout=15)
         stopped: list[str] = []
         if scheduler is not None:
             try:
                 stopped = ray.get(scheduler.stop_all.remote(), timeout=60)
             except Exception:  # noqa: BLE001 - a dead scheduler: its actors are stopped by name below
                 pass
-        for name in [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                     if a.get("namespace") == NAMESPACE and a["name"].startswith("encoder:")]:
+        for name, handle in handles.items():
             try:
-                ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+                ray.kill(handle, no_restart=True)
                 stopped.append(name)
             except Exception:  # noqa: BLE001 - stopped meanwhile
                 pass
         if scheduler is not None:
             ray.kill(scheduler, no_restart=True)
         self._scheduler = None
-        return sorted(set(stopped))
+        return {"actors": sorted(set(stopped)), "jobs": jobs}
+
+
+def stopped_while(job_ids: Sequence[str], since: float) -> str:
+    """One line when ``montage-ray service stop --force`` stopped one of ``job_ids`` (or the service after
+    ``since``, a time.time()), from the record it left on the head; "" otherwise."""
+    try:
+        record = ray.get(ray.get_actor(STOPPED_NAME, namespace=NAMESPACE).get.remote(), timeout=10)
+    except Exception:  # noqa: BLE001 - no record, or Ray is gone: say nothing more than the job's own error
+        return ""
+    if not record or not (set(job_ids) & set(record.get("jobs", [])) or record.get("at", 0) >= since):
+        return ""
+    at = time.strftime("%H:%M:%S", time.localtime(record["at"]))
+    return (f"the encoder service was stopped at {at} (`montage-ray service stop --force`) while this job ran; "
+            "nothing was written: run the job again (the segments it finished are reused)")
 
 
 class JobLease:
@@ -215,6 +274,7 @@ class JobLease:
         self.job_id = job
         self.priority = priority
         self._driver = ray.get_runtime_context().get_job_id()
+        self.opened_at = time.time()
         self._opened = 1
         self._open_args = (job, priority, self._driver, frames, segments)
         self.frames_done = 0
@@ -277,6 +337,11 @@ class JobLease:
     def progress(self, frames: int, segments: int = 1) -> None:
         self.frames_done += frames
         self.segments_done += segments
+
+    def stopped(self) -> str:
+        """One line when the service was stopped (``montage-ray service stop --force``) while this job ran."""
+        keys = [self.job_id] + [f"{self.job_id}.{n}" for n in range(2, self._opened + 1)]
+        return stopped_while(keys, self.opened_at)
 
     def close(self) -> None:
         """The job is over: its tickets are free for the others."""

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 from montage_ray.util import workdirs
 from montage_ray.cluster.service import Service, enabled
 from montage_ray.cluster.workers import WorkerRegistry
-from montage_ray.errors import ClusterError, first_line
+from montage_ray.errors import ClusterError, InputError, first_line
 
 #: The montage_ray package folder, shipped to a cluster as a py_module.
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,6 +55,7 @@ class RaySession:
     registry: WorkerRegistry = field(default_factory=WorkerRegistry)
     job_id: str = ""           # Ray's id of this driver's connection
     service: Service | None = None  # the cluster's encoder service (a shared Ray), else None
+    private: bool = False      # a private Ray of this process (this machine is its head)
 
 
 # The registry of a Ray that the caller connected (``ray.init()`` before ``encode()``): it outlives one job,
@@ -102,6 +103,27 @@ def _host_port(address: str) -> tuple[str, int] | None:
     if not sep or not port.isdigit():
         return None
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+#: What an address may look like, for the line that refuses any other.
+ADDRESS_FORMS = "HOST:PORT (the head's GCS port, 6379 unless `ray start --port` said otherwise), ray://HOST:10001 or auto"
+
+
+def check_address(address: str, source: str) -> None:
+    """InputError in one line unless ``address`` (from ``source``: ``--address`` or ``RAY_ADDRESS``) is a form
+    a job can connect to: ``auto``, ``local``, ``HOST:PORT`` or ``ray://HOST:PORT``."""
+    if address in ("auto", "local"):
+        return
+    shown = f"{source}={address}" if source == "RAY_ADDRESS" else f"{source} {address}"
+    if address.startswith(("http://", "https://")):
+        raise InputError(f"{shown} is the address of Ray's job API (the dashboard), not of the cluster: `ray job "
+                         "submit` reads that one from RAY_API_SERVER_ADDRESS; montage-ray needs the head's GCS "
+                         "address, HOST:6379 (or unset RAY_ADDRESS for a private local Ray)")
+    scheme = address.split("://", 1)[0] + "://" if "://" in address else ""
+    if scheme not in ("", "ray://"):
+        raise InputError(f"{shown}: montage-ray does not know the scheme {scheme!r}; give {ADDRESS_FORMS}")
+    if _host_port(address) is None:
+        raise InputError(f"{shown} has no port: give {ADDRESS_FORMS}")
 
 
 def check_reachable(address: str, timeout: float) -> None:
@@ -155,6 +177,16 @@ def _resolve(address: str) -> str:
     return found
 
 
+def running_address(timeout: float = 2.0) -> str | None:
+    """The address of the Ray that ``ray start`` left running on this machine, or None when none answers."""
+    try:
+        address = _resolve("auto")
+        check_reachable(address, timeout)
+    except ClusterError:
+        return None
+    return address
+
+
 def ray_log_level() -> int:
     """Ray's own log level: its warnings (the token notice on every start) only when montage_ray itself logs
     at INFO (``--verbose``); ERROR otherwise, so that ``--quiet`` is quiet."""
@@ -188,6 +220,81 @@ def _start_private(ray: Any) -> None:
         ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
+def _token_source() -> str:
+    """Where Ray reads this client's token from (its own order), for the line that names it."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "$RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return os.environ["RAY_AUTH_TOKEN_PATH"] + " ($RAY_AUTH_TOKEN_PATH)"
+    return "~/.ray/auth_token"
+
+
+def _token_metadata() -> tuple[list[tuple[str, str]], str]:
+    """The gRPC metadata Ray itself would send to a cluster (its token loader's header when
+    ``RAY_AUTH_MODE=token``), and what this client's token situation is, in words."""
+    sends_token = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+    try:
+        from ray._raylet import AuthenticationTokenLoader
+    except ImportError:  # pragma: no cover - Ray before token authentication
+        return [], "none"
+    loader = AuthenticationTokenLoader.instance()
+    loader.reset_cache()  # the environment may have changed since Ray first looked
+    if not sends_token:
+        return [], "unsent" if loader.has_token(ignore_auth_mode=True) else "none"
+    try:
+        found = loader.has_token()
+    except Exception:  # noqa: BLE001 - Ray raises when its mode is token and it finds none
+        found = False
+    if not found:
+        return [], "missing"
+    return [(k.lower(), v) for k, v in loader.get_token_for_http_header().items()], "sent"
+
+
+def check_token(address: str, timeout: float) -> None:
+    """ClusterError in one line, within ``timeout`` seconds, when the Ray head at ``address`` (``HOST:PORT``, its
+    GCS) refuses this client: no token sent, the wrong token, or no Ray head there at all.
+
+    One gRPC call, the very first one ``ray.init`` makes (``GetClusterId``), with the metadata Ray would send:
+    ``ray.init`` itself retries a refused token for about 20 s, printing a C++ warning a second."""
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    metadata, token = _token_metadata()
+    where = _token_source()
+    if token == "missing":
+        raise ClusterError(f"RAY_AUTH_MODE=token but this client has no token ({where} is missing or empty): copy "
+                           "the head's ~/.ray/auth_token here, or point RAY_AUTH_TOKEN_PATH at a copy")
+    target = "{}:{}".format(*_host_port(address))  # type: ignore[str-format]
+    channel = grpc.insecure_channel(target)
+    try:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout, metadata=metadata)
+        return
+    except grpc.RpcError as err:
+        code = err.code()
+    finally:
+        channel.close()
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        if token == "sent":
+            raise ClusterError(f"Ray at {address} refused this client's token (from {where}): it is not the "
+                               "cluster's; copy the head's ~/.ray/auth_token here, or point RAY_AUTH_TOKEN_PATH "
+                               "at a copy")
+        if token == "unsent":
+            raise ClusterError(f"Ray at {address} requires a token and this client sends none: export "
+                               f"RAY_AUTH_MODE=token (the token in {where} is sent only then)")
+        raise ClusterError(f"Ray at {address} requires a token and this client has none: export RAY_AUTH_MODE=token "
+                           "and copy the head's ~/.ray/auth_token here (or point RAY_AUTH_TOKEN_PATH at a copy)")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        raise ClusterError(f"Ray at {address} did not answer within {timeout:g} s (MONTAGE_RAY_CONNECT_TIMEOUT): is "
+                           "the head overloaded, or is this not its GCS port (6379 unless `ray start --port` said "
+                           "otherwise)?")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL,
+                grpc.StatusCode.UNKNOWN):
+        raise ClusterError(f"something listens at {address}, but not a Ray head's GCS ({code.name.lower()}): give "
+                           "the head's GCS port (6379 unless `ray start --port` said otherwise), not the dashboard's "
+                           "(8265) or the Ray Client's (ray://HOST:10001)")
+
+
 def _connect(ray: Any, address: str, *, ship: bool) -> None:
     kwargs: dict[str, Any] = {"address": address}
     # A cluster gets this package shipped to it (not this machine's own ``ray start``: ``ship`` False), unless
@@ -197,6 +304,8 @@ def _connect(ray: Any, address: str, *, ship: bool) -> None:
         kwargs["runtime_env"] = {"py_modules": [PACKAGE_DIR]}
     timeout = connect_timeout()
     check_reachable(address, timeout)
+    if not address.startswith("ray://"):
+        check_token(address, timeout)
     own = own_node_address(address)
     if own:
         kwargs["_node_ip_address"] = own
@@ -210,20 +319,30 @@ def _connect(ray: Any, address: str, *, ship: bool) -> None:
         text = first_line(err)
         if isinstance(err, AuthenticationError) or "auth" in str(err).lower() or "token" in str(err).lower():
             raise ClusterError(f"authentication failed at Ray {address!r}: {text}; {TOKEN_HELP}") from None
-        raise ClusterError(f"cannot connect to Ray at {address!r}: {text} (start one with `ray start --head`, "
-                           "or leave out --address for a private local Ray)") from None
+        raise ClusterError(f"cannot connect to Ray at {address!r}: {text} (is the head running? `ray status` "
+                           "on it says; or leave out --address for a private local Ray)") from None
+
+
+def starts_private(address: str | None = None, *, default: str | None = None) -> bool:
+    """Whether :func:`ray_session` with these arguments would start a private local Ray (seconds)."""
+    import ray
+
+    return not ray.is_initialized() and (address or os.environ.get("RAY_ADDRESS") or default) in (None, "local")
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None) -> Iterator[RaySession]:
-    """Use the Ray this process is connected to; else connect to ``address`` (or ``$RAY_ADDRESS``), else
-    start a private local Ray. A Ray started or connected here is shut down on exit."""
+def ray_session(address: str | None = None, *, default: str | None = None) -> Iterator[RaySession]:
+    """Use the Ray this process is connected to; else connect to ``address`` (or ``$RAY_ADDRESS``, else
+    ``default``), else start a private local Ray. A Ray started or connected here is shut down on exit."""
     import ray
 
     if ray.is_initialized():
         yield _attached_session(ray)
         return
-    target = address or os.environ.get("RAY_ADDRESS") or None
+    target = address or os.environ.get("RAY_ADDRESS") or default or None
+    if target is not None:  # a form that cannot work says so in one line, before anything starts
+        check_address(target, "--address" if address else "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS")
+                      else "address")
     private = target in (None, "local")
     service = None if private or not enabled() else Service()  # (checks its settings before connecting)
     if private:
@@ -231,7 +350,7 @@ def ray_session(address: str | None = None) -> Iterator[RaySession]:
     else:
         _connect(ray, _resolve(target), ship=target != "auto")
     session = RaySession(ray.get_runtime_context().gcs_address, True,
-                         job_id=ray.get_runtime_context().get_job_id(), service=service)
+                         job_id=ray.get_runtime_context().get_job_id(), service=service, private=private)
     try:
         yield session
     finally:

@@ -52,10 +52,12 @@ except ImportError:  # pragma: no cover
 ACTOR_GONE = (RayActorError, ActorUnavailableError, ActorUnschedulableError, ObjectLostError, GetTimeoutError)
 
 
-def actor_options(p: Placement) -> dict[str, Any]:
-    """Ray options that pin an encoder actor to its slot: one CPU for a CPU slot, else one unit of the label's
-    resource, on the placement's node."""
-    options: dict[str, Any] = {"num_cpus": 1} if p.label == "cpu" else {"num_cpus": 0, "resources": {p.label: 1}}
+def actor_options(p: Placement, *, reserve_cpu: bool = True) -> dict[str, Any]:
+    """Ray options that pin an encoder actor to its slot: one CPU for a CPU slot (none with ``reserve_cpu``
+    False: the encoder service reserves it only while the actor works), else one unit of the label's resource,
+    on the placement's node."""
+    options: dict[str, Any] = ({"num_cpus": 1 if reserve_cpu else 0} if p.label == "cpu"
+                               else {"num_cpus": 0, "resources": {p.label: 1}})
     if p.node_id:
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=p.node_id, soft=False)
     return options

@@ -40,6 +40,15 @@ if TYPE_CHECKING:  # the metadata types, from the module that reads them (no imp
 #: Codecs a user can ask for, with their encoded name in ffprobe's ``codec_name``.
 CODECS = ("h264", "hevc", "av1")
 
+#: Other names users give a codec (``--codec h265``), and the name montage-ray knows it by.
+CODEC_ALIASES = {"h265": "hevc", "h.265": "hevc", "h.264": "h264", "avc": "h264"}
+
+
+def codec_name(text: str) -> str:
+    """The codec ``text`` names: one of :data:`CODECS` for itself or an alias (any case); else ``text``."""
+    lowered = text.lower() if isinstance(text, str) else text
+    return CODEC_ALIASES.get(lowered, lowered) if lowered in CODEC_ALIASES or lowered in CODECS else text
+
 #: x264-style preset names accepted everywhere; each backend maps them to its own.
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 

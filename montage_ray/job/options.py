@@ -20,7 +20,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-from montage_ray.encoders.backends import CODECS, PRESETS
+from montage_ray.encoders.backends import CODECS, PRESETS, codec_name
 from montage_ray.ffmpeg.caps import ffmpeg_caps
 from montage_ray.job.cache import CACHE_DIRNAME
 from montage_ray.encoders.config import LabelConfig, check_config_for_codec, load_encoders_config
@@ -61,6 +61,7 @@ class EncodeOptions:
     priority: int = 0                       # on the encoder service: higher goes first (previews)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "codec", codec_name(self.codec))  # h265 is hevc
         if self.labels is not None and not isinstance(self.labels, tuple):
             object.__setattr__(self, "labels", tuple(self.labels))
 

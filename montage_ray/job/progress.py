@@ -14,6 +14,7 @@ when quiet. Any object with the methods of :class:`ProgressListener` can follow 
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -26,6 +27,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class ProgressListener:
     """What a job tells whoever follows it; every method may be left as it is (does nothing)."""
+
+    def begin(self, *, job_id: str, source: str, destination: str) -> None:
+        """The job has its id (the one ``montage-ray status`` lists), before anything is started."""
+
+    def stage(self, text: str) -> None:
+        """What the job is doing before its encode starts, when that takes a while ("starting a local Ray")."""
 
     def start(self, *, frames: int, segments: int, encoders: int) -> None:
         """The job is planned: ``frames`` in ``segments`` segments for ``encoders`` actors."""
@@ -97,18 +104,44 @@ class JobProgress:
         fps = self.fps
         return (self.frames - self.done) / fps if fps > 0 else None
 
-    def line(self, width: int = 80) -> str:
-        """One line: a bar sized to ``width``, frames, percent, fps, ETA, busy encoders, segments."""
+    @property
+    def over(self) -> bool:
+        """Every segment is done."""
+        return self.segments > 0 and len(self.finished) >= self.segments
+
+    def line(self, width: int = 80, *, closed: bool = False) -> str:
+        """One line of at most ``width`` characters: a bar, then frames, percent, fps, ETA, busy encoders and
+        segments, the words shortened or left out until it fits (it is redrawn in place: a line that wraps
+        would stack up). Once every segment is done (or ``closed``), the time it took instead of the ETA and
+        no busy encoders."""
         share = self.done / self.frames if self.frames else 0.0
+        pct = f"{100 * share:3.0f}%"
+        finished = self.over or closed
         eta = self.eta
-        text = (f" {self.done}/{self.frames} frames {100 * share:3.0f}% | {self.fps:6.1f} fps | "
-                f"ETA {_clock(eta) if eta is not None else '--:--'} | "
-                f"{self.busy}/{self.encoders} encoders busy | {len(self.finished)}/{self.segments} segments")
-        if self.failures:
-            text += f" | {self.failures} failed"
-        bar = max(10, width - len(text) - 2)
-        filled = int(round(bar * share))
-        return "[" + "#" * filled + "." * (bar - filled) + "]" + text
+        when = f"done in {_clock(self.clock() - self.started)}" if finished else f"ETA {_clock(eta) if eta is not None else '--:--'}"
+        failed = f"{self.failures} failed" if self.failures else ""
+        # (long form, short form, dropped at this step or later: 9 never); the busy encoders mean nothing once over
+        fields = [(f"{self.done}/{self.frames} frames {pct}", f"{self.done}/{self.frames} {pct}", 4),
+                  (f"{self.fps:6.1f} fps", f"{self.fps:.0f} fps", 6), (when, when, 7),
+                  ("" if finished else f"{self.busy}/{self.encoders} encoders busy",
+                   "" if finished else f"busy {self.busy}/{self.encoders}", 5),
+                  (f"{len(self.finished)}/{self.segments} segments", f"seg {len(self.finished)}/{self.segments}", 5),
+                  (failed, failed, 6)]
+        texts = [" " + " | ".join(f[0] for f in fields if f[0]), " " + " | ".join(f[1] for f in fields if f[1]),
+                 " " + " ".join(f[1] for f in fields if f[1])]
+        for step in range(4, 9):
+            kept = [f[1] for f in fields if f[1] and f[2] > step]
+            texts.append(" " + " ".join(([] if step < 4 else [pct]) + kept))
+        for text in texts:
+            bar = width - len(text) - 2
+            if bar >= MIN_BAR:
+                filled = int(round(bar * share))
+                return "[" + "#" * filled + "." * (bar - filled) + "]" + text
+        return texts[-1].strip()[:max(width, 0)]
+
+
+#: The narrowest bar drawn; on a narrower terminal the words go first, then the bar.
+MIN_BAR = 10
 
 
 def _clock(seconds: float) -> str:
@@ -117,19 +150,41 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-class ProgressPrinter(ProgressListener):
-    """Shows a job's progress on ``stream``: a bar redrawn in place on a terminal, else a line per segment."""
+def plural(n: int, word: str) -> str:
+    """``1 segment``, ``2 segments``."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
-    def __init__(self, stream: TextIO | None = None, *, tty: bool | None = None) -> None:
+
+class ProgressPrinter(ProgressListener):
+    """Shows a job's progress on ``stream``: a bar redrawn in place on a terminal, else a line per segment.
+
+    On a terminal the bar always fits its width (measured at every redraw); a stage before the encode
+    ("starting a local Ray ...") is shown in its place until the bar comes. Segments are numbered from 0, as in
+    the report, the timeline and the error messages."""
+
+    def __init__(self, stream: TextIO | None = None, *, tty: bool | None = None, columns: int | None = None) -> None:
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty() if tty is None else tty
+        self.columns = columns    # the terminal's width; None: asked at every redraw (a window may be resized)
         self.state: JobProgress | None = None
-        self._drawn = False
+        self._drawn = ""   # what is drawn in place now: "", "stage" or "bar"
+
+    def begin(self, *, job_id: str, source: str, destination: str) -> None:
+        self._print(f"job {job_id}: {source} -> {destination}")
+
+    def stage(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + text[:self._width()])
+            self.stream.flush()
+            self._drawn = "stage"
+        else:
+            self._print(text)
 
     def start(self, *, frames: int, segments: int, encoders: int) -> None:
         self.state = JobProgress(frames, segments, encoders)
         if not self.tty:
-            self._print(f"encoding {frames} frames in {segments} segments on {encoders} encoders")
+            self._print(f"encoding {plural(frames, 'frame')} in {plural(segments, 'segment')} on "
+                        f"{plural(encoders, 'encoder')}")
         else:
             self._draw()
 
@@ -147,7 +202,7 @@ class ProgressPrinter(ProgressListener):
             self._draw()
         else:
             s = self.state
-            self._print(f"segment {result.segment + 1}/{s.segments} done: {result.frames} frames in "
+            self._print(f"segment {result.segment} done ({len(s.finished)}/{s.segments}): {result.frames} frames in "
                         f"{result.seconds:.1f} s ({result.fps:.1f} fps) on {result.actor}; "
                         f"{s.done}/{s.frames} frames ({100 * s.done / max(s.frames, 1):.0f}%)")
 
@@ -155,7 +210,7 @@ class ProgressPrinter(ProgressListener):
         if self.state is None:
             return
         self.state.failures += 1
-        message = (f"segment {attempt.segment + 1} attempt {attempt.attempt} failed on {attempt.actor} "
+        message = (f"segment {attempt.segment} attempt {attempt.attempt} failed on {attempt.actor} "
                    f"({attempt.reason}): {attempt.message}")
         if self.tty and self._drawn:
             self.stream.write("\r\x1b[2K")  # clear the bar, print the line, draw the bar below it
@@ -164,16 +219,30 @@ class ProgressPrinter(ProgressListener):
             self._draw()
 
     def close(self) -> None:
-        if self.tty and self._drawn:
+        """The encode is over (or the job failed before it): the bar's last state stays on its line; a stage
+        shown in its place is cleared."""
+        if self.tty and self._drawn == "bar" and self.state is not None:
+            self._draw(closed=True)
             self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = False
-
-    def _draw(self) -> None:
-        width = shutil.get_terminal_size((100, 24)).columns - 1
-        self.stream.write("\r" + self.state.line(width))  # type: ignore[union-attr]
+        elif self.tty and self._drawn == "stage":
+            self.stream.write("\r\x1b[2K")
         self.stream.flush()
-        self._drawn = True
+        self._drawn = ""
+
+    def _width(self) -> int:
+        """The terminal's columns less one (writing the last column wraps on some terminals)."""
+        columns = self.columns
+        if columns is None:
+            try:
+                columns = os.get_terminal_size(self.stream.fileno()).columns
+            except (AttributeError, OSError, ValueError):
+                columns = shutil.get_terminal_size((80, 24)).columns
+        return max(columns - 1, 1)
+
+    def _draw(self, *, closed: bool = False) -> None:
+        self.stream.write("\r" + self.state.line(self._width(), closed=closed))  # type: ignore[union-attr]
+        self.stream.flush()
+        self._drawn = "bar"
 
     def _print(self, text: str) -> None:
         self.stream.write(text + "\n")

@@ -41,10 +41,12 @@ from montage_ray.util import workdirs
 from montage_ray.job.cache import SegmentCache, maker_id, settings_fingerprint, source_identity
 from montage_ray.ffmpeg.caps import ffmpeg_caps
 from montage_ray.spending.budget import Bill, BudgetView, price_of, refusals_at_start, settle
+from montage_ray.spending.ledger import Ledger, LedgerFile, open_ledger
+from montage_ray.cluster.link import measure_links
 from montage_ray.cluster.nodes import Placement, offered_labels, offers, placements, remote_labels
 from montage_ray.cluster.pool import EncoderPool, PoolOptions, ReadyFeed
 from montage_ray.cluster.service import JobLease
-from montage_ray.cluster.session import RaySession, ray_session
+from montage_ray.cluster.session import RaySession, ray_session, starts_private
 from montage_ray.cluster.workers import Worker
 from montage_ray.errors import ClusterError, EncoderError, FFmpegError, InputError, VerificationError
 from montage_ray.util.files import publish
@@ -97,6 +99,8 @@ def encode(src: str | os.PathLike[str], dst: str | os.PathLike[str], options: En
     job = (options or EncodeOptions()).replace(**kwargs).validate(src, dst)      # validate
     clock.skip()
     run = JobRun(job, clock, listener=_listener(progress), pool_options=pool_options)
+    if run.listener:
+        run.listener.begin(job_id=run.job_id, source=os.fspath(src), destination=os.fspath(dst))
     with run.in_workdir():                  # a work folder beside the destination, removed at the end
         with run.in_session():              # inspect, while Ray starts; the encoder service's lease
             run.route()                     # offers/route
@@ -140,6 +144,7 @@ class JobRun:
         self.cache: SegmentCache | None = None
         self.streaming: StreamingJoin | None = None
         self.reused: dict[int, EncodeResult] = {}
+        self.ledger: Ledger | LedgerFile | None = None
         # set by in_session: session, lease, media, dv_note, fit, settings; route: decision;
         # start_workers: ready, unavailable; plan: segments, encoded; encode_segments: bill;
         # join: joined; verify: checked, hdr_out
@@ -179,6 +184,8 @@ class JobRun:
                 with contextlib.suppress(FutureTimeout):  # a bad input mostly fails at once: say so
                     inspecting.result(timeout=INSPECT_HEAD_START)  # before a Ray is started for nothing
                 ray_from = time.monotonic()
+                if self.listener and starts_private(opts.address):
+                    self.listener.stage("starting a local Ray ...")  # seconds, before anything else shows
                 try:
                     self.session = in_session.enter_context(ray_session(opts.address))  # ... Ray starts
                 except BaseException:
@@ -202,16 +209,22 @@ class JobRun:
         import ray
 
         opts, media, config = self.opts, self.media, self.job.config
-        budget = BudgetView.load(config)
-        offered = offers(ray.nodes(), config, pixels=media.video.width * media.video.height, labels=opts.labels,
-                         terms=budget.terms)
+        self.ledger = open_ledger(self.session.private)  # the spending ledger: this machine's, or the head's
+        budget = BudgetView.load(config, self.ledger)
+        nodes = ray.nodes()
+        links, link_notes = measure_links(nodes, config, labels=opts.labels)  # the remote labels' links, now
+        offered = offers(nodes, config, pixels=media.video.width * media.video.height, labels=opts.labels,
+                         terms=budget.terms, measured={label: speed.mbps for label, speed in links.items()})
         offered, hdr_reasons = (master_offers(offered, media.video.hdr, opts.codec, config)
                                 if opts.profile == "master" else (offered, []))
         decision = route(JobFacts(frames=media.video.frames, duration=_duration(media), input_bytes=media.size,
                                   profile=opts.profile, small_job_seconds=small_job_seconds(opts.segment_seconds)),
                          offered)
-        if hdr_reasons:
-            decision = dataclasses.replace(decision, reasons=(*hdr_reasons, *decision.reasons))
+        link_lines = [f"{label}: link to {speed.node} measured at {speed.mbps:.3g} Mbit/s "
+                      f"({speed.nbytes / 1e6:.2f} MB in {speed.seconds:.2f} s)" for label, speed in links.items()]
+        if hdr_reasons or link_lines or link_notes:
+            decision = dataclasses.replace(decision, reasons=(*hdr_reasons, *link_lines, *link_notes,
+                                                              *decision.reasons))
         if not decision.labels:
             raise ClusterError("no encoder in the cluster can serve this job: " + "; ".join(decision.reasons))
         self.decision: Route = decision
@@ -293,7 +306,7 @@ class JobRun:
         finally:
             self.bill: Bill = settle(self.job_id, self.clock.started_at, self.encoded.results,
                                self.unavailable + self.encoded.failures, self.job.config,
-                               refusals_at_start(self.unavailable) + self.encoded.refusals)
+                               refusals_at_start(self.unavailable) + self.encoded.refusals, ledger=self.ledger)
         self.encoded.results = sorted(self.encoded.results + list(self.reused.values()), key=lambda r: r.segment)
 
     def join(self) -> None:
@@ -574,6 +587,11 @@ def _lease(session: RaySession, job_id: str, priority: int) -> Iterator[JobLease
     lease = session.service.lease(job_id, priority=priority)
     try:
         yield lease
+    except EncoderError:
+        stopped = lease.stopped()  # `service stop --force` killed its actors: say that, not what it broke
+        if stopped:
+            raise ClusterError(stopped) from None
+        raise
     finally:
         lease.close()
 
