@@ -2,7 +2,8 @@
 environment names (tests/test_versions.py starts one per ffmpeg version). Prints one JSON object:
 {clip: {"ok": true, "ffmpeg": [versions of the segments], "frames": N} or {"ok": false, "error": "..."}}.
 
-    python tests/version_job.py OUT_DIR CLIP=SRC.ext:DST.ext ...    (CLIP@2=...: 2 s segments, else 1 s)
+    python tests/version_job.py [--address ADDR] OUT_DIR CLIP=SRC.ext:DST.ext ...
+                                    (CLIP@2=...: 2 s segments, else 1 s; ADDR: a running Ray to use)
 
 With ``--cases CASES.json`` it runs the jobs listed there ([{"name", "src", "dst", "seconds", "preset"}, ...]) and
 prints {name: {"ok": true, "frames", "segments", "ffmpeg"} or {"ok": false, "error", "code"} or {"ok": false,
@@ -28,8 +29,19 @@ def main(argv: list[str]) -> int:
     from montage_ray import encode
     from montage_ray.errors import MontageError
 
+    address = None
+    if argv[0] == "--address":  # a Ray that is running already (the test session's), else one of our own
+        address, argv = argv[1], argv[2:]
     out_dir, jobs = argv[0], argv[1:]
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if address:
+        # this job's actors (workers of their own) run the ffmpeg named here, whatever the nodes' environment;
+        # actors of this driver's own (not the shared encoder service's: those would outlive it)
+        os.environ["MONTAGE_RAY_SERVICE"] = "0"
+        tools = {k: os.environ[k] for k in ("MONTAGE_FFMPEG", "MONTAGE_FFPROBE") if k in os.environ}
+        ray.init(address=address, runtime_env={"env_vars": tools}, log_to_driver=False, logging_level="ERROR")
+    else:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
     results = {}
     try:
         for job in jobs:
