@@ -419,7 +419,7 @@ class EncoderPool:
             return None
         except ACTOR_GONE as err:
             task.worker.alive = False
-            self._failed(run, task, "actor-died", first_line(err))
+            self._failed(run, task, "actor-died", _cause_line(err))
             return None
         except RayTaskError as err:
             cause = err.cause if isinstance(err.cause, BaseException) else err
