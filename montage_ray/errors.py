@@ -68,6 +68,13 @@ class VerificationError(MontageError):
     exit_code = 7
 
 
+class LedgerError(MontageError):
+    """The spending ledger's file cannot be read or written (damaged, not a ledger, no permission). A job goes
+    on without its paid labels; ``montage-ray budget`` says so and exits."""
+
+    exit_code = 8
+
+
 class Terminated(KeyboardInterrupt):
     """The process was asked to stop (SIGTERM): unwinds and cleans up exactly as Ctrl-C does.
 

@@ -34,7 +34,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from simulate_cluster import DEFAULT_LAYOUT, start_cluster, write_config  # noqa: E402  (sets Ray's env first)
+from simulate_cluster import DEFAULT_LAYOUT, add_label_node, start_cluster, write_config  # noqa: E402  (sets Ray's env first)
 
 
 def _ancestors(pid: int) -> set[int]:
@@ -187,10 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                         stop.set()
                         hit.join()
                         for label in struck:  # put the node back for the next jobs
-                            resources, _ = DEFAULT_LAYOUT[label]
-                            nodes[label] = cluster.add_node(node_ip_address="127.0.0.1", num_cpus=0,
-                                                            object_store_memory=200 * 1024 * 1024,
-                                                            resources=resources)
+                            nodes[label] = add_label_node(cluster, DEFAULT_LAYOUT, label)
                         if struck:
                             cluster.wait_for_nodes()
                     what += f" at {delay:.1f}s"

@@ -7,6 +7,7 @@ CPU stand-ins of different speeds (they say so in every report line).
                                                  [--paid-nvenc] [--quota-after N] [--preset-spread]
                                                  [--target-quality METRIC:VALUE[:TOL]] [--measure METRIC]
                                                  [--compare-target METRIC:VALUE[:TOL]]
+                                                 [--address ADDR [--control FIFO]]
 
 Nodes (all bound to 127.0.0.1): a head with CPU slots, and one node each labelled ``vaapi``, ``nvenc`` and
 ``nvmpi``. Each label is served by libx264 throttled to a fixed multiple of realtime (``-readrate``), so
@@ -55,20 +56,76 @@ DEFAULT_LAYOUT = {
 PRESET_SPREAD = {"nvenc": "ultrafast", "vaapi": "veryfast", "nvmpi": "superfast", "cpu": "medium"}
 
 
-def start_cluster(layout: dict, head_cpus: int = 1):
-    """A head with ``head_cpus`` CPU slots and one node per label (no CPU slots), all on 127.0.0.1."""
+#: What every node of a simulated cluster is started with: loopback only, a small object store.
+NODE_ARGS = {"node_ip_address": "127.0.0.1", "object_store_memory": 200 * 1024 * 1024}
+
+
+def start_cluster(layout: dict, head_cpus: int = 1, connect: bool = True):
+    """A head with ``head_cpus`` CPU slots and one node per label (no CPU slots), all on 127.0.0.1; this
+    process connects to it unless ``connect`` is false."""
     import ray
     from ray.cluster_utils import Cluster
 
-    common = {"node_ip_address": "127.0.0.1", "object_store_memory": 200 * 1024 * 1024}
-    cluster = Cluster(initialize_head=True, head_node_args={**common, "num_cpus": head_cpus,
+    cluster = Cluster(initialize_head=True, head_node_args={**NODE_ARGS, "num_cpus": head_cpus,
                                                             "include_dashboard": False})
-    nodes = {}
-    for label, (resources, _) in layout.items():
-        nodes[label] = cluster.add_node(**common, num_cpus=0, resources=resources)
+    nodes = {label: add_label_node(cluster, layout, label) for label in layout}
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
+    if connect:
+        ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
     return cluster, nodes
+
+
+def add_label_node(cluster, layout: dict, label: str):
+    """Start the node of ``label`` (its resources from ``layout``, no CPU slots) in ``cluster``."""
+    return cluster.add_node(**NODE_ARGS, num_cpus=0, resources=layout[label][0])
+
+
+def serve(layout: dict, head_cpus: int = 1, control: str | None = None) -> None:
+    """Run a simulated cluster for drivers of other processes (the test suite's shared ones): print its
+    address, then keep it until stdin closes. With ``control``, a named pipe made there takes one line per
+    change, ``remove LABEL`` or ``add LABEL`` (a node removed mid-job, and put back for the next job: see
+    ``--control``)."""
+    import ray
+
+    cluster, nodes = start_cluster(layout, head_cpus, connect=False)
+    if control:
+        os.mkfifo(control)
+        # the changes are made here, on the main thread (Ray's node start sets signal handlers); stdin's end
+        # stops the loop through the pipe
+        threading.Thread(target=lambda: (sys.stdin.read(), tell(control, "stop")), daemon=True).start()
+    print(cluster.address, flush=True)
+    try:
+        if not control:
+            sys.stdin.read()
+        while control:
+            with open(control, encoding="utf-8") as fh:  # (waits for a writer; EOF when it is done)
+                lines = fh.read().split("\n")
+            for what, _, label in (line.partition(" ") for line in lines if line):
+                if what == "stop":
+                    return
+                if what == "remove":
+                    cluster.remove_node(nodes[label])
+                else:
+                    nodes[label] = add_label_node(cluster, layout, label)
+                    cluster.wait_for_nodes()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def tell(control: str, line: str) -> None:
+    """One change to a served cluster (see :func:`serve`)."""
+    with open(control, "w", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+
+
+def wait_for_label(ray, label: str, timeout: float = 120) -> None:
+    """Until a live node of the connected cluster offers ``label`` (a node put back)."""
+    deadline = time.monotonic() + timeout
+    while not any(n["Alive"] and label in n["Resources"] for n in ray.nodes()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {label} node came back within {timeout:.0f} s")
+        time.sleep(0.5)
 
 
 def write_config(layout: dict, cpu: dict | None, path: str) -> None:
@@ -111,7 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--then", nargs=2, default=None, metavar=("LABELS", "DST"),
                     help="after the job, one more on the same cluster with only LABELS (L1,L2), writing DST: "
                          "its error, if any, is the script's (the cluster starts once for both)")
+    ap.add_argument("--address", default=None,
+                    help="run on this simulated cluster, already running (tests/service_cluster.py --simulated), "
+                         "instead of starting one; it is left as found (its service stopped, a removed node back)")
+    ap.add_argument("--control", default=None, metavar="FIFO",
+                    help="with --address: the running cluster's control pipe, for --kill-node")
     args = ap.parse_args(argv)
+    if args.address and args.kill_node and not args.control:
+        ap.error("--kill-node on a running cluster (--address) needs its --control pipe")
 
     import ray
 
@@ -119,8 +183,21 @@ def main(argv: list[str] | None = None) -> int:
     from montage_ray.cluster.session import join_drains
     from montage_ray.errors import MontageError
 
-    cluster, nodes = start_cluster(DEFAULT_LAYOUT, args.head_cpus)
     tmp = tempfile.mkdtemp(prefix="montage-sim-")
+    # simulated spending goes to a ledger of this run (gone with it), never the machine's own, unless set
+    os.environ.setdefault("MONTAGE_RAY_LEDGER", os.path.join(tmp, "ledger.sqlite"))
+    if args.address:
+        cluster = None
+        ray.init(address=args.address, log_to_driver=False, logging_level="WARNING")
+    else:
+        cluster, nodes = start_cluster(DEFAULT_LAYOUT, args.head_cpus)
+
+    def remove_vaapi() -> None:
+        if cluster is None:
+            tell(args.control, "remove vaapi")
+        else:
+            cluster.remove_node(nodes["vaapi"])
+
     config = os.path.join(tmp, "encoders.yaml")
     standins = {label: spec for label, spec in DEFAULT_LAYOUT.items() if label not in args.real}
     if args.paid_nvenc and "nvenc" in standins:
@@ -144,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.kill_node and not killed:
             killed.append(time.monotonic())
             # remove from another thread so this callback (the driver loop) goes on at once
-            threading.Thread(target=cluster.remove_node, args=(nodes["vaapi"],), daemon=True).start()
+            threading.Thread(target=remove_vaapi, daemon=True).start()
             print("removing the vaapi node now", flush=True)
 
     jobs = [(args.dst, args.report, {"target_quality": args.target_quality, "measure": args.measure})]
@@ -169,8 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     finally:
         join_drains()
+        if cluster is None:
+            leave_as_found(ray, args.control if killed else None)
         ray.shutdown()
-        cluster.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
     for (dst, report_path, _), report in zip(jobs, reports):
         print(report.summary())
@@ -191,6 +271,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare_target:
         print(compare_line(reports[0], reports[1]))
     return 0
+
+
+def leave_as_found(ray, control: str | None) -> None:
+    """On a running cluster that other jobs share, what a cluster of its own would take with it: the encoder
+    service's actors (stopped: they count the segments they served, which the stand-in quota reads) and the
+    removed vaapi node (put back, with ``control``). The run's spending and back-offs are in its own ledger
+    file already."""
+    from montage_ray.cluster.service import Service
+
+    Service().stop(force=True)  # (no job of this run is in flight any more)
+    if control:
+        tell(control, "add vaapi")
+        wait_for_label(ray, "vaapi")
 
 
 def _suffixed(path: str, suffix: str) -> str:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 FFMPEG = os.environ.get("MONTAGE_FFMPEG", "ffmpeg")
+ROOT = Path(__file__).resolve().parent.parent
 
 V = ["-f", "lavfi", "-i"]
 X264 = ["-c:v", "libx264", "-preset", "veryfast"]
@@ -104,6 +106,16 @@ def make_clip(clip_dir: Path):
     return make
 
 
+@pytest.fixture(autouse=True)
+def ledger_path(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own spending ledger file (not made until something is charged): ``$MONTAGE_RAY_LEDGER``,
+    which its drivers, subprocesses and private Rays inherit and the ledger actor is told, so that no test
+    reads another's spending or writes the user's ledger."""
+    path = tmp_path_factory.mktemp("ledger", numbered=True) / "ledger.sqlite"
+    monkeypatch.setenv("MONTAGE_RAY_LEDGER", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray for the session (two CPUs); encode() uses it instead of starting its own."""
@@ -115,6 +127,30 @@ def ray_cluster():
              _system_config={"metrics_report_interval_ms": 1000})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def simulated_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """scripts/simulate_cluster.py's mixed cluster (a head with a CPU slot, vaapi, nvenc and nvmpi stand-in
+    nodes), started once in a process of its own and shared by the jobs that run on it (the script's
+    ``--address``/``--control`` arguments, which it gives); each job leaves it as it found it."""
+    control = tmp_path_factory.mktemp("simulated") / "control"
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "service_cluster.py"), "--simulated",
+                             str(control)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=env)
+    address = proc.stdout.readline().strip()
+    assert address, "the simulated cluster did not start"
+    yield ["--address", address, "--control", str(control)]
+    proc.stdin.close()
+    proc.wait(timeout=120)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on the shared simulated cluster run last, one after another: it starts for the first of
+    them and stops with the session, and never idles beside the other tests."""
+    shared = [item for item in items if "simulated_cluster" in getattr(item, "fixturenames", ())]
+    items[:] = [item for item in items if item not in shared] + shared
 
 
 BUILDS = Path(os.environ.get("MONTAGE_FFMPEG_BUILDS") or Path.home() / ".cache" / "montage-ray" / "ffmpeg") / "bin"

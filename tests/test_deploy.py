@@ -219,6 +219,41 @@ def test_worker_groups_match_their_node_labels(raycluster):
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
 
 
+def test_the_head_writes_the_ledger_on_a_persistent_volume(raycluster):
+    """The head's MONTAGE_RAY_LEDGER lies on a writable mount of a PersistentVolumeClaim that the base
+    creates (ReadWriteOnce, local-path: the head's node), not on the container's (read-only) filesystem or an
+    emptyDir that a restart empties; no worker writes a ledger."""
+    spec = raycluster["spec"]
+    pod = spec["headGroupSpec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    path = env["MONTAGE_RAY_LEDGER"]
+    assert path.startswith("/") and path.endswith(".sqlite")
+    (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert not mount.get("readOnly") and "subPath" not in mount
+    volume = {v["name"]: v for v in pod["volumes"]}[mount["name"]]
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    base = K3S / "base"
+    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text(encoding="utf-8"))
+    claims = {d["metadata"]["name"]: d for f in kustomization["resources"] for d in _docs(base / f)
+              if d["kind"] == "PersistentVolumeClaim"}
+    assert claims[claim]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claims[claim]["spec"]["storageClassName"] == "local-path"  # SQLite's WAL wants a local disk
+    for group in spec["workerGroupSpecs"]:
+        for c in group["template"]["spec"]["containers"]:
+            assert "MONTAGE_RAY_LEDGER" not in {e["name"] for e in c.get("env", [])}, group["groupName"]
+
+
+def test_cluster_yaml_keeps_the_ledger_on_the_heads_disk(cluster_config):
+    """On plain machines the head's start command places the ledger in the head's home, outside the checkout
+    that every `ray up` syncs (and `ray stop` does not touch files)."""
+    head = " ".join(cluster_config["head_start_ray_commands"])
+    found = re.search(r'MONTAGE_RAY_LEDGER="([^"]+)"', head)
+    assert found and found.group(1).startswith("$HOME/") and found.group(1).endswith(".sqlite")
+    assert not found.group(1).startswith("$HOME/montage-ray/")
+    assert "MONTAGE_RAY_LEDGER" not in " ".join(cluster_config["worker_start_ray_commands"])
+
+
 def test_every_ray_container_reads_the_token_from_a_mounted_secret_file(raycluster):
     """Token auth on in every Ray container, the token a read-only file from the Secret, readable by the pod's
     user through its group, and never an environment variable (inherited by every child, ffmpeg included)."""
@@ -326,7 +361,7 @@ def _build(directory: Path) -> list[dict]:
 def test_overlay_builds(overlay):
     docs = _build(K3S / "overlays" / overlay)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["Namespace", "NetworkPolicy", "PersistentVolumeClaim", "RayCluster"]
+    assert kinds == ["Namespace", "NetworkPolicy", "PersistentVolumeClaim", "PersistentVolumeClaim", "RayCluster"]
     (cluster,) = [d for d in docs if d["kind"] == "RayCluster"]
     assert cluster["metadata"]["namespace"] == "montage"
     images = [c["image"] for c in _containers(cluster)]

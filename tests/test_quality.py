@@ -186,13 +186,13 @@ def test_the_probe_says_which_metrics_this_ffmpeg_has():
 # -- the simulated cluster: the spread of scores with and without a target -------------------------------
 
 @pytest.mark.slow
-def test_a_target_narrows_the_spread_of_unlike_stand_ins_to_a_third(noisy, tmp_path):
+def test_a_target_narrows_the_spread_of_unlike_stand_ins_to_a_third(noisy, simulated_cluster, tmp_path):
     """Stand-ins with unlike presets (ultrafast .. medium, as unlike hardware) give segments whose PSNR
     differs by dB at one --quality; with --target-quality each segment is re-encoded until it is within the
     tolerance, and the spread of the scores is at most a third of what it was."""
     done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "simulate_cluster.py"), str(noisy),
                            str(tmp_path / "out.mp4"), "--preset-spread", "--segment-seconds", "1", "--report",
-                           str(tmp_path / "r.json"), "--compare-target", "psnr:33.8"],
+                           str(tmp_path / "r.json"), "--compare-target", "psnr:33.8", *simulated_cluster],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("quality: psnr per segment") == 2 and "compare: spread without a target" in done.stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from montage_ray.encoders.config import LabelConfig, load_encoders_config
@@ -150,3 +152,48 @@ def test_route_with_cost(name, job, offers, expected, reason):
     assert decision.labels == expected, decision.reasons
     assert any(reason in line for line in decision.reasons), decision.reasons
     assert (dict(decision.expected_costs).get("nvenc", 0) > 0) == ("nvenc" in expected)
+
+
+# --- paid local labels: a budget holds whatever the label's place and the job's profile --------------------
+def local_paid(budget_left=None, label="vaapi", fps=240, rank=0):
+    return Offer(label, sessions=1, fps=fps, quality_rank=rank, price=Price(cost_per_hour=36.0),
+                 budget_left=budget_left)
+
+
+# LONG on vaapi (240 fps) + CPU (80 fps): 56 s, vaapi held all of it at $0.01/s: $0.56
+LOCAL_CASES = [
+    ("standard, within budget: used, with its cost and what is left", LONG, [local_paid(1.0), CPU],
+     ("vaapi", "cpu"), "vaapi: paid, would cost $0.56, $1.00 left this month, used"),
+    ("standard, over budget: left out, the free labels do the job", LONG, [local_paid(0.5), CPU], ("cpu",),
+     "vaapi left out: this job would cost $0.56, $0.50 left this month"),
+    ("fast, over budget: the same", dataclasses.replace(LONG, profile="fast"), [local_paid(0.5), CPU], ("cpu",),
+     "vaapi left out: this job would cost $0.56, $0.50 left this month"),
+    ("master, over budget: the same", dataclasses.replace(LONG, profile="master"), [local_paid(0.5), CPU],
+     ("cpu",), "vaapi left out: this job would cost $0.56, $0.50 left this month"),
+    ("master, the best-quality label is paid and over budget: the next-best do the job",
+     dataclasses.replace(LONG, profile="master"), [local_paid(0.1, "qsv", 200, rank=1), VAAPI, CPU],
+     ("vaapi", "cpu"), "qsv left out: this job would cost"),
+    ("overspent (a job cost more than expected): left out, nothing left", LONG, [local_paid(-2.0), CPU],
+     ("cpu",), "vaapi left out: this job would cost $0.56, $0.00 left this month"),
+    ("no budget: priced, used, no cap", LONG, [local_paid(None), CPU], ("vaapi", "cpu"),
+     "vaapi: paid, would cost $0.56, used"),
+    ("small job: the paid encoder over budget, the free one does it",
+     JobFacts(frames=300, duration=10, input_bytes=15 * MB), [local_paid(0.001), CPU], ("cpu",),
+     "vaapi left out: this job would cost $0.01, $0.001 left this month"),
+    ("small job within budget: the paid encoder alone", JobFacts(frames=300, duration=10, input_bytes=15 * MB),
+     [local_paid(1.0), CPU], ("vaapi",), "vaapi: paid, would cost $0.01, $1.00 left this month, used"),
+    ("only a paid local label, budget spent: nothing to use", LONG, [local_paid(0.0)], (),
+     "vaapi left out: this job would cost"),
+    ("a ledger that cannot be read: every paid label left out", LONG,
+     [dataclasses.replace(local_paid(None), unavailable="the spending ledger /x cannot be read: not a database"), CPU],
+     ("cpu",), "vaapi left out: the spending ledger /x cannot be read"),
+]
+
+
+@pytest.mark.parametrize("name,job,offers,expected,reason", LOCAL_CASES, ids=[c[0] for c in LOCAL_CASES])
+def test_route_keeps_paid_local_labels_to_their_budget(name, job, offers, expected, reason):
+    decision = route(job, offers)
+    assert decision.labels == expected, decision.reasons
+    assert any(reason in line for line in decision.reasons), decision.reasons
+    paid = {o.label for o in offers if o.price}
+    assert {label for label, cost in decision.expected_costs} == paid & set(expected)

@@ -1,5 +1,6 @@
 """The simulated mixed cluster (scripts/simulate_cluster.py): several Ray nodes on this machine labelled
-vaapi, nvenc, nvmpi and CPU, the hardware labels served by CPU stand-ins of different speeds."""
+vaapi, nvenc, nvmpi and CPU, the hardware labels served by CPU stand-ins of different speeds. The jobs run
+on the session's one simulated cluster (conftest's ``simulated_cluster``), each a driver of its own."""
 
 from __future__ import annotations
 
@@ -18,12 +19,17 @@ SCRIPT = os.path.join(ROOT, "scripts", "simulate_cluster.py")
 pytestmark = pytest.mark.slow
 
 
-def simulate(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+@pytest.fixture
+def simulate(simulated_cluster):
+    """simulate(args...): scripts/simulate_cluster.py with ``args`` on the session's simulated cluster."""
+    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, SCRIPT, *map(str, args), *simulated_cluster], capture_output=True,
+                              text=True, timeout=timeout, cwd=ROOT)
+
+    return run
 
 
-def test_a_node_removed_mid_job_loses_no_frame(make_clip, tmp_path):
+def test_a_node_removed_mid_job_loses_no_frame(simulate, make_clip, tmp_path):
     src, dst = make_clip("long"), tmp_path / "out.mp4"
     done = simulate(src, dst, "--kill-node", "--segment-seconds", "2", "--report", tmp_path / "r.json",
                     "--timeline", tmp_path / "t.png")
@@ -58,7 +64,7 @@ def test_a_node_removed_mid_job_loses_no_frame(make_clip, tmp_path):
     assert (tmp_path / "t.png").stat().st_size > 10_000
 
 
-def test_hardware_that_does_not_work_falls_back_and_alone_fails_clearly(make_clip, tmp_path):
+def test_hardware_that_does_not_work_falls_back_and_alone_fails_clearly(simulate, make_clip, tmp_path):
     """A vaapi node served by the real VAAPI backend (no GPU here): its actor cannot start; the job goes on
     without it, and a job limited to vaapi fails with the probe's cause and writes nothing."""
     src = make_clip("long")
@@ -81,7 +87,7 @@ def test_hardware_that_does_not_work_falls_back_and_alone_fails_clearly(make_cli
     assert not (tmp_path / "alone.mp4").exists() and not list(tmp_path.glob(".montage-ray-*"))
 
 
-def test_a_paid_label_refused_by_its_provider_moves_its_work_to_local_encoders(make_clip, tmp_path):
+def test_a_paid_label_refused_by_its_provider_moves_its_work_to_local_encoders(simulate, make_clip, tmp_path):
     """The paid nvenc stand-ins refuse like an NVENC at its session limit after 1 segment each (a knob for
     simulations only): the job still ends exact, on the local encoders, never failing for it; the report
     says what the provider did, the back-off, and what nvenc cost (recorded in the cluster's ledger)."""
@@ -109,7 +115,7 @@ def test_a_paid_label_refused_by_its_provider_moves_its_work_to_local_encoders(m
 
     cost = report["cost"]["nvenc"]
     assert cost["currency"] == "USD" and cost["seconds"] > 0 and cost["bytes"] > 0
-    assert cost["cost"] == pytest.approx(cost["seconds"] / 3600 * 0.6 + cost["bytes"] / 1e9 * 0.09)
+    assert cost["cost"] == pytest.approx(cost["seconds"] / 3600 * 0.6 + cost["bytes"] / 1e9 * 0.09, abs=1e-6)
     assert cost["month_total"] == pytest.approx(cost["cost"])   # the ledger holds this job's spend
     assert set(report["cost"]) == {"nvenc"}                     # local labels cost nothing
     assert "provider: nvenc: provider refused" in done.stdout and "cost: nvenc $" in done.stdout

@@ -28,7 +28,6 @@ when the scheduler is first started; ``montage-ray status`` and ``montage-ray se
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -50,11 +49,26 @@ from montage_ray.encoders.records import JobSettings
 
 log = logging.getLogger(__name__)
 
-#: Ray's internal KV key (in the service's namespace) of the last ``service stop --force``: when, which jobs.
-STOPPED_KEY = b"service-stopped"
+#: The named actor (in the service's namespace) that keeps the last ``service stop --force``: when, which jobs.
+STOPPED_NAME = "montage-service-stopped"
 
 #: A resource only Ray's head node has: the scheduler never lives on a node that may go away.
 HEAD_RESOURCE = "node:__internal_head__"
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class StopRecord:
+    """What the last ``service stop --force`` stopped, kept on the head after the service's actors are gone, so
+    that the drivers of the stopped jobs can say why their encoders vanished."""
+
+    def __init__(self) -> None:
+        self._record: dict[str, Any] | None = None
+
+    def set(self, record: dict[str, Any]) -> None:
+        self._record = record
+
+    def get(self) -> dict[str, Any] | None:
+        return self._record
 
 
 def _seconds(env: str, default: float) -> float:
@@ -185,7 +199,7 @@ class Service:
     def stop(self, *, force: bool = False) -> dict[str, Any]:
         """Stop every actor of the service and the scheduler, now: ``{"actors": names, "jobs": the jobs in
         flight that it stopped}``. With jobs in flight, only with ``force`` (else InputError in one line); their
-        drivers then fail with one line that says the service was stopped (a record in Ray's KV). Each actor
+        drivers then fail with one line that says the service was stopped (a record kept on the head). Each actor
         first ends its running encode and cleans up after it (its scratch folder), then it is killed."""
         scheduler = existing_scheduler()
         jobs: list[dict[str, Any]] = []
@@ -200,10 +214,9 @@ class Service:
                              f"{running}; stopping the service stops {'them' if len(jobs) > 1 else 'it'}: pass "
                              "--force to do it anyway")
         if jobs:
-            from ray.experimental import internal_kv
-
-            internal_kv._internal_kv_put(STOPPED_KEY, json.dumps({"at": time.time(), "jobs": [j["job"] for j in jobs]}),
-                                         overwrite=True, namespace=NAMESPACE)
+            record = StopRecord.options(name=STOPPED_NAME, namespace=NAMESPACE, lifetime="detached",
+                                        get_if_exists=True, resources={HEAD_RESOURCE: 0.001}).remote()
+            ray.get(record.set.remote({"at": time.time(), "jobs": [j["job"] for j in jobs]}), timeout=30)
         handles = {}
         for name in [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                      if a.get("namespace") == NAMESPACE and a["name"].startswith("encoder:")]:
@@ -234,12 +247,9 @@ class Service:
 
 def stopped_while(job_ids: Sequence[str], since: float) -> str:
     """One line when ``montage-ray service stop --force`` stopped one of ``job_ids`` (or the service after
-    ``since``, a time.time()), from the record it left in Ray's KV; "" otherwise."""
-    from ray.experimental import internal_kv
-
+    ``since``, a time.time()), from the record it left on the head; "" otherwise."""
     try:
-        raw = internal_kv._internal_kv_get(STOPPED_KEY, namespace=NAMESPACE)
-        record = json.loads(raw) if raw else None
+        record = ray.get(ray.get_actor(STOPPED_NAME, namespace=NAMESPACE).get.remote(), timeout=10)
     except Exception:  # noqa: BLE001 - no record, or Ray is gone: say nothing more than the job's own error
         return ""
     if not record or not (set(job_ids) & set(record.get("jobs", [])) or record.get("at", 0) >= since):

@@ -55,6 +55,7 @@ class RaySession:
     registry: WorkerRegistry = field(default_factory=WorkerRegistry)
     job_id: str = ""           # Ray's id of this driver's connection
     service: Service | None = None  # the cluster's encoder service (a shared Ray), else None
+    private: bool = False      # a private Ray of this process (this machine is its head)
 
 
 # The registry of a Ray that the caller connected (``ray.init()`` before ``encode()``): it outlives one job,
@@ -174,6 +175,16 @@ def _resolve(address: str) -> str:
         raise ClusterError("--address auto: no Ray was started on this machine (run `ray start --head`, or leave "
                            "out --address for a private local Ray)")
     return found
+
+
+def running_address(timeout: float = 2.0) -> str | None:
+    """The address of the Ray that ``ray start`` left running on this machine, or None when none answers."""
+    try:
+        address = _resolve("auto")
+        check_reachable(address, timeout)
+    except ClusterError:
+        return None
+    return address
 
 
 def ray_log_level() -> int:
@@ -346,7 +357,7 @@ def ray_session(address: str | None = None, *, default: str | None = None) -> It
     else:
         _connect(ray, _resolve(target), ship=target != "auto")
     session = RaySession(ray.get_runtime_context().gcs_address, True,
-                         job_id=ray.get_runtime_context().get_job_id(), service=service)
+                         job_id=ray.get_runtime_context().get_job_id(), service=service, private=private)
     try:
         yield session
     finally:

@@ -41,6 +41,7 @@ from montage_ray.util import workdirs
 from montage_ray.job.cache import SegmentCache, maker_id, settings_fingerprint, source_identity
 from montage_ray.ffmpeg.caps import ffmpeg_caps
 from montage_ray.spending.budget import Bill, BudgetView, price_of, refusals_at_start, settle
+from montage_ray.spending.ledger import Ledger, LedgerFile, open_ledger
 from montage_ray.cluster.link import measure_links
 from montage_ray.cluster.nodes import Placement, offered_labels, offers, placements, remote_labels
 from montage_ray.cluster.pool import EncoderPool, PoolOptions, ReadyFeed
@@ -143,6 +144,7 @@ class JobRun:
         self.cache: SegmentCache | None = None
         self.streaming: StreamingJoin | None = None
         self.reused: dict[int, EncodeResult] = {}
+        self.ledger: Ledger | LedgerFile | None = None
         # set by in_session: session, lease, media, dv_note, fit, settings; route: decision;
         # start_workers: ready, unavailable; plan: segments, encoded; encode_segments: bill;
         # join: joined; verify: checked, hdr_out
@@ -207,7 +209,8 @@ class JobRun:
         import ray
 
         opts, media, config = self.opts, self.media, self.job.config
-        budget = BudgetView.load(config)
+        self.ledger = open_ledger(self.session.private)  # the spending ledger: this machine's, or the head's
+        budget = BudgetView.load(config, self.ledger)
         nodes = ray.nodes()
         links, link_notes = measure_links(nodes, config, labels=opts.labels)  # the remote labels' links, now
         offered = offers(nodes, config, pixels=media.video.width * media.video.height, labels=opts.labels,
@@ -303,7 +306,7 @@ class JobRun:
         finally:
             self.bill: Bill = settle(self.job_id, self.clock.started_at, self.encoded.results,
                                self.unavailable + self.encoded.failures, self.job.config,
-                               refusals_at_start(self.unavailable) + self.encoded.refusals)
+                               refusals_at_start(self.unavailable) + self.encoded.refusals, ledger=self.ledger)
         self.encoded.results = sorted(self.encoded.results + list(self.reused.values()), key=lambda r: r.segment)
 
     def join(self) -> None:

@@ -4,12 +4,14 @@ Before routing, :class:`BudgetView` reads the ledger once (this month's spending
 back-offs) and gives each label's cost terms for its :class:`~montage_ray.spending.routing.Offer`. After the encode,
 :func:`settle` works out what each paid label cost (busy seconds, bytes moved), records it in the ledger
 and the ``ray_montage_cost`` metric, backs off labels a provider refused, and returns a :class:`Bill` for
-the job report. Neither ever fails a job: a ledger that cannot be reached is a note in the report::
+the job report. Neither ever fails a job: a ledger that cannot be read leaves every paid label out (each
+says why in the route), and a charge it missed is a note in the report::
 
-    view = BudgetView.load(config)                  # once per job, connected to Ray
+    ledger = open_ledger(private=session.private)   # this machine's file, or the cluster's through its head
+    view = BudgetView.load(config, ledger)          # once per job, connected to Ray
     offers(ray.nodes(), config, pixels=..., terms=view.terms)   # each Offer with its price and budget left
     ...
-    bill = settle(job_id, started, results, failures, config, refusals=pool.refusals)   # after the encode
+    bill = settle(job_id, started, results, failures, config, refusals=pool.refusals, ledger=ledger)  # after
     JobReport(..., cost=bill.cost, provider=bill.provider, notes=[..., *bill.notes])
 """
 
@@ -20,12 +22,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from montage_ray.errors import LedgerError, first_line
 from montage_ray.util import metrics
 from montage_ray.spending import quota
 from montage_ray.encoders.config import LabelConfig
 from montage_ray.spending.cost import Price, busy_seconds, charge, money, month_of
 from montage_ray.encoders.records import FailedAttempt
 from montage_ray.encoders.records import EncodeResult
+from montage_ray.spending.ledger import Ledger, LedgerFile, Spend
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +65,20 @@ class BudgetView:
     spent: dict[str, float] = field(default_factory=dict)
     back_offs: dict[str, dict[str, Any]] = field(default_factory=dict)
     problem: str = ""          # why the ledger could not be read (paid labels are then left out)
-    ledger_name: str | None = None
 
     @classmethod
-    def load(cls, config: Mapping[str, LabelConfig], ledger_name: str | None = None) -> "BudgetView":
-        from montage_ray.spending.ledger import DEFAULT_NAME, Ledger
-
-        view = cls(month_of(), ledger_name=ledger_name or DEFAULT_NAME)
+    def load(cls, config: Mapping[str, LabelConfig], ledger: Ledger | LedgerFile | None = None) -> "BudgetView":
+        """Read ``ledger`` (default: the cluster's) once. A ledger that cannot be read is :attr:`problem`,
+        never an empty ledger: every paid label is then left out."""
+        view = cls(month_of())
+        paid = any(price_of(c) for c in config.values())
         try:
-            ledger = Ledger(view.ledger_name)
-            view.back_offs = ledger.back_offs()
-            month = ledger.month(view.month) if any(price_of(c) for c in config.values()) else {}
-            view.spent = {label: float(v.get("cost", 0.0)) for label, v in month.items()}
+            state = (ledger or Ledger()).state(view.month, create=paid)
+            view.back_offs = state["back_offs"]
+            view.spent = {label: float(v.get("cost", 0.0)) for label, v in state["month"].items()}
         except Exception as err:  # noqa: BLE001 - routing goes on; paid labels are left out
-            view.problem = f"the spending ledger cannot be read ({str(err).splitlines()[0] if str(err) else err!r})"
+            view.problem = first_line(err) if isinstance(err, LedgerError) else \
+                f"the spending ledger cannot be read ({first_line(err)})"
         return view
 
     def terms(self, label: str, cfg: LabelConfig | None) -> dict[str, Any]:
@@ -87,7 +91,7 @@ class BudgetView:
         if back:
             until = time.strftime("%H:%M:%S", time.localtime(back["until"]))
             out["unavailable"] = f"the provider refused it lately ({back['reason']}), backing off until {until}"
-        elif self.problem and cfg is not None and cfg.budget_per_month is not None:
+        elif self.problem and price is not None:  # what it spends could not be counted, nor kept to a budget
             out["unavailable"] = self.problem
         return out
 
@@ -113,11 +117,10 @@ class Bill:
 
 def settle(job_id: str, started: float, segments: Sequence[EncodeResult], failures: Sequence[FailedAttempt],
            config: Mapping[str, LabelConfig], refusals: Iterable[quota.Refusal] = (),
-           ledger_name: str | None = None) -> Bill:
-    """Record the job's cost per paid label (ledger, metric), back off the refused labels, and return the
-    :class:`Bill` for the report. ``segments`` and ``failures`` are the job's (so far, when it failed)."""
-    from montage_ray.spending.ledger import DEFAULT_NAME, Ledger, Spend
-
+           ledger: Ledger | LedgerFile | None = None) -> Bill:
+    """Record the job's cost per paid label (``ledger``, default the cluster's; the metric), back off the
+    refused labels, and return the :class:`Bill` for the report. ``segments`` and ``failures`` are the
+    job's (so far, when it failed)."""
     bill = Bill()
     first: dict[str, quota.Refusal] = {}
     for r in refusals:  # once per label (refused at its start and again while encoding: one back-off)
@@ -125,12 +128,12 @@ def settle(job_id: str, started: float, segments: Sequence[EncodeResult], failur
     refusals = list(first.values())
     month = month_of(started or None)
     usage = label_usage(segments, failures)
-    ledger = Ledger(ledger_name or DEFAULT_NAME)
+    ledger = ledger or Ledger()
     for label, (seconds, nbytes) in sorted(usage.items()):
         price = price_of(config.get(label))
         if price is None:
             continue
-        amount = charge(price, seconds, nbytes)
+        amount = round(charge(price, seconds, nbytes), 6)  # as the ledger keeps it: whole millionths
         bill.cost[label] = {"cost": amount, "currency": price.currency, "seconds": seconds, "bytes": nbytes,
                             "month": month}
         metrics.cost_recorded(label=label, amount=amount, currency=price.currency)
@@ -139,21 +142,19 @@ def settle(job_id: str, started: float, segments: Sequence[EncodeResult], failur
             bill.cost[label]["month_total"] = total
         except Exception as err:  # noqa: BLE001 - the job's output is fine; say the ledger missed it
             bill.notes.append(f"{label}: cost {money(amount, price.currency)} not recorded in the ledger: "
-                              f"{str(err).splitlines()[0] if str(err) else err!r}")
+                              f"{first_line(err)}")
     for refusal in refusals:
         bill.provider.append(refusal.describe())
         try:
-            seconds = quota.next_backoff(ledger.last_back_off(refusal.label))
-            ledger.back_off(refusal.label, seconds, refusal.kind)
+            seconds = ledger.back_off(refusal.label, refusal.kind)["seconds"]  # the last one doubled
             bill.provider.append(f"{refusal.label}: left out of new jobs for {seconds:.0f} s (back-off)")
         except Exception as err:  # noqa: BLE001
-            bill.notes.append(f"{refusal.label}: back-off not recorded: {str(err).splitlines()[0]}")
+            bill.notes.append(f"{refusal.label}: back-off not recorded: {first_line(err)}")
     refused = {r.label for r in refusals}
     for label in usage:
         if label not in refused and price_of(config.get(label)) is not None:
             try:  # it worked again: the next refusal starts from the first back-off
-                if ledger.last_back_off(label) is not None:
-                    ledger.clear_back_off(label)
+                ledger.clear_back_off(label)
             except Exception:  # noqa: BLE001
                 pass
     return bill

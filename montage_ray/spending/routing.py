@@ -1,14 +1,15 @@
 """Which encoder labels take part in a job: pure, table-tested decisions (no Ray here).
 
 The cluster offers labels (``vaapi``, ``nvenc``, ``cpu``, ...), each with a number of sessions and an
-expected speed. Local labels always take part; a *remote* label (the cloud GPU, reached over a slow link)
-takes part only when shipping its share of the segments there and back, plus its encode time, finishes the
-job sooner than leaving it out. Small jobs stay on one local encoder; ``master`` jobs may prefer the labels
-configured as best quality.
+expected speed. Local labels take part (a paid one only within its budget); a *remote* label (the cloud
+GPU, reached over a slow link) takes part only when shipping its share of the segments there and back, plus
+its encode time, finishes the job sooner than leaving it out. Small jobs stay on one local encoder;
+``master`` jobs may prefer the labels configured as best quality.
 
-A paid label (``price``) takes part only while its expected cost fits in what is left of its monthly
-budget (``budget_left``); ``fast`` and ``standard`` jobs use it only when it shortens the job by at least
-its ``min_time_saved`` share, ``master`` whenever it fits the budget. A label a provider refused lately
+A paid label (``price``), local or remote, in every profile, takes part only while its expected cost fits
+in what is left of its monthly budget (``budget_left``): it is billed for as long as the job holds it. ``fast``
+and ``standard`` jobs use a paid remote label only when it shortens the job by at least its
+``min_time_saved`` share, ``master`` whenever it fits the budget. A label a provider refused lately
 (``unavailable``) is left out. Every decision is a line of ``Route.reasons``::
 
     from montage_ray.spending.routing import Offer, JobFacts, route
@@ -142,6 +143,32 @@ def _affordable_best(job: JobFacts, usable: list[Offer], reasons: list[str]) -> 
     return usable
 
 
+def _local_within_budget(job: JobFacts, local: list[Offer], reasons: list[str]) -> list[Offer]:
+    """The local labels whose paid ones fit their budget when the local labels share the job: a local label
+    is held, and billed, until the job ends. One over budget is left out and the rest weighed again (the job
+    then takes longer)."""
+    while local:
+        rate = sum(o.throughput for o in local)
+        broke = [(o, _over_budget(o, expected_cost(o, job, job.frames / rate, o.throughput / rate)))
+                 for o in local]
+        broke = [(o, why) for o, why in broke if why]
+        if not broke:
+            break
+        reasons += [why for _, why in broke]  # type: ignore[misc]
+        local = [o for o in local if all(o is not b for b, _ in broke)]
+    return local
+
+
+def _paid_local(offer: Offer, cost: float, costs: list[tuple[str, float]]) -> list[str]:
+    """The line for a paid local label that takes part (none for a free one), its cost added to ``costs``."""
+    if offer.price is None or offer.price.free:
+        return []
+    costs.append((offer.label, cost))
+    currency = offer.price.currency
+    left = "" if offer.budget_left is None else f", {money(max(0.0, offer.budget_left), currency)} left this month"
+    return [f"{offer.label}: paid, would cost {money(cost, currency)}{left}, used"]
+
+
 def route(job: JobFacts, offers: list[Offer], *, min_gain: float = 0.10) -> Route:
     """Choose the labels for a job. ``min_gain`` is the least fraction of time a remote label must save
     (a label's own ``min_time_saved`` overrides it); ``master`` jobs need only some gain."""
@@ -162,15 +189,25 @@ def route(job: JobFacts, offers: list[Offer], *, min_gain: float = 0.10) -> Rout
         usable = _affordable_best(job, usable, reasons)
     local = [o for o in usable if not o.remote]
     remote = [o for o in usable if o.remote]
+    costs: list[tuple[str, float]] = []
     if job.duration < job.small_job_seconds and local:
-        best = max(local, key=lambda o: (o.hardware, o.fps))
-        return Route((best.label,), tuple(reasons) + (f"small job ({job.duration:.0f} s): one local encoder, "
-                                                      f"{best.label}",))
+        for best in sorted(local, key=lambda o: (o.hardware, o.fps), reverse=True):
+            cost = expected_cost(best, job, job.frames / best.fps, 1.0)  # one session does it all
+            why = _over_budget(best, cost)
+            if why:
+                reasons.append(why)
+                continue
+            paid = _paid_local(best, cost, costs)
+            return Route((best.label,), tuple(reasons) + (f"small job ({job.duration:.0f} s): one local encoder, "
+                                                          f"{best.label}", *paid), tuple(costs))
+        local = []
+    local = _local_within_budget(job, local, reasons)
     chosen = list(local)
     rate = sum(o.throughput for o in chosen)
-    costs: list[tuple[str, float]] = []
     if local:
         reasons.append(f"local: {', '.join(o.label for o in local)} ({rate:.0f} frames/s expected)")
+        for o in local:
+            reasons += _paid_local(o, expected_cost(o, job, job.frames / rate, o.throughput / rate), costs)
     for o in sorted(remote, key=lambda o: -remote_rate(o, job)):
         added = remote_rate(o, job)
         if added <= 0:
