@@ -586,7 +586,7 @@ class NetnsCluster:
                     sys.stdout.flush()
                 if line.startswith("encoding ") and done_segments < 0:
                     done_segments = 0
-                elif re.match(r"segment \d+/\d+ done", line):
+                elif re.match(r"segment \d+ done", line):   # "segment K done (n/N): ..."
                     done_segments = max(done_segments, 0) + 1
                 if done_segments >= 0:
                     due(done_segments)

@@ -161,7 +161,7 @@ def test_actors_are_reused_across_jobs_and_serve_another_setup_without_a_restart
 
 def test_the_driver_starts_no_process_per_segment(make_clip, tmp_path):
     """Ten segments, and the driver still starts only its fixed handful: probe, cut, join (started with the job,
-    fed as the pieces come), structure, joins."""
+    fed as the pieces come), structure, the source's frames counted again, joins and the end decoded."""
     from montage_ray.ffmpeg import tool
     from montage_ray.ffmpeg.caps import ffmpeg_caps
 
@@ -173,7 +173,9 @@ def test_the_driver_starts_no_process_per_segment(make_clip, tmp_path):
 
     windows = [a for a in started if "-read_intervals" in a and "-count_frames" in a]
     assert 1 <= len(windows) <= WINDOW_PROCESSES  # the join windows, split over a bounded few runs
-    assert len(started) - len(windows) <= 6, [a[:3] for a in started]
+    assert len(started) - len(windows) <= 7, [a[:3] for a in started]
+    recounts = [a for a in started if "+genpts" in a and "packet=pts,dts,flags:stream=time_base" in a]
+    assert len(recounts) == 1  # the verification's own count of the source's frames
     # one join, started with the job and fed each piece as it came (its list names pipes, not pieces)
     assert [a for a in started if any(x.endswith(".ffconcat") for x in a)] == \
         [a for a in started if any(x.endswith("stream.ffconcat") for x in a)] != []

@@ -1,7 +1,8 @@
-"""Every supported ffmpeg (4.2.2, Debian's 5.1, 7.0.2, 9.0.2) encodes the messy clips exactly: one Ray
-session per version (tests/version_job.py with MONTAGE_FFMPEG set), checked here with the system's tools.
+"""Every supported ffmpeg (4.2.2, Debian's 5.1, 7.0.2, 9.0.2) encodes the messy clips exactly: one driver
+per version (tests/version_job.py with MONTAGE_FFMPEG set), checked here with the system's tools.
 Every clip kind runs on the oldest (but the TS one its build cannot demux), the kinds whose handling
-changed across versions on the newest; 9.0.2 also reads with the static ffprobe 8.0. And one job
+changed across versions on the newest; 9.0.2 also reads with the static ffprobe 8.0. The drivers share
+the session's Ray (their actors get the version's ffmpeg through the job's environment). And one job
 on a simulated cluster whose nodes run 5.1, 4.2.2 and 9.0.2 joins into one file that plays to the end."""
 
 from __future__ import annotations
@@ -70,15 +71,25 @@ def _check(name: str, src: Path, dst: Path) -> None:
         assert [s["codec_name"] for s in out if s["codec_type"] == "subtitle"] == ["subrip"]
 
 
+@pytest.fixture
+def session_ray(ray_cluster) -> str:
+    """The session's Ray, its CPU slots freed of this process's actors, for a driver of another process."""
+    from montage_ray.cluster.session import connected
+
+    connected().registry.stop()
+    return ray_cluster.get_runtime_context().gcs_address
+
+
 @pytest.mark.parametrize("version", sorted(MATRIX))
-def test_every_clip_kind_encodes_exactly_on_this_ffmpeg(version, ffmpeg_builds, make_clip, tmp_path):
+def test_every_clip_kind_encodes_exactly_on_this_ffmpeg(version, ffmpeg_builds, make_clip, session_ray, tmp_path):
     clips = MATRIX[version]
     env = dict(os.environ, MONTAGE_FFMPEG=str(ffmpeg_builds[version]))
     if version == "9.0.2":
         env["MONTAGE_FFPROBE"] = str(ffmpeg_builds["ffprobe-8.0"])
     jobs = [f"{name}={make_clip(name.split('@')[0])}:{ext}" for name, ext in clips.items()]
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "version_job.py"), str(tmp_path), *jobs],
-                          env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    # one driver per version on the session's Ray (its actors get this version's ffmpeg in their environment)
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "version_job.py"), "--address", session_ray,
+                           str(tmp_path), *jobs], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
     failures = {}

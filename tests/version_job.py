@@ -2,7 +2,13 @@
 environment names (tests/test_versions.py starts one per ffmpeg version). Prints one JSON object:
 {clip: {"ok": true, "ffmpeg": [versions of the segments], "frames": N} or {"ok": false, "error": "..."}}.
 
-    python tests/version_job.py OUT_DIR CLIP=SRC.ext:DST.ext ...    (CLIP@2=...: 2 s segments, else 1 s)
+    python tests/version_job.py [--address ADDR] OUT_DIR CLIP=SRC.ext:DST.ext ...
+                                    (CLIP@2=...: 2 s segments, else 1 s; ADDR: a running Ray to use)
+
+With ``--cases CASES.json`` it runs the jobs listed there ([{"name", "src", "dst", "seconds", "preset"}, ...]) and
+prints {name: {"ok": true, "frames", "segments", "ffmpeg"} or {"ok": false, "error", "code"} or {"ok": false,
+"crash": traceback}}: a crash (anything but a MontageError) is recorded and the next job still runs (see
+tests/test_exact.py).
 
 With ``--mixed`` it runs one job on a simulated cluster whose nodes run different ffmpeg builds instead
 (see :func:`mixed`):
@@ -23,8 +29,19 @@ def main(argv: list[str]) -> int:
     from montage_ray import encode
     from montage_ray.errors import MontageError
 
+    address = None
+    if argv[0] == "--address":  # a Ray that is running already (the test session's), else one of our own
+        address, argv = argv[1], argv[2:]
     out_dir, jobs = argv[0], argv[1:]
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if address:
+        # this job's actors (workers of their own) run the ffmpeg named here, whatever the nodes' environment;
+        # actors of this driver's own (not the shared encoder service's: those would outlive it)
+        os.environ["MONTAGE_RAY_SERVICE"] = "0"
+        tools = {k: os.environ[k] for k in ("MONTAGE_FFMPEG", "MONTAGE_FFPROBE") if k in os.environ}
+        ray.init(address=address, runtime_env={"env_vars": tools}, log_to_driver=False, logging_level="ERROR")
+    else:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
     results = {}
     try:
         for job in jobs:
@@ -44,6 +61,35 @@ def main(argv: list[str]) -> int:
     print(json.dumps(results))
     return 0
 
+
+def cases(argv: list[str]) -> int:
+    """--cases CASES.json: each listed job, in one local Ray; a crash is recorded, not raised."""
+    import traceback
+
+    import ray
+
+    from montage_ray import encode
+    from montage_ray.errors import MontageError
+
+    with open(argv[0], encoding="utf-8") as fh:
+        jobs = json.load(fh)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    results = {}
+    try:
+        for job in jobs:
+            try:
+                report = encode(job["src"], job["dst"], preset=job.get("preset", "ultrafast"),
+                                segment_seconds=job.get("seconds", 1.0))
+                results[job["name"]] = {"ok": True, "frames": report.frames, "segments": len(report.segments),
+                                        "ffmpeg": sorted({s.ffmpeg for s in report.segments})}
+            except MontageError as err:
+                results[job["name"]] = {"ok": False, "error": str(err), "code": err.exit_code}
+            except Exception:  # noqa: BLE001 - a crash is what the caller looks for
+                results[job["name"]] = {"ok": False, "crash": traceback.format_exc()[-3000:]}
+    finally:
+        ray.shutdown()
+    print(json.dumps(results))
+    return 0
 
 
 #: Labels of the mixed cluster's worker nodes, one node each, every one served by a CPU stand-in.
@@ -112,4 +158,6 @@ if __name__ == "__main__":
         # IP, where nothing of this cluster listens, and retries the GCS there (see scripts/simulate_cluster.py).
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if sys.argv[1:2] == ["--cases"]:
+        sys.exit(cases(sys.argv[2:]))
     sys.exit(mixed(sys.argv[2:]) if sys.argv[1:2] == ["--mixed"] else main(sys.argv[1:]))

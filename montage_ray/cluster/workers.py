@@ -65,7 +65,7 @@ def actor_options(p: Placement, *, reserve_cpu: bool = True) -> dict[str, Any]:
 
 def serves_as_standin(label: str, cfg: LabelConfig | None) -> bool:
     """Whether the encoders config makes a CPU stand-in serve the hardware ``label``."""
-    return cfg is not None and label != "cpu" and (cfg.standin or cfg.backend == "cpu")
+    return cfg is not None and cfg.label == label and cfg.stands_in
 
 
 @dataclass

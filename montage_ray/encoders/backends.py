@@ -435,6 +435,16 @@ PASSTHROUGH_LABEL = "{label} (PASS-THROUGH stand-in: stream copy, no encode)"
 
 HARDWARE_LABELS = tuple(name for name, b in BACKENDS.items() if b.hardware)
 
+#: The software backend, the one row that is not hardware: it runs on a node's CPU slots (whose label is its
+#: name) and is what stands in for a hardware label in tests and simulations.
+SOFTWARE = next(name for name, b in BACKENDS.items() if not b.hardware)
+
+
+def backend_of(label: str, backend: str | None = None) -> str:
+    """The backend that serves ``label``: the one its config names, else the backend of that name, else the
+    software one."""
+    return backend or (label if label in BACKENDS else SOFTWARE)
+
 
 def default_fps(label: str) -> float:
     """First guess of one session's frames/s at 1080p for a resource label (60 for a label not in the table)."""
@@ -444,7 +454,7 @@ def default_fps(label: str) -> float:
 def cpu_spec(codec: str = "h264", *, quality: int = 23, preset: str = "medium", threads: int = 1,
              standin_for: str | None = None) -> EncoderSpec:
     """The CPU backend resolved for a job; with ``standin_for`` it serves that hardware label."""
-    return BACKENDS["cpu"].spec(codec, quality=quality, preset=preset, threads=threads,
+    return BACKENDS[SOFTWARE].spec(codec, quality=quality, preset=preset, threads=threads,
                                 standin_for=standin_for)
 
 

@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import yaml
 
-from montage_ray.encoders.backends import BACKENDS, FILE_PARAMS, PRESETS, tuning_options
+from montage_ray.encoders.backends import BACKENDS, FILE_PARAMS, PRESETS, SOFTWARE, backend_of, tuning_options
 from montage_ray.errors import InputError
 
 _FIELDS = {"backend", "standin", "passthrough", "preset", "threads", "readrate", "extra_args", "remote", "bandwidth_mbps",
@@ -70,6 +70,11 @@ class LabelConfig:
     min_time_saved: float | None = None  # fast/standard use it only if it shortens the job by this share
     standin_quota_after: int | None = None  # TESTS/SIMULATION ONLY: a CPU stand-in refuses like a provider
     #                                         at quota (NVENC session limit) after this many segments
+
+    @property
+    def stands_in(self) -> bool:
+        """Whether the software backend serves this hardware label in its place (tests, simulations)."""
+        return self.label != SOFTWARE and (self.standin or self.backend == SOFTWARE)
 
 
 #: Each field's accepted type and rule, for one clear line instead of a traceback deep in a job.
@@ -108,11 +113,6 @@ def _check_type(where: str, name: str, value: Any) -> None:
     what, ok = _TYPES[name]
     if not ok(value):
         raise InputError(f"{where}: {name} must be {what}, not {value!r}")
-
-
-def backend_of(label: str, backend: str | None) -> str:
-    """The backend that serves ``label`` (as :func:`resolve_spec` decides it)."""
-    return backend or (label if label in BACKENDS else "cpu")
 
 
 def check_extra_args(args: Any, backend: str, codec: str | None = None, *, where: str = "extra_args"
@@ -203,7 +203,7 @@ def load_encoders_config(path: str | os.PathLike[str] | None) -> dict[str, Label
             extra_args=extra, remote=settings.get("remote", False), bandwidth_mbps=settings.get("bandwidth_mbps"),
             expected_fps=settings.get("expected_fps"), quality_rank=settings.get("quality_rank", 0),
             passthrough=settings.get("passthrough", False), **_cost_settings(shown, label, settings))
-        if out[label].passthrough and (label == "cpu" or not out[label].standin):
+        if out[label].passthrough and (label == SOFTWARE or not out[label].standin):
             raise InputError(f"{where}: {label!r}: passthrough is only for a stand-in label "
                              "(standin: true, not cpu)")
     return out
@@ -236,7 +236,7 @@ def _cost_settings(shown: str, label: str, settings: dict) -> dict:
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise InputError(f"encoders config {shown!r}: standin_quota_after of {label!r} must be a whole "
                              f"number >= 0, not {after!r}")
-        if not settings.get("standin") and settings.get("backend") != "cpu":
+        if not settings.get("standin") and settings.get("backend") != SOFTWARE:
             raise InputError(f"encoders config {shown!r}: standin_quota_after of {label!r} is for CPU "
                              "stand-ins only (tests and simulations)")
         out["standin_quota_after"] = after

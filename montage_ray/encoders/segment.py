@@ -34,6 +34,7 @@ from montage_ray.encoders.backends import EncoderSpec
 from montage_ray.encoders.records import EncodeResult
 from montage_ray.errors import EncoderError, FFmpegError, InputError
 from montage_ray.media.info import HdrInfo, VideoInfo
+from montage_ray.media.mp4 import NotPatchable, set_video_end
 from montage_ray.media.plan import Segment
 
 #: Pixel formats each codec is encoded to on CPU backends (broadest playback support).
@@ -66,11 +67,12 @@ def level_idc(level: str) -> str:
 
 def video_output_args(video: VideoInfo, spec: EncoderSpec) -> list[str]:
     """Output options that keep the source's look (pixel format, colour description) and make segments
-    from different encoders joinable: H.264 is always High profile at one level computed from the video."""
+    from different encoders joinable: H.264 is High profile at one level computed from the video, but for
+    x264's lossless mode (``--quality 0``: CRF 0), which exists only in High 4:4:4 Predictive."""
     args: list[str] = []
     if spec.codec == "h264":
         fps = float(video.frame_rate) if video.frame_rate else 30.0
-        args += ["-profile:v", spec.h264_high,
+        args += ["-profile:v", X264_LOSSLESS_PROFILE if x264_lossless(spec) else spec.h264_high,
                  "-level:v", level_idc(h264_level(video.width, video.height, fps))]
     if spec.video_filter is None:  # hardware backends choose their surface format in their filter
         ten_bit = bool(video.pix_fmt) and ("10" in video.pix_fmt or "12" in video.pix_fmt)
@@ -80,6 +82,18 @@ def video_output_args(video: VideoInfo, spec: EncoderSpec) -> list[str]:
         if value:
             args += [option, value]
     return args
+
+
+#: The H.264 profile of x264's lossless mode (CRF 0 or QP 0): High refuses it ("Error setting profile high").
+X264_LOSSLESS_PROFILE = "high444"
+
+
+def x264_lossless(spec: EncoderSpec) -> bool:
+    """Whether ``spec`` is x264 asked for lossless output (``-crf 0`` or ``-qp 0`` among its quality options)."""
+    if spec.encoder not in ("libx264", "libx264rgb"):
+        return False
+    q = list(spec.quality_args)
+    return any(q[i] in ("-crf", "-qp") and float(q[i + 1]) == 0 for i in range(len(q) - 1))
 
 
 def segment_timeout(frames: int, width: int, height: int, *, min_fps_1080p: float = 1.0) -> float:
@@ -223,6 +237,8 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
             except FFmpegError as err:
                 reason = "timeout" if err.timed_out else ("crash" if (err.returncode or 0) < 0 else "failed")
                 raise failed(str(err), reason, err.stderr) from None
+            if os.path.exists(out):
+                end_piece(out, segment)
             wrong = check_encoded(out, segment.frames, decode=decode, threads=threads,
                                   timeout=max(60.0, timeout / 2)) if os.path.exists(out) else "wrote no file"
             if wrong:
@@ -257,6 +273,20 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
         attempt=attempt, stderr=done.stderr[-2000:], started=started_at, ffmpeg=caps.version,
         hdr="" if hdr is None else (hdr_carry.LOST + hdr_lost if hdr_lost else "kept"), **tuning)
     return result, encoded
+
+
+def end_piece(path: str, segment: Segment) -> None:
+    """The encoded piece's video shown for the segment's whole duration (:func:`montage_ray.media.mp4.set_video_end`).
+
+    ffmpeg 4.2 writes an encoded stream's last packet without a duration, so the piece's edit list ended at
+    its last frame's start, and the join's demuxer dropped that frame whenever the edit's end fell on it
+    exactly (times on a millisecond clock, as every WebM and Matroska source has); 5.1 and newer give it the
+    nominal frame duration, which a variable-frame-rate segment's last frame need not have. A layout this
+    cannot edit stays as ffmpeg wrote it: the join's verification counts what it shows."""
+    try:
+        set_video_end(path, segment.duration)
+    except NotPatchable:
+        pass
 
 
 def _option(args: Sequence[str], name: str) -> str | None:

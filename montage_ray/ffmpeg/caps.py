@@ -42,6 +42,7 @@ SINCE = {
     "dump_extra": "2.0",
     "xpsnr": "7.1",               # filters that measure quality (--target-quality; see montage_ray.encoders.quality)
     "libvmaf": "4.0 (built with --enable-libvmaf)",
+    "opus in mp4": "5.0",          # older: the MP4 muxer refuses Opus unless told -strict experimental
 }
 
 #: Options montage-ray needs in every command; an ffmpeg without one of them cannot take part.
@@ -84,6 +85,14 @@ class FFmpegCaps:
     @property
     def progress(self) -> bool:
         return "progress" in self.options
+
+    @property
+    def mp4_opus(self) -> bool:
+        """Whether this ffmpeg's MP4 muxer writes Opus audio as a regular feature: 4.x refuses it (its
+        "experimental" Opus-in-MP4 needs ``-strict experimental``), so an Opus source is encoded to AAC for an
+        MP4 output there, decided before any segment is encoded. Checked with 4.2.2 (refuses), 5.1, 7.0.2 and
+        9.0.2 (write it); a git build (no release number) is taken to be recent."""
+        return self.major == 0 or self.major >= 5
 
     def has_bsf(self, name: str) -> bool:
         return name in self.bsfs

@@ -16,8 +16,9 @@ The kinds: :func:`cut_command` and :func:`cut_lanes_command` (the source into se
 segment; the probe's test encode is the same command, :func:`probe_encode_command`), :func:`align_command`
 and :func:`join_command` (the join and mux), :func:`verify_command` (ffprobe counting the joined frames),
 :func:`segment_check_command` (an actor's check of its own output), :func:`quality_command` (an actor's
-measure of its segment against the source piece, for ``--target-quality``), :func:`structure_command` and
-:func:`join_windows_command` (the driver's checks of the joined file),
+measure of its segment against the source piece, for ``--target-quality``), :func:`structure_command`,
+:func:`shown_frames_command` and :func:`join_windows_command` (the driver's checks of the joined file against
+its source),
 :func:`test_clip_command` (the probe's own runs; what caps asks a binary is in :mod:`~montage_ray.ffmpeg.queries`).
 
 What ffmpeg-python cannot express is said where it happens: global options (``-hide_banner``, ``-y``,
@@ -382,11 +383,20 @@ def segment_check_command(ffprobe: str, path: str, *, decode: bool, threads: int
 
 
 def structure_command(ffprobe: str, path: str) -> list[str]:
-    """ffprobe listing every packet's stream, pts, dts and duration and every stream's kind and time base, as
-    CSV, in one demux pass without decoding (the driver's structure check of the joined file)."""
+    """ffprobe listing every packet's stream, pts, dts, duration and flags (key, discard) and every stream's
+    kind and time base, as CSV, in one demux pass without decoding (the driver's structure check of the joined
+    file)."""
     return [ffprobe, "-v", "error", "-show_entries",
-            "packet=stream_index,pts,dts,duration:stream=index,codec_type,time_base", "-of", "csv=p=1",
+            "packet=stream_index,pts,dts,duration,flags:stream=index,codec_type,time_base", "-of", "csv=p=1",
             file_url(path)]
+
+
+def shown_frames_command(ffprobe: str, path: str, stream: int) -> list[str]:
+    """ffprobe listing stream ``stream``'s time base and its packets' pts, dts and flags (discard among them)
+    as CSV, in one demux pass without decoding, timestamps generated where the file has none (as the source's
+    inspection reads them): the source's own count of the frames it shows, for the final verification."""
+    return [ffprobe, "-v", "error", "-fflags", "+genpts", "-select_streams", str(stream), "-show_entries",
+            "packet=pts,dts,flags:stream=time_base", "-of", "csv=p=1", file_url(path)]
 
 
 def join_windows_command(ffprobe: str, path: str, windows: Sequence[tuple[float, int]], *,

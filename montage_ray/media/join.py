@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import array
 import errno
+import logging
 import os
 import shutil
 import threading
@@ -41,7 +42,12 @@ from montage_ray.ffmpeg import tool
 from montage_ray.ffmpeg.caps import ffmpeg_caps
 from montage_ray.errors import FFmpegError, InputError, VerificationError
 from montage_ray.media.info import TEXT_SUBTITLES, MediaInfo, stream_rotation
+from montage_ray.media.mp4 import NotPatchable, set_video_end
 from montage_ray.media.plan import Segment
+from montage_ray.media.verify import (MISSING, ShownFrames, SourceCount, compare, decode_tail, shown_from_table,
+                                      tail_window)
+
+log = logging.getLogger(__name__)
 
 #: Output containers by file extension: (ffmpeg muxer, family).
 CONTAINERS = {".mp4": ("mp4", "mp4"), ".m4v": ("mp4", "mp4"), ".mov": ("mov", "mp4"),
@@ -81,6 +87,9 @@ class JoinPlan:
     joins: tuple[float, ...] = ()
     #: Where the joined video's first frame should be shown (the file's clock), seconds.
     first_time: float | None = None
+    #: The source file and its video stream, counted again by the verification (:mod:`montage_ray.media.verify`).
+    source: str = ""
+    source_video: int = 0
 
 
 def _concat_list(segments: Sequence[Segment], paths: Sequence[str], list_path: str) -> None:
@@ -102,9 +111,10 @@ def _concat_list(segments: Sequence[Segment], paths: Sequence[str], list_path: s
         fh.write("\n".join(lines) + "\n")
 
 
-def mux_args(media: MediaInfo, family: str) -> tuple[list[int], dict[str, str], list[str]]:
+def mux_args(media: MediaInfo, family: str, *, mp4_opus: bool = True) -> tuple[list[int], dict[str, str], list[str]]:
     """(source stream indices to map, their options, notes) for the source's non-video streams in this
-    container family."""
+    container family; without ``mp4_opus`` (the joining ffmpeg's MP4 muxer refuses Opus:
+    :attr:`~montage_ray.ffmpeg.caps.FFmpegCaps.mp4_opus`) Opus audio is encoded to AAC for MP4 as well."""
     streams: list[int] = []
     options: list[tuple[str, str]] = []
     notes: list[str] = []
@@ -112,9 +122,10 @@ def mux_args(media: MediaInfo, family: str) -> tuple[list[int], dict[str, str], 
     for n, a in enumerate(media.audio):
         streams.append(a.index)
         options.append((f"map_metadata:s:a:{n}", f"1:s:{a.index}"))
-        if family == "mp4" and a.codec not in MP4_AUDIO:
+        if family == "mp4" and (a.codec not in MP4_AUDIO or (a.codec == "opus" and not mp4_opus)):
             options += [(f"c:a:{n}", "aac"), (f"b:a:{n}", "192k")]
-            notes.append(f"audio stream {a.index} ({a.codec}) encoded once to AAC for {family}")
+            why = " (this ffmpeg writes Opus into MP4 only as an experimental feature)" if a.codec == "opus" else ""
+            notes.append(f"audio stream {a.index} ({a.codec}) encoded once to AAC for {family}{why}")
         else:
             options.append((f"c:a:{n}", "copy"))
     kept = 0
@@ -226,7 +237,22 @@ def join_segments(media: MediaInfo, segments: Sequence[Segment], encoded: Sequen
     elif done.returncode != 0:
         raise FFmpegError(tool.describe_failure(done), returncode=done.returncode,
                           stderr=tool.tail(done.stderr))
+    end_video(dst_tmp, plan)
     return plan
+
+
+def end_video(path: str, plan: JoinPlan) -> None:
+    """An MP4 output's video shown until the source's video ends (:func:`montage_ray.media.mp4.set_video_end`):
+    ffmpeg's MP4 muxer ends it after the last packet's duration, which ffmpeg 4.2 leaves at 0 (its edit list
+    then hides the last frame, and a one-frame clip shows none) and 5.1 and newer take from the encoder's
+    nominal frame (a variable-frame-rate source's longer last frame comes out short). A layout this cannot
+    edit is left as the muxer wrote it, for the verification to judge."""
+    if plan.family != "mp4":
+        return
+    try:
+        set_video_end(path, plan.duration)
+    except (NotPatchable, OSError) as err:
+        log.info("the joined video's end is left as ffmpeg wrote it: %s", err)
 
 
 def moov_reserve(media: MediaInfo, segments: Sequence[Segment]) -> int | None:
@@ -259,7 +285,7 @@ def _join(media: MediaInfo, segments: Sequence[Segment], encoded: Sequence[str],
     # The concat demuxer starts the video at 0; the source starts every stream at its own time. Shift the
     # video by how far its first frame was from the file's start so that A/V offset is kept exactly.
     offset = segments[0].start - media.start_time
-    streams, options, notes = mux_args(media, family)
+    streams, options, notes = mux_args(media, family, mp4_opus=ffmpeg_caps().mp4_opus)
     attach = cover_attachments(media, workdir) if family == "mkv" and media.cover_art else []
     args = commands.join_command(list_path, media.path, dst_tmp, caps=ffmpeg_caps(), offset=offset,
                                  video_index=media.video.index, rotation=media.video.rotation, streams=streams,
@@ -272,7 +298,8 @@ def _join(media: MediaInfo, segments: Sequence[Segment], encoded: Sequence[str],
                           subtitle_streams=kept_subs, rotation=media.video.rotation, family=family,
                           duration=sum(s.duration for s in segments), frame_duration=frame_duration,
                           notes=tuple(notes), times=source_times(media),
-                          joins=tuple(s.start - segments[0].start for s in segments[1:]), first_time=offset)
+                          joins=tuple(s.start - segments[0].start for s in segments[1:]), first_time=offset,
+                          source=media.path, source_video=media.video.index)
 
 
 def streamable(path: str) -> bool:
@@ -326,6 +353,7 @@ class StreamingJoin:
                  container: tuple[str, str], timeout: float | None = None) -> None:
         self.timeout = timeout or join_timeout(media)
         self.workdir = workdir
+        self.dst_tmp = dst_tmp
         self.pipes = [os.path.join(workdir, f"pipe-{i:06d}.mp4") for i in range(len(segments))]
         try:
             for pipe in self.pipes:
@@ -383,6 +411,7 @@ class StreamingJoin:
         if done.returncode != 0 or self.fed != len(self.pipes):
             raise FFmpegError(f"the streamed join took {self.fed} of {len(self.pipes)} segments: "
                               + tool.describe_failure(done), returncode=done.returncode, stderr=done.stderr)
+        end_video(self.dst_tmp, self.plan)
         return self.plan
 
     def stop(self) -> None:
@@ -471,29 +500,34 @@ class Structure:
     first_time: float        # the first video frame's presentation time, seconds (file clock)
     rotation: int = 0
     notes: tuple[str, ...] = ()
+    #: The frames the file shows, counted from its packets (see :mod:`montage_ray.media.verify`).
+    shown: ShownFrames | None = None
+    #: The stretch from the last keyframe to the end, decoded by the verification (:func:`~montage_ray.media.verify.tail_window`).
+    tail: tuple[float, int, int] | None = None
 
 
 #: Stands for a missing (N/A) timestamp in the packet table's arrays.
-_MISSING = np.iinfo(np.int64).min
+_MISSING = MISSING
 
 
 def _packet_table(path: str) -> tuple[dict[int, tuple[str, Fraction]], dict[int, np.ndarray], str]:
-    """({stream index: (kind, time base)}, {stream index: int64 array of [pts, dts, duration] rows}, stderr):
-    one pass. Each row is packed into 24 bytes as it is read, so the driver's memory stays small for long
-    files (a list of strings per packet took about 30 MB for 20 minutes of video and audio)."""
+    """({stream index: (kind, time base)}, {stream index: int64 array of [pts, dts, duration, key, discard]
+    rows}, stderr): one pass. Each row is packed into 40 bytes as it is read, so the driver's memory stays
+    small for long files (a list of strings per packet took about 30 MB for 20 minutes of video and audio)."""
     done = tool.run(commands.structure_command(tool.ffprobe(), path), timeout=600)
     streams: dict[int, tuple[str, Fraction]] = {}
     rows: dict[int, array.array] = {}
     for line in done.stdout.splitlines():
         fields = line.split(",")
-        if fields[0] == "packet" and len(fields) >= 5:
+        if fields[0] == "packet" and len(fields) >= 6:
             column = rows.get(int(fields[1]))
             if column is None:
                 column = rows[int(fields[1])] = array.array("q")
             column.extend(int(v) if v not in ("N/A", "") else _MISSING for v in fields[2:5])
+            column.extend(("K" in fields[5], "D" in fields[5]))
         elif fields[0] == "stream" and len(fields) >= 4:
             streams[int(fields[1])] = (fields[2], Fraction(fields[3]) if "/" in fields[3] else Fraction(1, 90000))
-    packets = {index: np.frombuffer(column, dtype=np.int64).reshape(-1, 3) for index, column in rows.items()}
+    packets = {index: np.frombuffer(column, dtype=np.int64).reshape(-1, 5) for index, column in rows.items()}
     return streams, packets, done.stderr
 
 
@@ -504,16 +538,21 @@ def check_structure(path: str, plan: JoinPlan) -> Structure:
     try:
         streams, packets, stderr = _packet_table(path)
         listing = tool.probe_json(["-show_entries",
-                                         "stream=codec_type:stream_side_data=rotation:stream_tags=rotate",
+                                         "stream=codec_type,duration:stream_side_data=rotation:stream_tags=rotate",
                                          tool.file_url(path)], timeout=60)
     except FFmpegError as err:
         raise VerificationError(f"the joined output cannot be read back: {err}") from None
     if stderr.strip():
         raise VerificationError("reading the joined output reported errors: " + tool.last_error_line(stderr))
     video = [i for i, (kind, _) in sorted(streams.items()) if kind == "video"]
-    table = packets.get(video[0], np.zeros((0, 3), np.int64)) if video else np.zeros((0, 3), np.int64)
-    if len(table) != plan.frames:
-        raise VerificationError(f"the joined output has {len(table)} video frames, the source has {plan.frames}")
+    table = packets.get(video[0], np.zeros((0, 5), np.int64)) if video else np.zeros((0, 5), np.int64)
+    tb = streams[video[0]][1] if video else Fraction(1, 90000)
+    discard = table[:, 4].astype(bool)
+    shown_frames = shown_from_table(table[:, 0], discard, tb, probe=tool.ffprobe())
+    if shown_frames.frames != plan.frames:
+        hidden = f" ({int(discard.sum())} more outside its edit list)" if discard.any() else ""
+        raise VerificationError(f"the joined output shows {shown_frames.frames} video frames{hidden}, the source "
+                                f"has {plan.frames}")
     kinds = [s.get("codec_type") for s in listing.get("streams", [])]
     audio, subs = kinds.count("audio"), kinds.count("subtitle")
     if audio != plan.audio_streams:
@@ -523,7 +562,6 @@ def check_structure(path: str, plan: JoinPlan) -> Structure:
     for index, (kind, _) in streams.items():
         if kind == "audio" and not len(packets.get(index, ())):
             raise VerificationError(f"audio stream {index} of the joined output has no packets")
-    tb = streams[video[0]][1]
     pts, dts, dur = table[:, 0], table[:, 1], table[:, 2]
     missing = _MISSING
     if (pts == missing).any():
@@ -532,7 +570,7 @@ def check_structure(path: str, plan: JoinPlan) -> Structure:
     if known.size > 1 and (np.diff(known) <= 0).any():
         where = int(np.argmax(np.diff(known) <= 0))
         raise VerificationError(f"the joined output's video decode times do not rise at packet {where + 1}")
-    shown = np.sort(pts)
+    shown = np.sort(pts[~discard])
     times = (shown - shown[0]).astype(np.float64) * float(tb)
     if plan.times is not None and plan.times.shape == times.shape:
         off = np.abs(times - plan.times) > max(plan.frame_duration / 2, 2 * float(tb))
@@ -543,9 +581,18 @@ def check_structure(path: str, plan: JoinPlan) -> Structure:
             where = f"after join {join} (at {plan.joins[join - 1]:.3f} s)" if join else "in the first segment"
             raise VerificationError(f"the joined video shows frame {frame} at {times[frame]:.3f} s instead of "
                                     f"{at:.3f} s: timestamps are not continuous {where}")
-    last = int(np.argmax(pts))
-    duration = float((int(pts[last]) + max(0, int(dur[last]) if dur[last] != missing else 0) - int(shown[0])) * tb)
-    if abs(duration - plan.duration) > plan.frame_duration * 1.5:
+    # where the video ends: the latest end of a shown packet (with B-frames the frame shown last need not be the
+    # one whose duration reaches the end: the join gives the last decoded its length, see mp4.set_video_end)
+    # or, where the demuxer gives packets no duration (MP4 with B-frames), the stream's (its edit list's)
+    ends = pts[~discard] + np.where(dur[~discard] == missing, 0, np.maximum(dur[~discard], 0))
+    duration = float((int(ends.max()) - int(shown[0])) * tb)
+    listed = next((s.get("duration") for s in listing.get("streams", []) if s.get("codec_type") == "video"), None)
+    if (dur[~discard] == missing).any() and listed not in (None, "N/A"):
+        duration = max(duration, float(listed))
+    # the last frame's own duration is the source's where it had one, else a typical frame's: within one and a
+    # half of the larger of a nominal frame and the source's typical gap (a VFR stream's rate may say 1000 fps)
+    typical = float(np.median(np.diff(plan.times))) if plan.times is not None and plan.times.size > 1 else 0.0
+    if abs(duration - plan.duration) > max(plan.frame_duration, typical) * 1.5:
         raise VerificationError(f"the joined video lasts {duration:.3f} s, the source {plan.duration:.3f} s")
     rotation = 0
     for entry in listing.get("streams", []):
@@ -557,8 +604,9 @@ def check_structure(path: str, plan: JoinPlan) -> Structure:
         if plan.family == "mp4":
             raise VerificationError(f"the joined output is rotated {rotation} degrees, the source {plan.rotation}")
         notes = (f"display rotation {plan.rotation} is not stored in .mkv by this ffmpeg; use .mp4 to keep it",)
-    return Structure(frames=len(table), audio_streams=audio, subtitle_streams=subs, video_duration=duration,
-                     first_time=float(shown[0] * tb), rotation=rotation, notes=notes)
+    return Structure(frames=shown_frames.frames, audio_streams=audio, subtitle_streams=subs, video_duration=duration,
+                     first_time=float(shown[0] * tb), rotation=rotation, notes=notes, shown=shown_frames,
+                     tail=tail_window(pts, table[:, 3].astype(bool), discard, tb, shown_frames.gap))
 
 
 #: Packets decoded from each join on: the next segment's keyframe and the pictures after it in decode
@@ -650,35 +698,48 @@ class Verification:
 def verify_output(path: str, plan: JoinPlan, *, decode: bool = True, timeout: float = 3600.0) -> Verification:
     """Check the joined file before it is called done: its structure (:func:`check_structure`), then a
     decode of every frame (``decode``) or of a window around each join (when the encoder actors decoded
-    their own segments in full: ``decode=False``). Raises :class:`VerificationError` on any mismatch."""
+    their own segments in full: ``decode=False``) and of its end (:func:`~montage_ray.media.verify.decode_tail`).
+
+    Independently of every figure of the plan, the cut, the encoders and the join, the frames the output
+    shows are compared with those the source shows, both counted the same way by the job's ffprobe from
+    their packets (:mod:`montage_ray.media.verify`): one frame off, or the last frame shown elsewhere than the
+    source's (within one frame), fails. Raises :class:`VerificationError` on any mismatch."""
     started = time.monotonic()
+    source = SourceCount(plan.source, plan.source_video, timeout=timeout) if plan.source else None
     windows = None
-    if not decode and plan.joins and plan.first_time is not None:  # beside the structure pass, where it starts
-        windows = _Windows(path, join_windows(plan, plan.first_time), timeout)
     try:
+        if not decode and plan.joins and plan.first_time is not None:  # beside the structure pass, where it starts
+            windows = _Windows(path, join_windows(plan, plan.first_time), timeout)
         found = check_structure(path, plan)
-    except BaseException:
+        if windows is not None and abs(found.first_time - (plan.first_time or 0.0)) > plan.frame_duration / 2:
+            windows.kill()  # the file starts elsewhere than planned: decode the windows where it really does
+            windows = None
+        if decode:
+            try:
+                done = tool.run(commands.verify_command(tool.ffprobe(), path, decode=True), timeout=timeout)
+            except FFmpegError as err:
+                raise VerificationError(f"the joined output cannot be decoded: {err}") from None
+            if done.stderr.strip():
+                raise VerificationError("decoding the joined output reported errors: "
+                                        + tool.last_error_line(done.stderr))
+            frames = int(tool.first_stream(done.stdout).get("nb_read_frames") or 0)
+            if frames != found.frames:
+                raise VerificationError(f"the joined output decodes to {frames} video frames, the source has "
+                                        f"{found.frames}")
+        else:
+            if windows is not None:
+                windows.judge()
+            else:
+                decode_joins(path, plan, found.first_time)
+            if found.tail is not None:
+                decode_tail(path, found.tail, timeout=timeout)
+        if source is not None and found.shown is not None:
+            compare(found.shown, source.result(), frame=plan.frame_duration)
+    finally:
         if windows is not None:
             windows.kill()
-        raise
-    if windows is not None and abs(found.first_time - (plan.first_time or 0.0)) > plan.frame_duration / 2:
-        windows.kill()  # the file starts elsewhere than planned: decode the windows where it really does
-        windows = None
-    if decode:
-        try:
-            done = tool.run(commands.verify_command(tool.ffprobe(), path, decode=True), timeout=timeout)
-        except FFmpegError as err:
-            raise VerificationError(f"the joined output cannot be decoded: {err}") from None
-        if done.stderr.strip():
-            raise VerificationError("decoding the joined output reported errors: "
-                                    + tool.last_error_line(done.stderr))
-        frames = int(tool.first_stream(done.stdout).get("nb_read_frames") or 0)
-        if frames != plan.frames:
-            raise VerificationError(f"the joined output decodes to {frames} video frames, the source has {plan.frames}")
-    elif windows is not None:
-        windows.judge()
-    else:
-        decode_joins(path, plan, found.first_time)
+        if source is not None:
+            source.kill()
     return Verification(frames=found.frames, audio_streams=found.audio_streams,
                         subtitle_streams=found.subtitle_streams, video_duration=found.video_duration,
                         seconds=time.monotonic() - started, rotation=found.rotation, notes=found.notes)

@@ -174,9 +174,15 @@ DIAGNOSES: tuple[Pattern, ...] = (
             "with `montage-ray probe --verbose`."),
 )
 
-_ENCODER_BACKEND = {"vaapi": "vaapi", "qsv": "qsv", "nvenc": "nvenc", "nvmpi": "nvmpi", "nvv4l2": "nvmpi",
-                    "v4l2m2m": "v4l2m2m"}
-_CPU_ENCODERS = {enc for enc in BACKENDS["cpu"].encoders.values()}
+#: From the backend table: a hardware encoder's family (``h264_nvv4l2`` -> ``nvv4l2``) -> its backend, and
+#: each software encoder (``libx265``) -> its backend.
+_ENCODER_BACKEND = {enc.split("_", 1)[1]: b.name for b in BACKENDS.values() if b.hardware
+                    for codec in b.encoders for enc in b.encoder_names(codec)}
+_SOFTWARE_ENCODERS = {enc: b.name for b in BACKENDS.values() if not b.hardware for codec in b.encoders
+                      for enc in b.encoder_names(codec)}
+#: ``[h264_qsv @ 0x...]``: a hardware encoder of any codec ffmpeg has, named in a log
+_HARDWARE_ENCODER = re.compile(r"\b(?:h264|hevc|h265|av1|mjpeg|mpeg2|vp8|vp9)_("
+                               + "|".join(sorted(_ENCODER_BACKEND, key=len, reverse=True)) + r")\b")
 _KEYWORD_BACKEND = ((r"vaapi|libva|VA display|/dev/dri", "vaapi"), (r"\bMFX\b|\bqsv\b|oneVPL", "qsv"),
                     (r"nvenc|libcuda|CUDA", "nvenc"), (r"nvmpi|nvhost|tegra|nvv4l2", "nvmpi"),
                     (r"v4l2", "v4l2m2m"))
@@ -184,12 +190,12 @@ _KEYWORD_BACKEND = ((r"vaapi|libva|VA display|/dev/dri", "vaapi"), (r"\bMFX\b|\b
 
 def guess_backend(text: str) -> str | None:
     """The backend an ffmpeg log is about, from encoder names in it (``[h264_qsv @ ...]``) or keywords."""
-    found = re.search(r"\b(?:h264|hevc|h265|av1|mjpeg|mpeg2|vp8|vp9)_(vaapi|qsv|nvenc|nvmpi|nvv4l2|v4l2m2m)\b",
-                      text)
+    found = _HARDWARE_ENCODER.search(text)
     if found:
         return _ENCODER_BACKEND[found.group(1)]
-    if any(re.search(rf"\b{re.escape(enc)}\b", text) for enc in _CPU_ENCODERS):
-        return "cpu"
+    software = next((b for enc, b in _SOFTWARE_ENCODERS.items() if re.search(rf"\b{re.escape(enc)}\b", text)), None)
+    if software:
+        return software
     for regex, backend in _KEYWORD_BACKEND:
         if re.search(regex, text, re.IGNORECASE):
             return backend

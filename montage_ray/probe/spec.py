@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from montage_ray.encoders.backends import BACKENDS, PASSTHROUGH, PASSTHROUGH_LABEL, EncoderSpec
+from montage_ray.encoders.backends import BACKENDS, PASSTHROUGH, PASSTHROUGH_LABEL, SOFTWARE, EncoderSpec, backend_of
 from montage_ray.encoders.config import LabelConfig
 from montage_ray.errors import EncoderError
 from montage_ray.probe.node import probe_node
@@ -24,18 +24,18 @@ from montage_ray.probe.node import probe_node
 def resolve_spec(label: str, config: LabelConfig | None, *, codec: str, quality: int, preset: str,
                  threads: int) -> EncoderSpec:
     """The spec that serves ``label`` on *this* node (call it where the encoder runs)."""
-    backend = (config.backend if config and config.backend else None) or (label if label in BACKENDS else "cpu")
+    backend = backend_of(label, config.backend if config else None)
     preset = (config.preset if config and config.preset else None) or preset
     threads = (config.threads if config and config.threads else None) or threads
-    standin = backend == "cpu" and label != "cpu"
-    if config and config.standin and backend != "cpu":
-        raise EncoderError(f"label {label!r}: a stand-in must use the cpu backend, not {backend!r}")
+    software = not BACKENDS[backend].hardware
+    if config and config.standin and not software:
+        raise EncoderError(f"label {label!r}: a stand-in must use the {SOFTWARE} backend, not {backend!r}")
     if config and config.passthrough:
         spec = replace(PASSTHROUGH.spec(codec, threads=threads, standin_for=label), copies=True,
                        label=PASSTHROUGH_LABEL.format(label=label))
-    elif backend == "cpu":
-        spec = BACKENDS["cpu"].spec(codec, quality=quality, preset=preset, threads=threads,
-                                    standin_for=label if standin else None)
+    elif software:
+        spec = BACKENDS[backend].spec(codec, quality=quality, preset=preset, threads=threads,
+                                      standin_for=label if label != backend else None)
     else:
         spec = probe_node().spec(backend, codec, quality=quality, preset=preset, threads=threads)
         if label != backend:

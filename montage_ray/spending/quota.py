@@ -102,7 +102,7 @@ def standin_check(config: Any, served: int) -> None:
     after = getattr(config, "standin_quota_after", None)
     if after is None or served <= after:
         return
-    if not (config.standin or config.backend == "cpu"):
+    if not config.stands_in:
         return
     from montage_ray.encoders.segment import SegmentEncodeError
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from montage_ray.encoders import hdr
-from montage_ray.encoders.config import LabelConfig, backend_of
+from montage_ray.encoders.backends import backend_of
+from montage_ray.encoders.config import LabelConfig
 from montage_ray.media.info import HdrInfo
 from montage_ray.spending.cost import Price, charge, money
 
