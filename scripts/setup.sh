@@ -14,6 +14,11 @@ command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || need+
 if [ "$with_tests" = 1 ]; then command -v chromium >/dev/null 2>&1 || need+=(chromium); fi
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ "${#need[@]}" -gt 0 ]; then
+  if [ -n "$SUDO" ] && ! sudo -n apt-get --version >/dev/null 2>&1; then
+    echo "setup: ${need[*]} must be installed and $(id -un) has no passwordless sudo: install them first" \
+         "(sudo apt-get install ${need[*]}), or run setup as root" >&2
+    exit 1
+  fi
   echo "setup: installing ${need[*]} with apt-get" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null

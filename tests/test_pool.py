@@ -218,3 +218,14 @@ def test_the_plan_covers_segments_not_cut_yet_and_only_cut_ones_go_out():
     run.feed = lambda wait: [2]
     run.arrive()
     assert run.pick(fast, plan["w0"]) == (segs[2], 1) and list(run.waiting) == [1]
+
+
+def test_a_remote_error_whose_cause_is_lost_is_named_by_its_last_line_not_rays_header():
+    from ray.exceptions import RayTaskError
+
+    from montage_ray.cluster.pool import _cause_line
+
+    err = RayTaskError("EncoderActor.encode", "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+                       "montage_ray.encoders.segment.SegmentEncodeError: segment 3 on cpu: ffmpeg crashed", None)
+    assert "(pid=" in str(err).splitlines()[0]                  # Ray's header: the process, not the failure
+    assert _cause_line(err) == "montage_ray.encoders.segment.SegmentEncodeError: segment 3 on cpu: ffmpeg crashed"

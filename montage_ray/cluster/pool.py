@@ -35,6 +35,7 @@ into the queue without counting as a failure::
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
@@ -418,18 +419,18 @@ class EncoderPool:
             return None
         except ACTOR_GONE as err:
             task.worker.alive = False
-            self._failed(run, task, "actor-died", first_line(err))
+            self._failed(run, task, "actor-died", _cause_line(err))
             return None
         except RayTaskError as err:
             cause = err.cause if isinstance(err.cause, BaseException) else err
             reason = getattr(cause, "reason", "error")
             if reason == "bad-input":  # the piece itself is wrong: no other encoder would do better
-                raise EncoderError(first_line(cause))
+                raise EncoderError(_cause_line(cause))
             if reason == "dropped":  # the service took this job for dead (it stalled): send it again
                 run.requeue(task)
                 return None
             if reason != "cancelled":
-                self._failed(run, task, reason, first_line(cause), getattr(cause, "stderr", ""),
+                self._failed(run, task, reason, _cause_line(cause), getattr(cause, "stderr", ""),
                              started=getattr(cause, "started", 0.0), seconds=getattr(cause, "seconds", 0.0))
             return None
         self._measured(task.worker, result)  # a speed, even from a duplicate that lost the race, is information
@@ -548,3 +549,14 @@ class EncoderPool:
         if worker.failures >= self.options.max_worker_failures:
             worker.alive = False
         run.fail(task, failure, self.options.max_attempts, counts=refused is None)
+
+
+def _cause_line(err: BaseException) -> str:
+    """What failed, in one line: the error's first line, except for a Ray task error whose cause could not be
+    rebuilt here (its first line is Ray's ``ray::EncoderActor.encode() (pid=..., repr=...)`` header): then the
+    last line of the remote traceback, ``SomeError: message``."""
+    if not isinstance(err, RayTaskError):
+        return first_line(err)
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines()]
+    lines = [line for line in lines if line]
+    return lines[-1] if lines else type(err).__name__

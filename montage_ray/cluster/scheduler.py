@@ -45,6 +45,7 @@ from typing import Any
 import ray
 
 from montage_ray.errors import first_line
+from montage_ray.util import metrics
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +295,7 @@ class SchedulerActor:
         self._dead_checked = 0.0
         self._holds: dict[str, Any] = {}   # CPU slot -> the placement group that reserves its CPU while it works
         self._holding = threading.Lock()   # the reaper's thread and stop_all both change the reservations
+        self._gauges = metrics.ServiceGauges()  # the status on the dashboard, exported by the reaper
         threading.Thread(target=self._reap_forever, name="montage-reaper", daemon=True).start()
 
     def settings(self) -> dict[str, float]:
@@ -391,7 +393,7 @@ class SchedulerActor:
             self._dropped.append(job)
             _tell(names, job)
         _kill(idle)
-        _export(status)
+        self._gauges.export(status)
 
     def _hold_cpus(self, working: dict[str, str]) -> None:
         """Reserve the CPU of each working CPU slot ({slot: node id}) with a placement group pinned to its node,
@@ -458,12 +460,6 @@ def _tell(names: list[str], job: str) -> None:
                 handle.drop.remote(job)
             except Exception:  # noqa: BLE001 - an actor that is gone runs nothing
                 pass
-
-
-def _export(status: dict[str, Any]) -> None:
-    from montage_ray.util import metrics
-
-    metrics.service_state(status)
 
 
 def existing_scheduler() -> Any:

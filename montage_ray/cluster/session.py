@@ -229,25 +229,32 @@ def _token_source() -> str:
     return "~/.ray/auth_token"
 
 
+def _client_token() -> str | None:
+    """The token this client has, read where Ray reads it and in its order (``$RAY_AUTH_TOKEN``, the file
+    ``$RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``), whitespace around it dropped; None without one.
+
+    Read here rather than through Ray's token loader: that loader is process-wide, and filling it before
+    ``ray.init`` left a driver whose objects another node's workers could not fetch ("owner has exited")."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def _token_metadata() -> tuple[list[tuple[str, str]], str]:
-    """The gRPC metadata Ray itself would send to a cluster (its token loader's header when
-    ``RAY_AUTH_MODE=token``), and what this client's token situation is, in words."""
-    sends_token = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
-    try:
-        from ray._raylet import AuthenticationTokenLoader
-    except ImportError:  # pragma: no cover - Ray before token authentication
-        return [], "none"
-    loader = AuthenticationTokenLoader.instance()
-    loader.reset_cache()  # the environment may have changed since Ray first looked
-    if not sends_token:
-        return [], "unsent" if loader.has_token(ignore_auth_mode=True) else "none"
-    try:
-        found = loader.has_token()
-    except Exception:  # noqa: BLE001 - Ray raises when its mode is token and it finds none
-        found = False
-    if not found:
+    """The gRPC metadata Ray itself would send to a cluster (its token, only with ``RAY_AUTH_MODE=token``), and
+    this client's token situation in a word: sent, unsent (it has one but would not send it), missing (it
+    would send one but has none), none."""
+    token = _client_token()
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return [], "unsent" if token else "none"
+    if token is None:
         return [], "missing"
-    return [(k.lower(), v) for k, v in loader.get_token_for_http_header().items()], "sent"
+    return [("authorization", f"Bearer {token}")], "sent"
 
 
 def check_token(address: str, timeout: float) -> None:

@@ -104,31 +104,36 @@ def _service_metrics() -> dict[str, Any]:
     }
 
 
-_service_seen: dict[str, set] = {"actors": set(), "job": set()}
+class ServiceGauges:
+    """The encoder service's gauges as one scheduler exports them: it remembers the series it set, so that
+    those of actors and jobs that are gone are set to 0 (the scheduler actor owns one)."""
 
+    def __init__(self) -> None:
+        self._actors: set[tuple[str, str, str]] = set()   # (label, node, state) series last set above 0
+        self._jobs: set[str] = set()                       # jobs of the last status
 
-def service_state(status: dict[str, Any]) -> None:
-    """The scheduler's status as gauges: actors per label, node and state; jobs, their queue, share, progress.
-    Series of actors and jobs that are gone are set to 0."""
-    try:
-        gauges = _service_metrics()
-        counts: dict[tuple[str, str, str], int] = {}
-        for a in status.get("actors", []):
-            key = (a["label"], a["node"], "busy" if a["busy"] else "idle")
-            counts[key] = counts.get(key, 0) + 1
-        for key in _service_seen["actors"] - set(counts):
-            counts[key] = 0
-        for (label, node, state), n in counts.items():
-            gauges["actors"].set(n, tags={"label": label, "node": node, "state": state})
-        _service_seen["actors"] = {k for k, n in counts.items() if n}
-        gauges["jobs"].set(len(status.get("jobs", [])))
-        queued = {q["job"]: sum(q["wants"].values()) for q in status.get("queue", [])}
-        jobs = {j["job"]: j for j in status.get("jobs", [])}
-        for job in _service_seen["job"] | set(jobs):
-            j = jobs.get(job, {})
-            gauges["queue"].set(queued.get(job, 0), tags={"job": job})
-            gauges["share"].set(j.get("share", 0.0), tags={"job": job})
-            gauges["progress"].set(j.get("progress", 0.0), tags={"job": job})
-        _service_seen["job"] = set(jobs)
-    except Exception as err:  # noqa: BLE001 - metrics must never break the service
-        log.debug("service metrics not recorded: %s", err)
+    def export(self, status: dict[str, Any]) -> None:
+        """The scheduler's status as gauges: actors per label, node and state; jobs, their queue, share,
+        progress."""
+        try:
+            gauges = _service_metrics()
+            counts: dict[tuple[str, str, str], int] = {}
+            for a in status.get("actors", []):
+                key = (a["label"], a["node"], "busy" if a["busy"] else "idle")
+                counts[key] = counts.get(key, 0) + 1
+            for key in self._actors - set(counts):
+                counts[key] = 0
+            for (label, node, state), n in counts.items():
+                gauges["actors"].set(n, tags={"label": label, "node": node, "state": state})
+            self._actors = {k for k, n in counts.items() if n}
+            gauges["jobs"].set(len(status.get("jobs", [])))
+            queued = {q["job"]: sum(q["wants"].values()) for q in status.get("queue", [])}
+            jobs = {j["job"]: j for j in status.get("jobs", [])}
+            for job in self._jobs | set(jobs):
+                j = jobs.get(job, {})
+                gauges["queue"].set(queued.get(job, 0), tags={"job": job})
+                gauges["share"].set(j.get("share", 0.0), tags={"job": job})
+                gauges["progress"].set(j.get("progress", 0.0), tags={"job": job})
+            self._jobs = set(jobs)
+        except Exception as err:  # noqa: BLE001 - metrics must never break the service
+            log.debug("service metrics not recorded: %s", err)
