@@ -60,7 +60,7 @@ class EncoderActor:
         self._specs: dict[tuple, Any] = {}
         self._progress: dict[int, int] = {}   # segment index -> frames encoded so far (the running one)
         self._node = ""
-        self._served = 0  # segments taken (the stand-in quota knob counts them; see montage_ray.spending.quota)
+        self._served = 0  # segments a stand-in took (its quota knob counts them; see montage_ray.spending.quota)
         self._dropped: dict[str, float] = {}  # job id -> when its driver was found gone (the service)
         self._stopping = False                # the service is being stopped: every job's work ends
         self._running = 0                     # encodes in progress (one at most: encodes run one at a time)
@@ -143,8 +143,9 @@ class EncoderActor:
         node = self._node_name()
         log.info("job %s segment %d attempt %d: %d frames on %s (%s)", settings.job_id, segment.index, attempt,
                  segment.frames, name, spec.label)
-        self._served += 1
-        quota.standin_check(config, self._served)  # TESTS/SIMULATION ONLY: a stand-in refuses at "quota"
+        if spec.is_standin:  # TESTS/SIMULATION ONLY: a stand-in may refuse like a provider at its quota
+            self._served += 1
+            quota.standin_check(config, self._served)
         self._progress = {segment.index: 0}
 
         def on_progress(frames: int) -> None:
