@@ -153,6 +153,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items[:] = [item for item in items if item not in shared] + shared
 
 
+@pytest.fixture
+def session_ray(ray_cluster) -> str:
+    """The session's Ray, its CPU slots freed of this process's actors, for a driver of another process
+    (tests/version_job.py --address)."""
+    from montage_ray.cluster.session import connected
+
+    connected().registry.stop()
+    return ray_cluster.get_runtime_context().gcs_address
+
+
 BUILDS = Path(os.environ.get("MONTAGE_FFMPEG_BUILDS") or Path.home() / ".cache" / "montage-ray" / "ffmpeg") / "bin"
 
 

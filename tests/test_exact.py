@@ -8,8 +8,8 @@ not by anything montage-ray reports.
 Each ffmpeg version runs a few clips drawn from a seeded generator (tests/genclips.py: MP4/MKV/WebM, H.264
 with and without B-frames and open GOPs, VP8/VP9, variable frame rate, dropped frames, an odd last frame, odd
 start times, 23.976 fps, 1-5 frame clips, AAC/Vorbis/Opus audio longer or shorter than the video, into .mp4 or
-.mkv, at ultrafast (no B-frames) or medium (B-frames)) and the fixed clips below, which once broke it, all in
-one Ray per version (tests/version_job.py --cases). The seed is the day's date unless ``MONTAGE_EXACT_SEED``
+.mkv, at ultrafast (no B-frames) or medium (B-frames)) and the fixed clips below, which once broke it, each version's
+in one driver on the session's Ray (tests/version_job.py --cases --address). The seed is the day's date unless ``MONTAGE_EXACT_SEED``
 names one (``MONTAGE_EXACT_CASES``: clips drawn per version, default 2); a failure prints it.
 """
 
@@ -113,7 +113,8 @@ def _run(args: list[str], env: dict, timeout: float) -> subprocess.CompletedProc
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_exit_0_means_every_frame_and_the_last_frame_where_the_source_has_it(version, ffmpeg_builds, tmp_path):
+def test_exit_0_means_every_frame_and_the_last_frame_where_the_source_has_it(version, ffmpeg_builds, session_ray,
+                                                                             tmp_path):
     env = dict(os.environ)
     if version == "5.1":
         env["MONTAGE_FFMPEG"] = shutil.which("ffmpeg") or "ffmpeg"
@@ -129,8 +130,9 @@ def test_exit_0_means_every_frame_and_the_last_frame_where_the_source_has_it(ver
         jobs.append({"name": f"{n}-{case.name}", "src": str(src), "dst": str(tmp_path / f"out{n}{case.kind.output}"),
                      "seconds": 1.0, "preset": case.preset})
     (tmp_path / "cases.json").write_text(json.dumps(jobs))
-    done = _run([sys.executable, str(ROOT / "tests" / "version_job.py"), "--cases", str(tmp_path / "cases.json")],
-                env, timeout=240)
+    # one driver per version on the session's Ray (its actors get this version's ffmpeg in their environment)
+    done = _run([sys.executable, str(ROOT / "tests" / "version_job.py"), "--cases", "--address", session_ray,
+                 str(tmp_path / "cases.json")], env, timeout=240)
     assert done.returncode == 0, f"seed {SEED}: {done.stderr[-3000:]}"
     results = json.loads(done.stdout.strip().splitlines()[-1])
     failures = {}

@@ -71,15 +71,6 @@ def _check(name: str, src: Path, dst: Path) -> None:
         assert [s["codec_name"] for s in out if s["codec_type"] == "subtitle"] == ["subrip"]
 
 
-@pytest.fixture
-def session_ray(ray_cluster) -> str:
-    """The session's Ray, its CPU slots freed of this process's actors, for a driver of another process."""
-    from montage_ray.cluster.session import connected
-
-    connected().registry.stop()
-    return ray_cluster.get_runtime_context().gcs_address
-
-
 @pytest.mark.parametrize("version", sorted(MATRIX))
 def test_every_clip_kind_encodes_exactly_on_this_ffmpeg(version, ffmpeg_builds, make_clip, session_ray, tmp_path):
     clips = MATRIX[version]

@@ -5,7 +5,7 @@ environment names (tests/test_versions.py starts one per ffmpeg version). Prints
     python tests/version_job.py [--address ADDR] OUT_DIR CLIP=SRC.ext:DST.ext ...
                                     (CLIP@2=...: 2 s segments, else 1 s; ADDR: a running Ray to use)
 
-With ``--cases CASES.json`` it runs the jobs listed there ([{"name", "src", "dst", "seconds", "preset"}, ...]) and
+With ``--cases [--address ADDR] CASES.json`` it runs the jobs listed there ([{"name", "src", "dst", "seconds", "preset"}, ...]) and
 prints {name: {"ok": true, "frames", "segments", "ffmpeg"} or {"ok": false, "error", "code"} or {"ok": false,
 "crash": traceback}}: a crash (anything but a MontageError) is recorded and the next job still runs (see
 tests/test_exact.py).
@@ -23,16 +23,14 @@ import os
 import sys
 
 
-def main(argv: list[str]) -> int:
+def connect(argv: list[str]) -> list[str]:
+    """ray.init for the jobs: ``--address ADDR`` first in ``argv`` names a Ray that runs already (the test
+    session's), else one of our own is started. The rest of ``argv``."""
     import ray
 
-    from montage_ray import encode
-    from montage_ray.errors import MontageError
-
     address = None
-    if argv[0] == "--address":  # a Ray that is running already (the test session's), else one of our own
+    if argv[0] == "--address":
         address, argv = argv[1], argv[2:]
-    out_dir, jobs = argv[0], argv[1:]
     if address:
         # this job's actors (workers of their own) run the ffmpeg named here, whatever the nodes' environment;
         # actors of this driver's own (not the shared encoder service's: those would outlive it)
@@ -42,6 +40,17 @@ def main(argv: list[str]) -> int:
     else:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR")
+    return argv
+
+
+def main(argv: list[str]) -> int:
+    import ray
+
+    from montage_ray import encode
+    from montage_ray.errors import MontageError
+
+    argv = connect(argv)
+    out_dir, jobs = argv[0], argv[1:]
     results = {}
     try:
         for job in jobs:
@@ -63,7 +72,7 @@ def main(argv: list[str]) -> int:
 
 
 def cases(argv: list[str]) -> int:
-    """--cases CASES.json: each listed job, in one local Ray; a crash is recorded, not raised."""
+    """--cases [--address ADDR] CASES.json: each listed job, in one Ray; a crash is recorded, not raised."""
     import traceback
 
     import ray
@@ -71,9 +80,9 @@ def cases(argv: list[str]) -> int:
     from montage_ray import encode
     from montage_ray.errors import MontageError
 
+    argv = connect(argv)
     with open(argv[0], encoding="utf-8") as fh:
         jobs = json.load(fh)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     results = {}
     try:
         for job in jobs:
