@@ -175,13 +175,13 @@ def test_encode_help_describes_the_cuts_and_the_priorities(tmp_path):
     assert "two segments" in text and "never stopped" in text and "h265" in text
 
 
-@pytest.mark.parametrize("address,env,needle", [
-    ("127.0.0.1", "", "--address 127.0.0.1 has no port: give HOST:PORT"),
-    ("", "http://127.0.0.1:8265", "RAY_ADDRESS=http://127.0.0.1:8265 is the address of Ray's job API"),
-    ("https://head:8265", "", "RAY_API_SERVER_ADDRESS"),
-    ("redis://head:6379", "", "does not know the scheme 'redis://'"),
+@pytest.mark.parametrize("command,address,env,needle", [
+    ("encode", "127.0.0.1", "", "--address 127.0.0.1 has no port: give HOST:PORT"),
+    ("status", "127.0.0.1", "", "--address 127.0.0.1 has no port: give HOST:PORT"),
+    ("encode", "", "http://127.0.0.1:8265", "RAY_ADDRESS=http://127.0.0.1:8265 is the address of Ray's job API"),
+    ("status", "https://head:8265", "", "RAY_API_SERVER_ADDRESS"),
+    ("status", "redis://head:6379", "", "does not know the scheme 'redis://'"),
 ])
-@pytest.mark.parametrize("command", ["encode", "status"])
 def test_an_address_that_cannot_work_is_one_line_before_anything_starts(command, address, env, needle, make_clip,
                                                                         tmp_path):
     args = ["encode", str(make_clip("bframes")), "o.mp4"] if command == "encode" else ["status"]
