@@ -4,12 +4,14 @@ Every case runs the real job on the session's local Ray with real ffmpeg."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -153,11 +155,72 @@ def test_sigterm_exits_143_with_one_line_and_leaves_nothing(make_clip, tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "montage_ray", "encode", str(make_clip("long")),
                              str(out / "o.mp4"), "--preset", "veryslow", "--segment-seconds", "2"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # wait until segments are being encoded (the progress printer's first line), then SIGTERM
-    first = proc.stdout.readline()
-    assert first, proc.stderr.read()
+    # SIGTERM while segments are being encoded (the progress printer's "encoding ..." line, and a moment): the
+    # driver waits in Ray's calls then, which turn a signal handler's exception into a KeyboardInterrupt
+    for line in proc.stdout:
+        if line.startswith("encoding "):
+            break
+    else:
+        pytest.fail(proc.stderr.read())
+    time.sleep(2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines() == ["montage-ray: terminated (SIGTERM); nothing was written"], err
+    assert [n for n in os.listdir(out) if n != ".montage-ray.cache"] == []  # (verified pieces are kept for a re-run)
+
+
+def test_a_full_tmpdir_is_one_line_that_names_it(tiny_disk, make_clip, tmp_path):
+    from tests.test_cli import assert_one_line_error
+
+    tiny = tiny_disk("300k")  # the encoders' temporary files (TMPDIR) fill it; the output's folder has room
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, RAY_ADDRESS="", TMPDIR=str(tiny), RAY_TMPDIR=tempfile.gettempdir())
+    done = subprocess.run([sys.executable, "-m", "montage_ray", "encode", str(make_clip("long")), str(out / "o.mp4"),
+                           "--preset", "ultrafast", "--segment-seconds", "4", "--quiet"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert_one_line_error(done, "no space left", repr(str(tiny)), "TMPDIR")
+    assert done.returncode == 4 and os.listdir(out) == [] and os.listdir(tiny) == []
+
+
+def _ray_children(pid: int) -> list[str]:
+    """The names of the processes that ``pid`` started (Ray's gcs_server and raylet, ffmpeg, ...)."""
+    names = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        if int(text[text.rfind(")") + 2:].split()[1]) == pid:
+            names.append(text[text.find("(") + 1:text.rfind(")")])
+    return names
+
+
+@pytest.mark.parametrize("phase", ["ray-start", "after-ray"])
+def test_sigterm_in_every_phase_exits_143_with_one_line_and_leaves_nothing(phase, make_clip, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "montage_ray", "encode", str(make_clip("long")), str(out / "o.mp4"),
+                             "--preset", "ultrafast", "--segment-seconds", "1"], cwd=tmp_path,
+                            env=dict(os.environ, RAY_ADDRESS=""), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        ray_seen = False
+        while proc.poll() is None:
+            ray = {"gcs_server", "raylet"} & set(_ray_children(proc.pid))
+            if phase == "ray-start" and ray:
+                break  # Ray is starting (its GCS is up; ray.init has not returned)
+            if phase == "after-ray" and ray_seen and not ray:
+                break  # Ray was stopped: the join's end and the verification
+            ray_seen = ray_seen or bool(ray)
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 143, err
     assert err.strip().splitlines() == ["montage-ray: terminated (SIGTERM); nothing was written"], err
     assert [n for n in os.listdir(out) if n != ".montage-ray.cache"] == []  # (verified pieces are kept for a re-run)

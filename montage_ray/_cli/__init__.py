@@ -38,8 +38,14 @@ def build_parser() -> Parser:
     return parser
 
 
+#: Set once a SIGTERM came: Ray's calls turn any exception a signal handler raises inside them into a plain
+#: KeyboardInterrupt, so the type alone cannot tell a SIGTERM from a Ctrl-C.
+_terminated = threading.Event()
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    _terminated.set()
     raise Terminated()
 
 
@@ -61,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("montage-ray: terminated (SIGTERM); nothing was written", file=sys.stderr)
         return Terminated.exit_code
     except KeyboardInterrupt:
+        if _terminated.is_set():
+            print("montage-ray: terminated (SIGTERM); nothing was written", file=sys.stderr)
+            return Terminated.exit_code
         print("montage-ray: interrupted", file=sys.stderr)
         return 130
 

@@ -533,8 +533,9 @@ class EncoderPool:
     def _failed(self, run: _Run, task: _Task, reason: str, message: str, stderr: str = "", *,
                 started: float = 0.0, seconds: float = 0.0) -> None:
         seg, worker = task.segment, task.worker
-        log.warning("job %s segment %d attempt %d failed on %s: %s", self.job_id, seg.index, task.attempt,
-                    worker.name, message)
+        # (the job's listener, the progress lines, and the report tell the user; the log is for --verbose)
+        log.info("job %s segment %d attempt %d failed on %s: %s", self.job_id, seg.index, task.attempt,
+                 worker.name, message)
         refused = quota.refuse_label(self.workers, worker, f"{message}\n{stderr}", self.refusals)
         if refused:  # the whole label leaves the job; the try does not count against the segment
             reason = f"provider-{refused.kind}"

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from montage_ray.util import workdirs
+from montage_ray.util.reaper import Reaper
 from montage_ray.cluster.service import Service, enabled
 from montage_ray.cluster.workers import WorkerRegistry
-from montage_ray.errors import ClusterError, InputError, first_line
+from montage_ray.errors import ClusterError, InputError, Terminated, first_line
 
 #: The montage_ray package folder, shipped to a cluster as a py_module.
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -193,14 +194,35 @@ def ray_log_level() -> int:
     return logging.WARNING if logging.getLogger("montage_ray").isEnabledFor(logging.INFO) else logging.ERROR
 
 
+#: Ray's switch for its C++ failure-signal handler in a process (see :func:`_init`).
+NO_FAILURE_HANDLER = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
+
+
 def _init(ray: Any, **kwargs: Any) -> None:
     """``ray.init(**kwargs)``, keeping the caller's SIGTERM handler (ray.init installs one that exits without a
-    word; the CLI's unwinds like Ctrl-C and exits 143), then the token file made private to its owner."""
+    word; the CLI's unwinds like Ctrl-C and exits 143), then the token file made private to its owner. A
+    SIGTERM while Ray starts (Ray's handler, then, ends the start with ``sys.exit(15)``) stops what started
+    and raises :class:`~montage_ray.errors.Terminated`, as a SIGTERM at any other time does."""
     main = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
+    # Ray's C++ failure-signal handler, once installed in a process, is uninstalled by ray.shutdown(), which
+    # leaves SIGTERM at its default action underneath Python for the second the shutdown takes: a SIGTERM
+    # then would kill the job without its clean-up or its line. This driver keeps its own handlers instead
+    # (Ray reads the switch when it connects the driver; the processes of a private Ray keep their handler).
+    from ray._private import ray_constants
+
+    saved = getattr(ray_constants, NO_FAILURE_HANDLER, False)
+    setattr(ray_constants, NO_FAILURE_HANDLER, True)
     try:
         ray.init(logging_level=ray_log_level(), log_to_driver=False, **kwargs)
+    except SystemExit as err:
+        if not main or err.code != signal.SIGTERM:
+            raise
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        raise Terminated() from None
     finally:
+        setattr(ray_constants, NO_FAILURE_HANDLER, saved)
         if sigterm is not None:
             signal.signal(signal.SIGTERM, sigterm)
     # a new local Ray writes its token world-readable (0644); montage-ray keeps it to its owner
@@ -352,8 +374,10 @@ def ray_session(address: str | None = None, *, default: str | None = None) -> It
                       else "address")
     private = target in (None, "local")
     service = None if private or not enabled() else Service()  # (checks its settings before connecting)
+    reaper = None
     if private:
         _start_private(ray)
+        reaper = _watchdog(ray)
     else:
         _connect(ray, _resolve(target), ship=target != "auto")
     session = RaySession(ray.get_runtime_context().gcs_address, True,
@@ -363,3 +387,29 @@ def ray_session(address: str | None = None, *, default: str | None = None) -> It
     finally:
         session.registry.join_drains()  # no thread may still be talking to Ray while it shuts down
         ray.shutdown()
+        _keep_signal_handlers()
+        if reaper is not None:
+            reaper.close()
+
+
+def _watchdog(ray: Any) -> Reaper | None:
+    """The watchdog that ends a private Ray's processes at once should this process die without shutting it
+    down (:mod:`montage_ray.util.reaper`); None where it cannot start (the job goes on without it)."""
+    try:
+        return Reaper.start(ray.get_runtime_context().get_node_id())
+    except (OSError, ValueError) as err:
+        logging.getLogger(__name__).info("no watchdog for the private Ray: %s", err)
+        return None
+
+
+def _keep_signal_handlers() -> None:
+    """Install this process's SIGTERM and SIGINT handlers again after Ray's shutdown: where Ray's failure-signal
+    handler was installed in this process (see :func:`_init`), its removal leaves the signals at their default
+    action underneath Python (whose ``getsignal`` still names the old handler), and a SIGTERM during the join
+    or the verification would kill the job without its clean-up and its one line."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(signum)
+        if handler is not None:
+            signal.signal(signum, handler)

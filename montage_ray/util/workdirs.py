@@ -17,12 +17,15 @@ made by another host is left alone::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import secrets
 import shutil
 import socket
 import stat
-import tempfile
+from typing import Mapping
 
 from montage_ray.errors import FFmpegError
 from montage_ray.util.files import write_atomically
@@ -67,22 +70,37 @@ def owner_record(pid: int | None = None) -> dict[str, object]:
             "start": process_start(pid)}
 
 
-def make_workdir(parent: str, prefix: str) -> str:
-    """A new private (0700) folder ``parent/prefix*`` with this process's owner file in it."""
+def workdir_name(parent: str, prefix: str) -> str:
+    """A fresh name ``parent/prefix*`` for :func:`make_workdir_at` (random, as :func:`tempfile.mkdtemp`'s)."""
+    return os.path.join(parent, prefix + secrets.token_hex(6))
 
-    path = tempfile.mkdtemp(prefix=prefix, dir=parent)
-    record = json.dumps(owner_record())
 
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(record)
-
+def make_workdir_at(path: str) -> str:
+    """Make the private (0700) folder ``path`` with this process's owner file in it; removed again if that
+    fails or is interrupted. A caller that must remove it whatever happens (a SIGTERM between the folder's
+    making and the return) keeps the name first (:func:`workdir_name`)."""
+    os.mkdir(path, 0o700)
     try:  # complete or absent: sweep() never reads half an owner
+        record = json.dumps(owner_record())
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(record)
+
         write_atomically(os.path.join(path, OWNER_FILE), write, overwrite=False, what="owner file")
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise
     return path
+
+
+def make_workdir(parent: str, prefix: str) -> str:
+    """A new private (0700) folder ``parent/prefix*`` with this process's owner file in it."""
+    while True:
+        try:
+            return make_workdir_at(workdir_name(parent, prefix))
+        except FileExistsError:
+            continue
 
 
 def owner_is_gone(record: dict[str, object]) -> bool:
@@ -150,24 +168,72 @@ def free_bytes(path: str) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def disk_full_error(folder: str, err: BaseException) -> FFmpegError | None:
-    """The one-line error for a job that filled ``folder``'s filesystem, or None when ``err`` is not that.
+def disk_full_error(folder: str, err: BaseException, places: Mapping[str, str] | None = None) -> FFmpegError | None:
+    """The one-line error for a job that filled a filesystem, or None when ``err`` is not that.
 
     Evidence is ENOSPC/EDQUOT from Python, ffmpeg saying "No space left on device" (its last line is often
-    just "Invalid argument"), or hardly any space left after the failure.
+    just "Invalid argument"), or hardly any space left after the failure. The filesystem named is the one
+    that filled: the one holding a path the error names, else the fullest of the job's places, ``folder``
+    (the output's) and ``places`` (what each is -> its path: the temporary folder, the segment cache).
     """
     import errno
 
-
     said = (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or (
         "No space left on device" in (getattr(err, "stderr", "") or "") + str(err))
-    free = free_bytes(folder)
-    if not said and (free is None or free >= NEARLY_FULL_BYTES):
-        return None
-    where = mount_point(folder)
-    return FFmpegError(f"no space left on the filesystem at {where!r} ({(free or 0) // 1024} KiB free), which "
-                       "holds the output's folder: a job needs about 3x the source's size free there; "
-                       "nothing was written")
+    roles = {"the output's folder": folder, **(places or {})}
+    where, role = _full_place(err, roles)
+    if where is None:
+        if not said:
+            return None
+        where, role = mount_point(folder), "the output's folder"
+    return FFmpegError(_full_line(where, free_bytes(where), role, roles.get(role, "")))
+
+
+def _full_line(where: str, free: int | None, role: str, path: str) -> str:
+    advice = ("a job needs about 3x the source's size free there" if role == "the output's folder"
+              else "free some space there" + (" or point TMPDIR at a larger disk" if "TMPDIR" in role else ""))
+    which = f"{role} {path!r}" if path and role != "the output's folder" else role
+    return (f"no space left on the filesystem at {where!r} ({(free or 0) // 1024} KiB free), which holds {which}: "
+            f"{advice}; nothing was written")
+
+
+def _full_place(err: BaseException, roles: Mapping[str, str]) -> tuple[str | None, str]:
+    """(mount point, role) of the filesystem that filled, or (None, "") when none can be told: the fullest
+    (nearly full) filesystem of a path the error names or of a place of the job; else, since a failed job
+    frees its temporary files, the filesystem of the path named where the error says the disk is full (its
+    filename, or an absolute path on a line of its message or of ffmpeg's stderr that says so)."""
+    mounts: dict[str, str] = {}
+    for role, place in roles.items():
+        with contextlib.suppress(OSError):
+            mounts.setdefault(mount_point(_existing(place)), role)
+    sure = [p for p in (getattr(err, "filename", None), getattr(err, "filename2", None)) if isinstance(p, str)]
+    other: list[str] = []
+    for line in f"{err}\n{getattr(err, 'stderr', '') or ''}".splitlines():
+        paths = re.findall(r"(?:file:)?(/[^\s'\",:;]+)", line)
+        (sure if "No space left" in line or "Errno 28" in line else other).extend(paths)
+    named: dict[str, str] = {}  # mount point -> the folder named there
+    for path in sure + other:
+        with contextlib.suppress(OSError):
+            named.setdefault(mount_point(_existing(os.path.abspath(path))), os.path.dirname(os.path.abspath(path)))
+
+    def role(where: str) -> str:
+        return mounts.get(where) or f"the folder {named[where]!r}"
+
+    full = [(free, m) for m in {**named, **mounts} if (free := free_bytes(m)) is not None and free < NEARLY_FULL_BYTES]
+    if full:
+        return min(full)[1], role(min(full)[1])
+    for path in sure:
+        with contextlib.suppress(OSError):
+            where = mount_point(_existing(os.path.abspath(path)))
+            return where, role(where)
+    return None, ""
+
+
+def _existing(path: str) -> str:
+    """``path``, or its nearest parent that exists."""
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
 
 
 def make_private(path: str) -> bool:
