@@ -89,7 +89,7 @@ class EncoderActor:
                 "hostname": socket.gethostname(), "node": self._node_name(), "pid": os.getpid()}
         if settings is not None:
             spec = self._spec(settings, 1, config)
-            info.update(encoder=spec.label, standin=spec.is_standin)
+            info.update(encoder=spec.label, standin=spec.is_standin, ffmpeg_build=ffmpeg_caps().build)
         return info
 
     @ray.method(concurrency_group="status")

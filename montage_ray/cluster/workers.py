@@ -91,6 +91,7 @@ class Worker:
     slot: str = ""             # the service's actor name (its scheduler's key); "" for a registry's actor
     config: LabelConfig | None = None  # the job's label config, sent with each call to a shared actor
     shared: bool = False       # an actor of the service (montage_ray.cluster.service), shared with other jobs
+    ffmpeg_build: str = ""     # the build of the ffmpeg it encodes with (FFmpegCaps.build), once ready
 
     def call_options(self) -> dict[str, Any]:
         """Keyword arguments of each call to a shared actor: the job's label config and its name for it."""
@@ -165,7 +166,7 @@ class WorkerRegistry:
                 self.stop([w])
                 continue
             w.encoder, w.hostname, w.node = info.get("encoder", ""), info.get("hostname", ""), info.get("node", "")
-            w.pid = info.get("pid", 0)
+            w.pid, w.ffmpeg_build = info.get("pid", 0), info.get("ffmpeg_build", "")
             ok.append(w)
         return ok, bad
 

@@ -32,6 +32,7 @@ class EncodeResult:
     stderr: str = field(default="", repr=False)
     started: float = 0.0    # wall-clock time (epoch seconds) the encode began on its node
     ffmpeg: str = ""        # version of the ffmpeg that encoded it (nodes may run different ones)
+    ffmpeg_build: str = ""  # which build of it (FFmpegCaps.build): the segment cache keys pieces by it
     hdr: str = ""           # HDR source only: "kept", or "lost: why" (see montage_ray.encoders.hdr)
     # with a quality target (see montage_ray.encoders.quality):
     metric: str = ""        # the metric measured against the source piece ("" when none was asked)

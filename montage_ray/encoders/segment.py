@@ -270,7 +270,7 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
         segment=segment.index, frames=frames, bytes_in=len(data), bytes_out=len(encoded),
         seconds=time.monotonic() - started, encoder=spec.label, backend=spec.backend,
         resource=spec.resource, standin=spec.is_standin, node=socket.gethostname(), actor=actor,
-        attempt=attempt, stderr=done.stderr[-2000:], started=started_at, ffmpeg=caps.version,
+        attempt=attempt, stderr=done.stderr[-2000:], started=started_at, ffmpeg=caps.version, ffmpeg_build=caps.build,
         hdr="" if hdr is None else (hdr_carry.LOST + hdr_lost if hdr_lost else "kept"), **tuning)
     return result, encoded
 

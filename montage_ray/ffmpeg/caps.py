@@ -19,6 +19,7 @@ one generated frame decides. Nothing here trusts the version string alone.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -66,6 +67,7 @@ class FFmpegCaps:
     muxer_options: frozenset[str]         # options of the mp4, segment muxers and the concat demuxer
     enc_time_base: str | None             # the value that means "the source's time base": "-1" or "demux"
     filters: frozenset[str] = frozenset()  # filters from -filters (quality metrics: psnr, ssim, xpsnr, libvmaf)
+    build: str = ""                       # hash of ``-version``'s whole text: version, compiler, configure, libs
 
     @property
     def passthrough(self) -> tuple[str, str]:
@@ -168,6 +170,12 @@ def parse_version(text: str) -> tuple[str, int]:
     return ".".join(parts), int(parts[0])
 
 
+def build_id(version_text: str) -> str:
+    """Which build an ffmpeg is: a hash of its ``-version`` text (version, compiler, configure line and the
+    libraries' versions), so that two builds of one release number are told apart."""
+    return hashlib.sha256(version_text.strip().encode()).hexdigest()[:16]
+
+
 def parse_options(help_text: str) -> frozenset[str]:
     """Option names listed by ``ffmpeg -h full`` (``-fps_mode[:<stream_spec>]`` on 7.0+ included)."""
     return frozenset(m.group(1) for m in _OPTION_LINE.finditer(help_text))
@@ -190,7 +198,8 @@ def _enc_time_base(ffmpeg: str, timeout: float) -> str | None:
 
 def detect(ffmpeg: str, *, timeout: float = 30.0) -> FFmpegCaps:
     """Ask ``ffmpeg`` what it can do (no cache: see :func:`ffmpeg_caps`)."""
-    version, major = parse_version(tool.run(queries.help_command(ffmpeg, "-version"), timeout=timeout).stdout)
+    about = tool.run(queries.help_command(ffmpeg, "-version"), timeout=timeout).stdout
+    version, major = parse_version(about)
     options = parse_options(tool.run(queries.help_command(ffmpeg, "-h", "full"), timeout=timeout,
                                            check=False).stdout)
     bsfs = frozenset(line.strip() for line in tool.run(queries.help_command(ffmpeg, "-bsfs"),
@@ -204,7 +213,7 @@ def detect(ffmpeg: str, *, timeout: float = 30.0) -> FFmpegCaps:
         muxer_options |= {m.group(1) for m in re.finditer(r"^\s+-(\w+)\s", text, re.MULTILINE)}
     return FFmpegCaps(path=ffmpeg, version=version, major=major, options=options, bsfs=bsfs,
                       muxer_options=frozenset(muxer_options), enc_time_base=_enc_time_base(ffmpeg, timeout),
-                      filters=filters)
+                      filters=filters, build=build_id(about))
 
 
 _cache: dict[str, FFmpegCaps] = {}

@@ -22,7 +22,7 @@ from typing import Any
 
 from montage_ray.encoders.backends import CODECS, PRESETS, codec_name
 from montage_ray.ffmpeg.caps import ffmpeg_caps
-from montage_ray.job.cache import CACHE_DIRNAME
+from montage_ray.job.cache import CACHE_DIRNAME, folder_refusal
 from montage_ray.encoders.config import LabelConfig, check_config_for_codec, load_encoders_config
 from montage_ray.errors import InputError
 from montage_ray.media.join import container_for
@@ -219,7 +219,9 @@ def check_extra(what: str, path: PathLike, *, overwrite: bool, taken: dict[str, 
 
 def check_cache_dir(path: PathLike, *, taken: dict[str, str]) -> str:
     """Absolute path of a ``--cache-dir``: a folder we can write in, or one we can make (its nearest
-    existing parent is a writable folder); never one of the job's files."""
+    existing parent is a writable folder); never one of the job's files, and never a folder that is not the
+    cache's own (see :func:`~montage_ray.job.cache.folder_refusal`: a link, another user's, one others may
+    write, one holding other files)."""
     text = os.fspath(path)
     absolute = os.path.abspath(os.path.expanduser(text))
     for role, other in taken.items():
@@ -234,4 +236,7 @@ def check_cache_dir(path: PathLike, *, taken: dict[str, str]) -> str:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"cache folder {text!r} is not writable" if existing == absolute
                          else f"cache folder {text!r} cannot be made in {existing!r}: not writable")
+    why = folder_refusal(absolute)  # the cache removes files: only ever in a folder that is its own
+    if why is not None:
+        raise InputError(f"cache folder {text!r} {why}")
     return absolute

@@ -29,6 +29,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +39,8 @@ from typing import Any, Callable, Iterator
 
 from montage_ray.encoders import hdr
 from montage_ray.util import workdirs
-from montage_ray.job.cache import SegmentCache, maker_id, settings_fingerprint, source_identity
+from montage_ray.job.cache import (CutDigests, SegmentCache, maker_id, reuse_from_cut, settings_fingerprint,
+                                   source_identity)
 from montage_ray.ffmpeg.caps import ffmpeg_caps
 from montage_ray.spending.budget import Bill, BudgetView, price_of, refusals_at_start, settle
 from montage_ray.spending.ledger import Ledger, LedgerFile, open_ledger
@@ -144,6 +146,7 @@ class JobRun:
         self.cache: SegmentCache | None = None
         self.streaming: StreamingJoin | None = None
         self.reused: dict[int, EncodeResult] = {}
+        self.cut: Cut | None = None
         self.ledger: Ledger | LedgerFile | None = None
         # set by in_session: session, lease, media, dv_note, fit, settings; route: decision;
         # start_workers: ready, unavailable; plan: segments, encoded; encode_segments: bill;
@@ -156,17 +159,20 @@ class JobRun:
         its pieces would hold the space to free or be taken again by a re-run."""
         workdirs.sweep(self.folder, WORKDIR_PREFIX)  # leftovers of killed jobs (whose owner is gone)
         try:
-            self.workdir = workdirs.make_workdir(self.folder, WORKDIR_PREFIX)
+            self.workdir = workdirs.workdir_name(self.folder, WORKDIR_PREFIX)  # named first: removed below even
+            workdirs.make_workdir_at(self.workdir)                               # when a SIGTERM cuts in here
             self.tmp_out = os.path.join(self.workdir, "joined" + os.path.splitext(self.job.target)[1])
             yield
         except (OSError, FFmpegError, EncoderError, VerificationError) as err:
-            full = workdirs.disk_full_error(self.folder, err)  # a full disk: one line, exit 4, not a traceback
+            full = workdirs.disk_full_error(self.folder, err, self._places())  # one line, exit 4, no traceback
             if self.cache is not None and (full is not None or isinstance(err, VerificationError)):
                 self.cache.discard()
             if full is not None:
                 raise full from None
             raise
         finally:
+            if self.cut is not None:
+                self.cut.close()
             if self.streaming is not None:
                 self.streaming.stop()  # a failed job's join: killed, its feeder ended
             if self.workdir is not None:
@@ -274,20 +280,18 @@ class JobRun:
             log.info("joining at the end: %s", err)
 
     def reuse(self) -> None:
-        """The segments an earlier run encoded and verified, put in place in ``encoded.paths`` (segment index ->
-        its result, marked ``reused``) and handed to the streamed join: only pieces made by an encoder of the
-        kind serving this job, and decoded once when ``--verify decode``. The pieces are re-checked side by
-        side (a packet count each)."""
-        cache = self.cache
-        if cache is None or not os.path.isdir(cache.folder):
+        """Start cutting every segment in the background, and take the segments an earlier run encoded and
+        verified from the same cut piece (its hash), put in place in ``encoded.paths`` (segment index -> its
+        result, marked ``reused``) and handed to the streamed join: only pieces made by an encoder of the kind
+        serving this job (with the same ffmpeg build), decoded once when ``--verify decode``, and still the
+        bytes that were stored (their hash). See :func:`~montage_ray.job.cache.reuse_from_cut`."""
+        self.cut = start_cut(self.media, self.segments, self.workdir)
+        self.digests = CutDigests(self.cut.paths)
+        if self.cache is None:
             return
-        makers = {maker_id(w.label, w.encoder, self.job.config.get(w.label)) for w in self.ready}
-        with ThreadPoolExecutor(4, thread_name_prefix="cache") as side:
-            found = side.map(lambda s: cache.take(s, self.encoded.paths[s.index], makers=makers,
-                                                  verify=self.opts.verify), self.segments)
-            self.reused = {r.segment: r for r in found if r is not None}
-        if self.reused:
-            log.info("reusing %d of %d segments from %s", len(self.reused), len(self.segments), cache.folder)
+        makers = {maker_id(w.label, w.encoder, self.job.config.get(w.label), w.ffmpeg_build) for w in self.ready}
+        self.reused, self.cut = reuse_from_cut(self.cache, self.segments, self.cut, self.encoded.paths,
+                                               makers=makers, verify=self.opts.verify, digests=self.digests)
         if self.streaming is not None:
             for index in self.reused:
                 self.streaming.offer(index, self.encoded.paths[index])
@@ -298,12 +302,9 @@ class JobRun:
         todo = [s for s in self.segments if s.index not in self.reused]
         try:
             if todo:
-                cut = start_cut(self.media, self.segments, self.workdir)
-                try:
-                    self._encode(todo, cut)
-                finally:
-                    cut.close()
+                self._encode(todo, self.cut)
         finally:
+            self.cut.close()
             self.bill: Bill = settle(self.job_id, self.clock.started_at, self.encoded.results,
                                self.unavailable + self.encoded.failures, self.job.config,
                                refusals_at_start(self.unavailable) + self.encoded.refusals, ledger=self.ledger)
@@ -436,20 +437,32 @@ class JobRun:
             self.streaming.offer(seg.index, path)
         if self.cache is not None:
             config = self.job.config
-            maker = maker_id(result.resource or result.backend, result.encoder, config.get(result.resource or ""))
-            self.cache.store(seg, result, path, maker=maker, verified=self.opts.verify,
+            maker = maker_id(result.resource or result.backend, result.encoder, config.get(result.resource or ""),
+                             result.ffmpeg_build)
+            self.cache.store(seg, result, path, maker=maker, verified=self.opts.verify, cut=self.digests(seg.index),
                              plan=(self.opts.segment_seconds, self.segments))
 
     def _open_cache(self) -> SegmentCache | None:
         """The segment cache of this source and these settings (see :mod:`montage_ray.job.cache`), its entries
-        that nobody came back for pruned; None with ``--no-cache``."""
+        that nobody came back for pruned; None with ``--no-cache``, and (with one line) when the folder is not
+        the cache's own (another user's, writable by others, a link, holding other files)."""
         if self.job.cache is None:
             return None
-        cache = SegmentCache(self.job.cache, source_identity(self.job.source, self.media.packets,
-                                                              self.media.video.index),
-                             settings_fingerprint(self.opts, self.settings))
+        cache = SegmentCache(self.job.cache, source_identity(self.media.packets, self.media.video.index),
+                             settings_fingerprint(self.opts, self.settings, ffmpeg_caps().build))
+        why = cache.refusal()
+        if why is not None:
+            log.warning("segment cache %s %s; going on without it", cache.folder, why)
+            return None
         cache.prune()
         return cache
+
+    def _places(self) -> dict[str, str]:
+        """Where the job writes besides the output's folder, for the line that says which filesystem filled."""
+        places = {"the temporary folder (TMPDIR)": tempfile.gettempdir()}
+        if self.cache is not None:
+            places["the segment cache"] = self.cache.folder
+        return places
 
     def _local_workers(self) -> list[Worker]:
         """Start (or reuse) the cluster's local encoder actors, for a job whose every label a provider refused:
