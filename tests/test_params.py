@@ -65,3 +65,13 @@ def test_join_command_defaults_a_video_only_source():
     assert "-movflags" not in args and args[args.index("-f", args.index("-map")) + 1] == "matroska"
     with pytest.raises(TypeError, match="muxer"):
         commands.join_command("/w/list.txt", "/src/in.mp4", "/w/out.mkv", caps=caps("5.1.6", frozenset()))
+
+
+def test_encode_segment_takes_its_records_and_refuses_an_unknown_keyword():
+    from montage_ray.encoders.backends import cpu_spec
+    from montage_ray.encoders.segment import SegmentOutput, SegmentRun, encode_segment
+    from montage_ray.media.plan import Segment
+
+    seg = Segment(index=0, first_packet=0, end_packet=1, start=0.0, duration=0.04, start_ticks=0, duration_ticks=1)
+    with pytest.raises(TypeError, match=r"encode_segment\(\) got an unexpected keyword argument 'timout'"):
+        encode_segment(cpu_spec("h264"), seg, b"", SegmentOutput(sar="1:1"), SegmentRun(), timout=5)
