@@ -44,7 +44,7 @@ from montage_ray.spending.budget import Bill, BudgetView, price_of, refusals_at_
 from montage_ray.spending.ledger import Ledger, LedgerFile, open_ledger
 from montage_ray.cluster.link import measure_links
 from montage_ray.cluster.nodes import Placement, offered_labels, offers, placements, remote_labels
-from montage_ray.cluster.pool import EncoderPool, PoolOptions, ReadyFeed
+from montage_ray.cluster.pool import EncoderPool, PoolOptions, ReadyFeed, plan_costs
 from montage_ray.cluster.service import JobLease
 from montage_ray.cluster.session import RaySession, ray_session, starts_private
 from montage_ray.cluster.workers import Worker
@@ -53,8 +53,7 @@ from montage_ray.util.files import publish
 from montage_ray.media.join import JoinPlan, MoovRoomTooSmall, NoNamedPipes, StreamingJoin, join_segments, verify_output
 from montage_ray.media.info import MediaInfo, inspect
 from montage_ray.job.options import EncodeOptions, ValidJob
-from montage_ray.media.plan import (FrameFit, Segment, fit_frame, is_small_job, plan_segments, segment_length,
-                              small_job_seconds)
+from montage_ray.media.plan import FrameFit, Segment, choose_plan, fit_frame, is_small_job, small_job_seconds
 from montage_ray.job.progress import CallbackListener, ProgressListener
 from montage_ray.spending.quota import Refusal
 from montage_ray.job.report import JobReport
@@ -246,15 +245,17 @@ class JobRun:
                                + "; ".join(f"{u.actor}: {u.message}" for u in self.unavailable))
 
     def plan(self) -> None:
-        """The segments: an earlier run's cuts when the segment cache has them, else cut points at the length
-        :func:`~montage_ray.media.plan.segment_length` chooses; and where each encoded piece will be written."""
+        """The segments: an earlier run's cuts when the segment cache has them, else the cut points that
+        :func:`~montage_ray.media.plan.choose_plan` prices best on these workers; and where each encoded piece
+        will be written."""
         self.cache = self._open_cache()
         opts, media = self.opts, self.media
         self.segments: list[Segment] = self.cache and self.cache.plan(opts.segment_seconds, len(media.packets))
         if not self.segments:
-            length = segment_length(_duration(media), chosen=opts.segment_seconds,
-                                    speeds=[w.fps for w in self.ready])
-            self.segments = plan_segments(media.packets, media.video.time_base, length.seconds, taper=length.taper)
+            plan = choose_plan(media.packets, media.video.time_base, plan_costs(self.ready, self.settings),
+                               chosen=opts.segment_seconds, source_bytes=media.size)
+            log.info("job %s: %s", self.job_id, plan.describe())
+            self.segments = plan.segments
         self.ready = self.ready[:max(1, len(self.segments))]
         self.encoded = Encoded.start(self.segments, self.workdir, self.ready)
 
