@@ -119,7 +119,9 @@ class Plan:
     spread: float = SPEED_SPREAD
 
     def describe(self) -> str:
-        """One line for the log and the report."""
+        """One line for the job's log."""
+        if not self.segments:
+            return f"plan: no segments ({self.reason})"
         lengths = [s.duration for s in self.segments]
         cuts = sum(1 for s in self.segments if s.skip_frames)
         return (f"plan: {len(self.segments)} segment{'s' if len(lengths) != 1 else ''} of "
