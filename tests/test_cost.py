@@ -10,7 +10,8 @@ import pytest
 from montage_ray.encoders.config import load_encoders_config
 from montage_ray.spending.cost import Price, busy_seconds, charge, money, month_of
 from montage_ray.errors import InputError
-from montage_ray.spending.quota import FIRST_BACKOFF, MAX_BACKOFF, STANDIN_REFUSAL, classify, next_backoff
+from montage_ray.spending.providers import DEFAULT, PROVIDERS
+from montage_ray.spending.quota import STANDIN_REFUSAL, classify, next_backoff
 
 T4 = Price(cost_per_hour=0.60, cost_per_gb=0.09, currency="USD")
 
@@ -81,7 +82,9 @@ def test_backoff_doubles_up_to_a_cap():
     waits = [next_backoff(None)]
     for _ in range(10):
         waits.append(next_backoff(waits[-1]))
-    assert waits[0] == FIRST_BACKOFF and waits[1] == 2 * FIRST_BACKOFF and waits[-1] == MAX_BACKOFF
+    first, cap = PROVIDERS[DEFAULT].first_backoff, PROVIDERS[DEFAULT].max_backoff
+    assert (first, cap) == (60.0, 3600.0)
+    assert waits[0] == first and waits[1] == 2 * first and waits[-1] == cap
     assert waits == sorted(waits)
 
 

@@ -2,8 +2,8 @@
 
 Every function here reads the output of ``ray.nodes()`` (a list of dicts) and nothing else, so each one is
 table-tested without a cluster. ``{"vaapi": 1}`` on a node means one VAAPI session there, ``CPU: 4`` four
-CPU slots; a node started with ``MONTAGE_RAY_REMOTE=1`` (scripts/ray-start-node.sh) marks its labels
-remote::
+CPU slots; a node carrying a provider's node label (:data:`~montage_ray.spending.providers.PROVIDERS`;
+scripts/ray-start-node.sh sets the default one's with ``MONTAGE_RAY_REMOTE=1``) makes its labels remote::
 
     from montage_ray.cluster.nodes import offered_labels, offers, placements
 
@@ -22,10 +22,8 @@ from typing import Any, Callable, Iterable, Mapping
 from montage_ray.encoders.backends import HARDWARE_LABELS, default_fps
 from montage_ray.encoders.config import LabelConfig
 from montage_ray.errors import ClusterError
+from montage_ray.spending.providers import marked_by
 from montage_ray.spending.routing import Offer
-
-#: Node labels (set by scripts/ray-start-node.sh) that mark a node reached over a slow link.
-REMOTE_LABEL, BANDWIDTH_LABEL = "montage.ai/remote", "montage.ai/bandwidth-mbps"
 
 #: Pixels of the frame size that the backends' default speeds are given for (1080p).
 REFERENCE_PIXELS = 1920 * 1080
@@ -101,14 +99,16 @@ def offered_labels(nodes: Iterable[Node], extra_labels: Iterable[str] = ()) -> d
 
 
 def remote_labels(nodes: Iterable[Node]) -> dict[str, float | None]:
-    """{resource label: link Mbit/s or None} for the labels that alive nodes marked remote offer."""
+    """{resource label: link Mbit/s or None} for the labels that alive nodes marked remote offer: nodes that
+    carry a provider's node label, the link speed from that provider's bandwidth label."""
     out: dict[str, float | None] = {}
     for node in nodes:
         tags = node.get("Labels") or {}
-        if not _alive(node) or str(tags.get(REMOTE_LABEL, "")).lower() != "true":
+        provider = marked_by(tags)
+        if not _alive(node) or provider is None:
             continue
         try:
-            bandwidth: float | None = float(tags[BANDWIDTH_LABEL])
+            bandwidth: float | None = float(tags[provider.bandwidth_label])
         except (KeyError, ValueError):
             bandwidth = None
         for label in HARDWARE_LABELS:

@@ -8,7 +8,7 @@ wherever it appears (logs, reports, the dashboard)::
     # encoders.yaml
     labels:
       vaapi:  {backend: cpu, standin: true, readrate: 4}          # CPU stand-in, at most 4x realtime
-      nvenc:  {backend: nvenc, remote: true, bandwidth_mbps: 200, quality_rank: 1}
+      nvenc:  {backend: nvenc, remote: true, provider: cloud, bandwidth_mbps: 200, quality_rank: 1}
       cpu:    {preset: veryfast, extra_args: ["-tune", "film", "-x264-params", "ref=4:bframes=5"]}
 
     from montage_ray.encoders.config import load_encoders_config
@@ -39,7 +39,7 @@ from montage_ray.encoders.backends import BACKENDS, FILE_PARAMS, PRESETS, SOFTWA
 from montage_ray.errors import InputError
 
 _FIELDS = {"backend", "standin", "passthrough", "preset", "threads", "readrate", "extra_args", "remote", "bandwidth_mbps",
-           "expected_fps", "quality_rank"}
+           "expected_fps", "quality_rank", "provider"}
 
 # The money fields of a paid (remote) label, validated in _cost_settings.
 _COST_FIELDS = {"cost_per_hour", "cost_per_gb", "budget_per_month", "currency", "min_time_saved",
@@ -58,6 +58,7 @@ class LabelConfig:
     readrate: float | None = None       # throttle input to N x realtime (simulates a slower device)
     extra_args: tuple[str, ...] = ()    # appended after the encoder's own options
     remote: bool = False                # reached over a slow link (the cloud GPU): see routing
+    provider: str | None = None         # who runs it, a row of montage_ray.spending.providers.PROVIDERS
     bandwidth_mbps: float | None = None  # link speed to that node, when remote
     expected_fps: float | None = None   # a first guess of its speed before anything was measured
     quality_rank: int = 0               # higher is better; ``--profile master`` prefers the top rank
@@ -82,6 +83,7 @@ _TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "backend": ("a backend name", lambda v: isinstance(v, str)),
     "standin": ("true or false", lambda v: isinstance(v, bool)),
     "remote": ("true or false", lambda v: isinstance(v, bool)),
+    "provider": ("a provider name", lambda v: isinstance(v, str)),
     "passthrough": ("true or false", lambda v: isinstance(v, bool)),
     "preset": ("a preset name", lambda v: isinstance(v, str)),
     "threads": ("a whole number of at least 1", lambda v: _is_int(v) and v >= 1),
@@ -200,7 +202,8 @@ def load_encoders_config(path: str | os.PathLike[str] | None) -> dict[str, Label
         out[label] = LabelConfig(
             label=label, backend=backend, standin=settings.get("standin", False),
             preset=settings.get("preset"), threads=settings.get("threads"), readrate=settings.get("readrate"),
-            extra_args=extra, remote=settings.get("remote", False), bandwidth_mbps=settings.get("bandwidth_mbps"),
+            extra_args=extra, remote=settings.get("remote", False), provider=settings.get("provider"),
+            bandwidth_mbps=settings.get("bandwidth_mbps"),
             expected_fps=settings.get("expected_fps"), quality_rank=settings.get("quality_rank", 0),
             passthrough=settings.get("passthrough", False), **_cost_settings(shown, label, settings))
         if out[label].passthrough and (label == SOFTWARE or not out[label].standin):

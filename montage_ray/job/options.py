@@ -28,6 +28,7 @@ from montage_ray.errors import InputError
 from montage_ray.media.join import container_for
 from montage_ray.encoders.quality import Target, parse_measure, parse_target, require
 from montage_ray.encoders.checks import Verify
+from montage_ray.spending.providers import check_providers
 from montage_ray.spending.routing import PROFILES
 
 VERIFY_MODES = tuple(v.value for v in Verify)
@@ -120,6 +121,7 @@ class EncodeOptions:
             require(self.target(), ffmpeg_caps())
         config = load_encoders_config(self.encoders_config)
         check_config_for_codec(config, self.codec)  # extra_args vetted for the encoder that serves this codec
+        check_providers(config)
         source = check_source(src)
         target = check_destination(dst, overwrite=self.overwrite, source=source)
         extras: dict[str, str | None] = {}

@@ -40,7 +40,8 @@ from montage_ray.encoders import hdr
 from montage_ray.util import workdirs
 from montage_ray.job.cache import SegmentCache, maker_id, settings_fingerprint, source_identity
 from montage_ray.ffmpeg.caps import ffmpeg_caps
-from montage_ray.spending.budget import Bill, BudgetView, price_of, refusals_at_start, settle
+from montage_ray.spending.budget import Bill, BudgetView, refusals_at_start, settle
+from montage_ray.spending.providers import provider_of
 from montage_ray.spending.ledger import Ledger, LedgerFile, open_ledger
 from montage_ray.cluster.link import measure_links
 from montage_ray.cluster.nodes import Placement, offered_labels, offers, placements, remote_labels
@@ -462,7 +463,7 @@ class JobRun:
         wanted, config = self.opts.labels, self.job.config
         local = [label for label in offered_labels(nodes, config)
                  if (wanted is None or label in wanted) and label not in remotes
-                 and not (label in config and (config[label].remote or price_of(config[label])))]
+                 and provider_of(config.get(label)) is None]
         if not local:
             return []
         ready, _ = self._start(placements(nodes, local, config))

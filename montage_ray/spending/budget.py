@@ -25,20 +25,24 @@ from typing import Any, Iterable, Mapping, Sequence
 from montage_ray.errors import LedgerError, first_line
 from montage_ray.util import metrics
 from montage_ray.spending import quota
+from montage_ray.encoders.backends import SOFTWARE
 from montage_ray.encoders.config import LabelConfig
 from montage_ray.spending.cost import Price, busy_seconds, charge, money, month_of
 from montage_ray.encoders.records import FailedAttempt
 from montage_ray.encoders.records import EncodeResult
 from montage_ray.spending.ledger import Ledger, LedgerFile, Spend
+from montage_ray.spending.providers import provider_of
 
 log = logging.getLogger(__name__)
 
 
 def price_of(cfg: LabelConfig | None) -> Price | None:
-    """The label's price, or None when nothing about it is paid."""
+    """The label's price, billed as its provider bills, or None when nothing about it is paid."""
     if cfg is None or (cfg.cost_per_hour is None and cfg.cost_per_gb is None and cfg.budget_per_month is None):
         return None
-    return Price(cfg.cost_per_hour or 0.0, cfg.cost_per_gb or 0.0, cfg.currency)
+    provider = provider_of(cfg)
+    return Price(cfg.cost_per_hour or 0.0, cfg.cost_per_gb or 0.0, cfg.currency,
+                 **({"bytes_per_gb": provider.bytes_per_gb} if provider else {}))
 
 
 def label_usage(segments: Iterable[EncodeResult], failures: Iterable[FailedAttempt] = ()
@@ -101,7 +105,7 @@ def refusals_at_start(unavailable: Iterable[FailedAttempt]) -> list[quota.Refusa
     out: list[quota.Refusal] = []
     for attempt in unavailable:
         kind = quota.classify(attempt.message)
-        if kind and attempt.encoder != "cpu" and all(r.label != attempt.encoder for r in out):
+        if kind and attempt.encoder != SOFTWARE and all(r.label != attempt.encoder for r in out):
             out.append(quota.Refusal(attempt.encoder, kind, attempt.message, attempt.actor, 0))
     return out
 
@@ -146,7 +150,9 @@ def settle(job_id: str, started: float, segments: Sequence[EncodeResult], failur
     for refusal in refusals:
         bill.provider.append(refusal.describe())
         try:
-            seconds = ledger.back_off(refusal.label, refusal.kind)["seconds"]  # the last one doubled
+            provider = provider_of(config.get(refusal.label))
+            seconds = ledger.back_off(refusal.label, refusal.kind,  # the last one doubled
+                                      provider=provider.name if provider else None)["seconds"]
             bill.provider.append(f"{refusal.label}: left out of new jobs for {seconds:.0f} s (back-off)")
         except Exception as err:  # noqa: BLE001
             bill.notes.append(f"{refusal.label}: back-off not recorded: {first_line(err)}")

@@ -21,16 +21,16 @@ from typing import Iterable
 #: Currency symbols written before the amount; any other currency is written after it ("0.42 CHF").
 SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£"}
 
-GB = 1e9  # providers bill transfer in decimal gigabytes
-
 
 @dataclass(frozen=True)
 class Price:
-    """What one label costs: per hour busy, per GB moved, in ``currency``."""
+    """What one label costs: per hour busy, per GB moved, in ``currency``; a GB is ``bytes_per_gb`` as its
+    provider bills it (:attr:`~montage_ray.spending.providers.Provider.bytes_per_gb`; decimal by default)."""
 
     cost_per_hour: float = 0.0
     cost_per_gb: float = 0.0
     currency: str = "USD"
+    bytes_per_gb: float = 1e9
 
     @property
     def free(self) -> bool:
@@ -39,7 +39,7 @@ class Price:
 
 def charge(price: Price, seconds: float, nbytes: float) -> float:
     """The cost of ``seconds`` busy and ``nbytes`` moved at ``price`` (never negative)."""
-    return max(0.0, seconds) / 3600 * price.cost_per_hour + max(0.0, nbytes) / GB * price.cost_per_gb
+    return max(0.0, seconds) / 3600 * price.cost_per_hour + max(0.0, nbytes) / price.bytes_per_gb * price.cost_per_gb
 
 
 def busy_seconds(spans: Iterable[tuple[float, float]]) -> float:

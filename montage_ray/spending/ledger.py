@@ -92,9 +92,10 @@ class Ledger:
         """Record ``spend``; returns the label's total of that month."""
         return self._call("add", asdict(spend), timeout=timeout)
 
-    def back_off(self, label: str, reason: str, seconds: float | None = None, timeout: float = 60.0) -> dict:
+    def back_off(self, label: str, reason: str, seconds: float | None = None, timeout: float = 60.0,
+                 provider: str | None = None) -> dict:
         """Leave ``label`` out of new jobs (see :meth:`LedgerFile.back_off`)."""
-        return self._call("back_off", label, reason, seconds, timeout=timeout)
+        return self._call("back_off", label, reason, seconds, provider, timeout=timeout)
 
     def clear_back_off(self, label: str, timeout: float = 60.0) -> bool:
         return self._call("clear_back_off", label, timeout=timeout)

@@ -123,12 +123,14 @@ class LedgerFile:
             return db.execute("SELECT COALESCE(SUM(cost_micros), 0) FROM charges WHERE month = ? AND label = ?",
                               (s["month"], s["label"])).fetchone()[0] / MICROS
 
-    def back_off(self, label: str, reason: str, seconds: float | None = None) -> dict[str, Any]:
-        """Leave ``label`` out of new jobs for ``seconds`` (default: the last back-off doubled, see
-        :func:`~montage_ray.spending.quota.next_backoff`): a provider refused it for ``reason``."""
+    def back_off(self, label: str, reason: str, seconds: float | None = None,
+                 provider: str | None = None) -> dict[str, Any]:
+        """Leave ``label`` out of new jobs for ``seconds`` (default: the last back-off doubled by the rule of
+        its ``provider``, see :func:`~montage_ray.spending.quota.next_backoff`): a provider refused it for
+        ``reason``."""
         with self._transaction(write=True) as db:
             if seconds is None:
-                seconds = next_backoff(_last_back_off(db, label))
+                seconds = next_backoff(_last_back_off(db, label), provider)
             now = time.time()
             db.execute("INSERT INTO back_offs (at, label, seconds, until, reason) VALUES (?, ?, ?, ?, ?)",
                        (now, label, float(seconds), now + seconds, reason))

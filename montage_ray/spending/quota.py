@@ -21,37 +21,38 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from montage_ray.encoders.backends import SOFTWARE
+from montage_ray.spending.providers import PROVIDERS, provider_named
+
 log = logging.getLogger(__name__)
 
-#: (kind, pattern) in the order they are tried; patterns match ffmpeg's stderr, Ray's and providers' texts.
-PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("session-limit", re.compile(r"OpenEncodeSessionEx failed|incompatible client key|"
-                                 r"session limit|too many (concurrent )?(encode )?sessions", re.I)),
-    ("capacity", re.compile(r"out of capacity|insufficient capacity|no capacity|capacity (is )?exhausted|"
-                            r"InsufficientInstanceCapacity|ZONE_RESOURCE_POOL_EXHAUSTED", re.I)),
-    ("rate-limit", re.compile(r"rate.?limit|too many requests|HTTP(/[\d.]+)?:? ?429|\bthrottl(ed|ing)\b", re.I)),
-    ("quota", re.compile(r"quota|limit exceeded", re.I)),
-)
+#: The encoder's own refusal (NVENC's session limit), tried before every provider's texts
+#: (:attr:`~montage_ray.spending.providers.Provider.refusals`): patterns match ffmpeg's stderr, Ray's and
+#: providers' texts.
+SESSION_LIMIT = re.compile(r"OpenEncodeSessionEx failed|incompatible client key|"
+                           r"session limit|too many (concurrent )?(encode )?sessions", re.I)
 
-#: Back-off after a refusal: the first wait, doubled on every refusal in a row, up to the cap (seconds).
-FIRST_BACKOFF, MAX_BACKOFF = 60.0, 3600.0
+
+def patterns() -> list[tuple[str, re.Pattern[str]]]:
+    """(kind, pattern) in the order they are tried: the session limit, then each provider's refusals."""
+    return [("session-limit", SESSION_LIMIT), *(r for p in PROVIDERS.values() for r in p.refusals)]
 
 
 def classify(text: str | None) -> str | None:
-    """``session-limit``, ``capacity``, ``rate-limit`` or ``quota`` when ``text`` is a provider's refusal."""
+    """``session-limit``, ``capacity``, ``rate-limit`` or ``quota`` (or another kind a provider's row names)
+    when ``text`` is a refusal."""
     if not text:
         return None
-    for kind, pattern in PATTERNS:
+    for kind, pattern in patterns():
         if pattern.search(text):
             return kind
     return None
 
 
-def next_backoff(previous: float | None) -> float:
-    """Seconds to leave a label out after a refusal, given the last back-off (None: the first refusal)."""
-    if not previous or previous <= 0:
-        return FIRST_BACKOFF
-    return min(MAX_BACKOFF, 2 * previous)
+def next_backoff(previous: float | None, provider: str | None = None) -> float:
+    """Seconds to leave a label out after a refusal, given the last back-off (None: the first refusal), by
+    the rule of ``provider`` (default: :data:`~montage_ray.spending.providers.DEFAULT`)."""
+    return provider_named(provider).next_backoff(previous)
 
 
 #: What a CPU stand-in prints when its ``standin_quota_after`` is reached (TESTS AND SIMULATIONS ONLY):
@@ -80,7 +81,7 @@ def refuse_label(workers: Sequence[Any], worker: Any, text: str, refusals: list[
     of the job's rotation, record it once in ``refusals`` and return it; else None (an ordinary failure, or a
     CPU slot, which no provider limits)."""
     kind = classify(text)
-    if kind is None or worker.label == "cpu":  # CPU slots have no provider to refuse them
+    if kind is None or worker.label == SOFTWARE:  # CPU slots have no provider to refuse them
         return None
     for w in workers:
         if w.label == worker.label:
