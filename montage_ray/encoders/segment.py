@@ -17,6 +17,7 @@ nothing::
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -33,6 +34,7 @@ from montage_ray.encoders import hdr as hdr_carry
 from montage_ray.ffmpeg.caps import FFmpegCaps, ffmpeg_caps
 from montage_ray.encoders.backends import EncoderSpec
 from montage_ray.encoders.records import EncodeResult, JobSettings
+from montage_ray.encoders.checks import Check
 from montage_ray.errors import EncoderError, FFmpegError, InputError
 from montage_ray.media.info import HdrInfo, VideoInfo
 from montage_ray.media.mp4 import NotPatchable, set_video_end
@@ -117,7 +119,8 @@ def count_packets(path: str, *, timeout: float = 60.0) -> int:
 
 
 def check_encoded(path: str, expected: int, *, decode: bool, threads: int = 1, timeout: float = 600.0) -> str:
-    """Check an encoded segment where it was made: its packet count, and with ``decode`` a full decode that
+    """Check an encoded segment where it was made: its packet count and structure (a keyframe first, decode
+    times rising, every packet with its own presentation time), and with ``decode`` a full decode that
     must give ``expected`` frames without a decoder message. Returns "" when it is good, else what is wrong.
 
     One ffprobe pass; ffprobe (unlike ffmpeg's exit status) tells a truncated or damaged file."""
@@ -127,13 +130,17 @@ def check_encoded(path: str, expected: int, *, decode: bool, threads: int = 1, t
     except FFmpegError as err:
         return "cannot be read back: " + (tool.last_error_line(err.stderr) or str(err))
     try:
-        stream = tool.first_stream(done.stdout)
+        listing = json.loads(done.stdout or "{}")
+        stream = (listing.get("streams") or [{}])[0]
         packets = int(stream.get("nb_read_packets") or 0)
         frames = int(stream.get("nb_read_frames") or 0) if decode else packets
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, AttributeError):
         return "cannot be read back"
     if packets != expected:
         return f"wrote {packets} frames, expected {expected}"
+    wrong = packet_structure(listing.get("packets") or [])
+    if wrong:
+        return wrong
     if frames != expected:
         return f"decodes to {frames} frames, expected {expected}"
     if decode and done.stderr.strip():
@@ -141,6 +148,24 @@ def check_encoded(path: str, expected: int, *, decode: bool, threads: int = 1, t
     return ""
 
 
+def packet_structure(packets: list[dict]) -> str:
+    """What is wrong with an encoded segment's packet list (ffprobe's ``pts``, ``dts``, ``flags`` of each, in
+    file order), "" when nothing: it must start with a keyframe, its decode times must rise, and every
+    packet must have a presentation time of its own (a join cuts and shifts by them)."""
+    if not packets:
+        return "has no video packets"
+    if "K" not in str(packets[0].get("flags", "")):
+        return "does not start with a keyframe"
+    try:
+        dts = [int(p["dts"]) for p in packets]
+        pts = [int(p["pts"]) for p in packets]
+    except (KeyError, TypeError, ValueError):
+        return "has packets without timestamps"
+    if any(b <= a for a, b in zip(dts, dts[1:])):
+        return "has decode times that do not rise"
+    if len(set(pts)) != len(pts):
+        return "has two packets shown at the same time"
+    return ""
 
 
 class _ProgressFile:
@@ -204,12 +229,13 @@ class SegmentRun:
 
 
 def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, output: SegmentOutput | None = None,
-                   run: SegmentRun | None = None, *, decode: bool = False, **fields: Any
+                   run: SegmentRun | None = None, *, decode: bool = False, check_why: str = "", **fields: Any
                    ) -> tuple[EncodeResult, bytes]:
     """Encode one segment's packets (a NUT file's bytes) and return the result and the encoded MP4 bytes.
 
-    The output is checked here (:func:`check_encoded`): its packet count, and with ``decode`` a full
-    decode. When it comes out short, the input is counted too: a piece that was cut wrong is a
+    The output is checked here (:func:`check_encoded`): its packet count and structure, and with ``decode``
+    a full decode; the result says which (``check``, and ``check_why``: what the caller went by). When it
+    comes out short, the input is counted too: a piece that was cut wrong is a
     ``bad-input`` failure (no other encoder would do better), not this encoder's.
 
     A segment cut between keyframes gets ``segment.packets`` packets for its ``segment.frames`` frames: the
@@ -312,7 +338,8 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, output: Seg
         seconds=time.monotonic() - started, encoder=spec.label, backend=spec.backend,
         resource=spec.resource, standin=spec.is_standin, node=socket.gethostname(), actor=actor,
         attempt=attempt, stderr=done.stderr[-2000:], started=started_at, ffmpeg=caps.version,
-        hdr="" if hdr is None else (hdr_carry.LOST + hdr_lost if hdr_lost else "kept"), **tuning)
+        hdr="" if hdr is None else (hdr_carry.LOST + hdr_lost if hdr_lost else "kept"),
+        check=Check.DECODE.value if decode else Check.PACKETS.value, check_why=check_why, **tuning)
     return result, encoded
 
 

@@ -405,9 +405,9 @@ def verify_command(ffprobe: str, path: str, *, decode: bool) -> list[str]:
 
 
 def segment_check_command(ffprobe: str, path: str, *, decode: bool, threads: int = 1) -> list[str]:
-    """ffprobe counting an encoded segment's video packets, and with ``decode`` decoding every frame (the
-    encoder actor's own check of its output)."""
-    entries = "stream=nb_read_packets" + (",nb_read_frames" if decode else "")
+    """ffprobe listing an encoded segment's video packets (pts, dts, flags) and counting them, and with
+    ``decode`` decoding every frame (the encoder actor's own check of its output)."""
+    entries = "packet=pts,dts,flags:stream=nb_read_packets" + (",nb_read_frames" if decode else "")
     # -ignore_editlist: every packet decodes to a frame, whatever edit list the encoding ffmpeg wrote (4.2
     # trims the first or last frame of some segments by one there; the join uses the packets, not the list).
     # -skip_loop_filter all: every picture is still parsed and reconstructed, so a damaged or truncated

@@ -54,6 +54,8 @@ from montage_ray.errors import FFmpegError
 from montage_ray.media.plan import Segment
 from montage_ray.encoders.segment import count_packets
 from montage_ray.encoders.records import EncodeResult
+from montage_ray.encoders.backends import is_hardware
+from montage_ray.encoders.checks import Verify, accepts
 
 log = logging.getLogger(__name__)
 
@@ -145,16 +147,19 @@ class SegmentCache:
         return entry if isinstance(entry, dict) and entry.get("format") == FORMAT and entry.get("key") == key \
             else None
 
-    def take(self, segment: Segment, dest: str, *, makers: Iterable[str], verify: str) -> EncodeResult | None:
+    def take(self, segment: Segment, dest: str, *, makers: Iterable[str], verify: str | Verify) -> EncodeResult | None:
         """The cached piece of ``segment`` linked (or copied) to ``dest`` and its result (``reused``), or None
         when there is none this job may use: made by an encoder not serving the job (``makers``), checked
-        with less than ``verify`` asks ("decode" takes only decoded pieces), or not what its sidecar says
+        with less than ``verify`` asks for it (:func:`montage_ray.encoders.checks.accepts`: a piece only counted
+        is taken unless this job would decode it), or not what its sidecar says
         (size, packet count: then it is removed)."""
         key = self.key(segment)
         entry = self._entry(key)
         if entry is None or entry.get("maker") not in set(makers):
             return None
-        if verify == "decode" and entry.get("verified") != "decode":
+        made = entry.get("result") if isinstance(entry.get("result"), dict) else {}
+        if not accepts(Verify.parse(verify), str(entry.get("verified", "")),
+                       hardware=is_hardware(str(made.get("backend", ""))), standin=bool(made.get("standin"))):
             return None
         piece = os.path.join(self.folder, os.path.basename(str(entry.get("piece", ""))))
         try:
@@ -204,7 +209,7 @@ class SegmentCache:
     def store(self, segment: Segment, result: EncodeResult, path: str, *, maker: str, verified: str,
               plan: tuple[Any, Sequence[Segment]] | None = None) -> bool:
         """Keep the verified piece at ``path`` (and, with the first piece, the job's ``plan``: its key and
-        segments). A failure to write is logged once and turns storing off for the job; returns whether kept."""
+        segments); it is recorded as checked the way ``result.check`` says (else as ``verified``). A failure to write is logged once and turns storing off for the job; returns whether kept."""
         if self.broken:
             return False
         key = self.key(segment)
@@ -226,7 +231,7 @@ class SegmentCache:
             record = {k: v for k, v in dataclasses.asdict(result).items() if k != "stderr"}
             self._write_json(self._sidecar(key), {
                 "format": FORMAT, "key": key, "piece": name, "bytes": os.path.getsize(path),
-                "packets": result.frames, "verified": verified, "maker": maker, "stored": time.time(),
+                "packets": result.frames, "verified": result.check or verified, "maker": maker, "stored": time.time(),
                 "segment": {k: v for k, v in dataclasses.asdict(segment).items() if k != "index"}, "result": record})
             for old in self._pieces(key):  # an earlier piece of the same key (or one a kill left unnamed)
                 if os.path.basename(old) != name:
@@ -272,15 +277,16 @@ class SegmentCache:
                     _remove(os.path.join(self.folder, name))
 
     def clear(self, segments: Sequence[Segment], plan_key: Any = None) -> None:
-        """Remove the entries of ``segments`` (and the plan of ``plan_key``), then the folder if empty: after
-        a successful publish. Other jobs' entries in a shared ``--cache-dir`` stay."""
+        """Remove the entries of ``segments`` (and the plan of ``plan_key``: None is the automatic lengths'
+        key), then the folder if empty: after a successful publish. Other jobs' entries in a shared
+        ``--cache-dir`` stay."""
         self._remove_keys({self.key(seg) for seg in segments})
-        if plan_key is not None:
-            plan = self._plan_file(plan_key)
-            _remove(plan)
-            for name in os.listdir(self.folder) if os.path.isdir(self.folder) else ():
-                if name.startswith("." + os.path.basename(plan) + ".tmp-") and not _writer_alive(name):
-                    _remove(os.path.join(self.folder, name))
+        # the plan goes too (the next job plans afresh, with the speeds this one measured)
+        plan = self._plan_file(plan_key)
+        _remove(plan)
+        for name in os.listdir(self.folder) if os.path.isdir(self.folder) else ():
+            if name.startswith("." + os.path.basename(plan) + ".tmp-") and not _writer_alive(name):
+                _remove(os.path.join(self.folder, name))
         try:
             os.rmdir(self.folder)
         except OSError:
