@@ -36,7 +36,7 @@ from montage_ray.encoders.config import LabelConfig
 from montage_ray.probe.spec import resolve_spec
 from montage_ray.cluster.nodes import node_tag
 from montage_ray.media.plan import Segment
-from montage_ray.encoders.segment import SegmentEncodeError, encode_segment, video_output_args
+from montage_ray.encoders.segment import SegmentEncodeError, SegmentOutput, SegmentRun, encode_segment
 from montage_ray.encoders.backends import is_hardware
 from montage_ray.encoders.records import EncodeResult, JobSettings
 from montage_ray.encoders.checks import Check, segment_check
@@ -163,14 +163,12 @@ class EncoderActor:
             return ctx.is_canceled() or lease in self._dropped or self._stopping
 
         try:
-            result, encoded = encode_segment(spec, segment, data, video_args=video_output_args(settings.video, spec),
-                                             sar=settings.sar, timeout=timeout, actor=name, attempt=attempt,
-                                             should_stop=should_stop, on_progress=on_progress,
-                                             frame_filter=settings.frame_filter,
-                                             decode=check[0] == Check.DECODE, check_why=check[1], threads=threads,
-                                             caps=ffmpeg_caps(),  # this node's ffmpeg, asked once per process
-                                             hdr=settings.video.hdr,  # carried and checked (montage_ray.encoders.hdr)
-                                             target=settings.target)  # --target-quality / --measure
+            # the job's output (HDR carried and checked, --target-quality) on this node's ffmpeg (asked once)
+            result, encoded = encode_segment(
+                spec, segment, data, SegmentOutput.of(settings, spec),
+                SegmentRun(timeout=timeout, threads=threads, caps=ffmpeg_caps(), actor=name, attempt=attempt,
+                           should_stop=should_stop, on_progress=on_progress),
+                decode=check[0] == Check.DECODE, check_why=check[1])
         except SegmentEncodeError as err:
             log.warning("job %s segment %d attempt %d failed on %s: %s", settings.job_id, segment.index, attempt,
                         name, err)

@@ -8,10 +8,10 @@ variable frame rate survives, and is checked by counting its packets: ffmpeg's e
 nothing::
 
     from montage_ray.encoders.backends import cpu_spec
-    from montage_ray.encoders.segment import encode_segment
+    from montage_ray.encoders.segment import SegmentOutput, SegmentRun, encode_segment
 
     result, encoded = encode_segment(cpu_spec("h264", threads=2), segment, open("seg.nut", "rb").read(),
-                                     video_args=["-pix_fmt", "yuv420p"])
+                                     SegmentOutput(video_args=("-pix_fmt", "yuv420p")), SegmentRun(timeout=60))
     result.frames, result.fps
 """
 
@@ -23,7 +23,8 @@ import shutil
 import socket
 import tempfile
 import time
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 from montage_ray.ffmpeg import commands
 from montage_ray.ffmpeg import tool
@@ -32,12 +33,13 @@ from montage_ray.util import workdirs
 from montage_ray.encoders import hdr as hdr_carry
 from montage_ray.ffmpeg.caps import FFmpegCaps, ffmpeg_caps
 from montage_ray.encoders.backends import EncoderSpec
-from montage_ray.encoders.records import EncodeResult
+from montage_ray.encoders.records import EncodeResult, JobSettings
 from montage_ray.encoders.checks import Check
 from montage_ray.errors import EncoderError, FFmpegError, InputError
 from montage_ray.media.info import HdrInfo, VideoInfo
 from montage_ray.media.mp4 import NotPatchable, set_video_end
 from montage_ray.media.plan import Segment
+from montage_ray.util.params import records
 
 #: Pixel formats each codec is encoded to on CPU backends (broadest playback support).
 _PIX_FMT_8BIT = "yuv420p"
@@ -190,13 +192,45 @@ class _ProgressFile:
 SEGMENT_PREFIX = "montage-seg-"
 
 
-def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_args: Sequence[str] = (),
-                   sar: str | None = None, timeout: float = 600.0, workdir: str | None = None,
-                   actor: str = "", attempt: int = 1, should_stop: Callable[[], bool] | None = None,
-                   on_progress: Callable[[int], None] | None = None, frame_filter: str | None = None,
-                   decode: bool = False, check_why: str = "", threads: int = 1,
-                   caps: FFmpegCaps | None = None, hdr: HdrInfo | None = None,
-                   target: quality.Target | None = None) -> tuple[EncodeResult, bytes]:
+@dataclass(frozen=True)
+class SegmentOutput:
+    """What one encoded segment must be, beyond its encoder spec (the job's output settings): ``video_args``
+    after the encoder's own (pixel format, colour), the sample aspect ratio ``sar``, a ``frame_filter`` that
+    fits the frame, the source's ``hdr`` facts to carry and check, and a quality ``target`` to reach."""
+
+    video_args: tuple[str, ...] = ()
+    sar: str | None = None
+    frame_filter: str | None = None
+    hdr: HdrInfo | None = None
+    target: quality.Target | None = None
+
+    @classmethod
+    def of(cls, settings: JobSettings, spec: EncoderSpec) -> "SegmentOutput":
+        """A job's output settings as encoded by ``spec``."""
+        return cls(tuple(video_output_args(settings.video, spec)), settings.sar, settings.frame_filter,
+                   settings.video.hdr, settings.target)
+
+
+@dataclass(frozen=True)
+class SegmentRun:
+    """How and where one encode runs: its ``timeout`` and ffmpeg ``threads``, the folder its scratch folder
+    goes in (``workdir``, default the system's), the ``caps`` of the ffmpeg that runs it (default this
+    process's), who runs it (``actor``, ``attempt``: said in the result), ``should_stop`` (polled: cancel)
+    and ``on_progress(frames)``."""
+
+    timeout: float = 600.0
+    threads: int = 1
+    workdir: str | None = None
+    caps: FFmpegCaps | None = None
+    actor: str = ""
+    attempt: int = 1
+    should_stop: Callable[[], bool] | None = None
+    on_progress: Callable[[int], None] | None = None
+
+
+def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, output: SegmentOutput | None = None,
+                   run: SegmentRun | None = None, *, decode: bool = False, check_why: str = "", **fields: Any
+                   ) -> tuple[EncodeResult, bytes]:
     """Encode one segment's packets (a NUT file's bytes) and return the result and the encoded MP4 bytes.
 
     The output is checked here (:func:`check_encoded`): its packet count and structure, and with ``decode``
@@ -207,6 +241,8 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
     A segment cut between keyframes gets ``segment.packets`` packets for its ``segment.frames`` frames: the
     encode keeps only those shown within ``segment.keep`` (:func:`montage_ray.ffmpeg.commands.keep_filter`).
 
+    ``output`` (:class:`SegmentOutput`) says what the piece must be, ``run`` (:class:`SegmentRun`) how and
+    where it is made; their fields may also come as keywords (``timeout=60``, ``video_args=[...]``).
     ``on_progress(frames)`` is called about twice a second with the frames encoded so far. ``caps`` are
     those of the ffmpeg that encodes (default: this process's, :func:`montage_ray.ffmpeg.caps.ffmpeg_caps`).
     ``hdr`` (the source's HDR facts) makes the encoder carry them (:func:`montage_ray.encoders.hdr.for_encoder`) and
@@ -218,6 +254,11 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
     Raises :class:`EncoderError` when ffmpeg fails, crashes, hangs past ``timeout`` or writes a wrong
     number of frames; the error's message carries ffmpeg's last line and ``stderr`` its tail.
     """
+    output, run = records(fields, (output or SegmentOutput(), SegmentOutput), (run or SegmentRun(), SegmentRun))
+    video_args, sar, frame_filter, hdr, target = (output.video_args, output.sar, output.frame_filter, output.hdr,
+                                                  output.target)
+    timeout, threads, workdir, caps = run.timeout, run.threads, run.workdir, run.caps
+    actor, attempt, should_stop, on_progress = run.actor, run.attempt, run.should_stop, run.on_progress
     started, started_at = time.monotonic(), time.time()
 
     def failed(message: str, reason: str, stderr: str) -> SegmentEncodeError:

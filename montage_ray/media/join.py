@@ -328,10 +328,13 @@ def _join(media: MediaInfo, segments: Sequence[Segment], encoded: Sequence[str],
     offset = segments[0].start - media.start_time
     streams, options, notes = mux_args(media, family, mp4_opus=ffmpeg_caps().mp4_opus)
     attach = cover_attachments(media, workdir) if family == "mkv" and media.cover_art else []
-    args = commands.join_command(list_path, media.path, dst_tmp, caps=ffmpeg_caps(), offset=offset,
-                                 video_index=media.video.index, rotation=media.video.rotation, streams=streams,
-                                 stream_options=options, muxer=muxer, mp4=family == "mp4", tag=tag, attach=attach,
-                                 moov_size=moov_reserve(media, segments) if reserve and family == "mp4" else None)
+    args = commands.join_command(
+        list_path, media.path, dst_tmp, caps=ffmpeg_caps(),
+        video=commands.JoinVideo(offset, media.video.index, media.video.rotation),
+        others=commands.JoinStreams(tuple(streams), options, tuple(attach)),
+        container=commands.JoinContainer(muxer, mp4=family == "mp4", tag=tag,
+                                         moov_size=moov_reserve(media, segments) if reserve and family == "mp4"
+                                         else None))
     rate = media.video.frame_rate
     frame_duration = float(1 / rate) if rate else 0.04
     kept_subs = sum(1 for s in media.subtitles if family == "mkv" or s.codec in TEXT_SUBTITLES)
