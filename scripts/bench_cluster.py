@@ -89,11 +89,14 @@ def main() -> int:
             results.append({"job": job, "segments": len(report.segments), "frames": report.frames,
                             "makespan": makespan, "ideal": ideal, "ratio": makespan / ideal,
                             "duplicates": report.duplicates, "wall": report.wall_seconds,
+                            "wall_ratio": report.wall_seconds / ideal, "timings": report.timings,
                             "shares": {a: per_actor.get(a, [0])[0] / report.frames for a in speeds},
                             "speeds": speeds})
             print(f"job {job}: {len(report.segments)} segments, encode makespan {makespan:.2f} s, ideal "
                   f"{ideal:.2f} s, ratio {makespan / ideal:.3f} (target <= 1.10), {report.duplicates} tail "
-                  f"duplicates, wall {report.wall_seconds:.2f} s")
+                  f"duplicates, wall {report.wall_seconds:.2f} s = {report.wall_seconds / ideal:.3f}x ideal (target <= 1.10)")
+            print("    phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in report.timings.items())
+                  + f"; not in a phase {report.wall_seconds - sum(report.timings.values()):.2f} s")
             for actor, speed in sorted(speeds.items(), key=lambda kv: -kv[1]):
                 share = per_actor.get(actor, [0])[0] / report.frames
                 print(f"    {actor:<52} {speed:7.1f} fps  {100 * share:5.1f}% of the frames")

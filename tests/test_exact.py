@@ -20,8 +20,6 @@ import json
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ import pytest
 from tests import genclips
 from tests import mediacheck as mc
 from tests.genclips import Kind
+from tests.helpers import run_bounded
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = int(os.environ.get("MONTAGE_EXACT_SEED") or datetime.date.today().strftime("%Y%m%d"))
@@ -99,19 +98,6 @@ def shown(path: Path) -> tuple[int, float, float]:
     return len(frames), float(times[-1] - times[0]), float(np.median(gaps)) if gaps.size else 0.0
 
 
-def _run(args: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
-    """Run the jobs in their own process group; past ``timeout`` the whole group (Ray with it) is killed."""
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=30)
-        pytest.fail(f"the jobs ran past {timeout:.0f} s (seed {SEED}): {err[-2000:]}")
-    return subprocess.CompletedProcess(args, proc.returncode, out, err)
-
-
 @pytest.mark.parametrize("version", VERSIONS)
 def test_exit_0_means_every_frame_and_the_last_frame_where_the_source_has_it(version, ffmpeg_builds, session_ray,
                                                                              tmp_path):
@@ -131,8 +117,8 @@ def test_exit_0_means_every_frame_and_the_last_frame_where_the_source_has_it(ver
                      "seconds": 1.0, "preset": case.preset})
     (tmp_path / "cases.json").write_text(json.dumps(jobs))
     # one driver per version on the session's Ray (its actors get this version's ffmpeg in their environment)
-    done = _run([sys.executable, str(ROOT / "tests" / "version_job.py"), "--cases", "--address", session_ray,
-                 str(tmp_path / "cases.json")], env, timeout=240)
+    done = run_bounded([sys.executable, str(ROOT / "tests" / "version_job.py"), "--cases", "--address", session_ray,
+                        str(tmp_path / "cases.json")], 240, env=env, what=f"the jobs (seed {SEED})")
     assert done.returncode == 0, f"seed {SEED}: {done.stderr[-3000:]}"
     results = json.loads(done.stdout.strip().splitlines()[-1])
     failures = {}

@@ -142,6 +142,9 @@ def test_hevc_and_report_file(make_clip, tmp_path):
     assert data["frames"] == 600 and len(data["segments"]) == len(report.segments) == 5
     assert {"probe", "plan", "encode", "join", "verify"} <= set(data["timings"])  # cutting overlaps encoding
     assert len({s["actor"] for s in data["segments"]}) == 2  # both actors took work
+    # software encoders on the driver's node: counted and read where encoded, not decoded (verify auto)
+    assert {(s["check"], s["check_why"]) for s in data["segments"]} == {("packets", "software encoder")}
+    assert "segment checks: 5 counted and read (software encoder)" in report.summary()
 
 
 def test_actors_are_reused_across_jobs_and_serve_another_setup_without_a_restart(make_clip, tmp_path):
@@ -152,10 +155,12 @@ def test_actors_are_reused_across_jobs_and_serve_another_setup_without_a_restart
     assert same(first) == same(second)                   # the same actor processes took the second job
     config = tmp_path / "encoders.yaml"
     config.write_text("labels:\n  cpu: {preset: superfast}\n")
-    third = encode(make_clip("long"), tmp_path / "3.mp4", segment_seconds=4, encoders_config=config, quality=30)
+    third = encode(make_clip("long"), tmp_path / "3.mp4", segment_seconds=4, encoders_config=config, quality=30,
+                   verify="decode")
     # the encoder service's actors build each segment's command: another config and quality, no restart
     assert same(third) == same(first)
     assert {s.encoder for s in third.segments} == {"cpu:libx264 [superfast]"}
+    assert {(s.check, s.check_why) for s in third.segments} == {("decode", "--verify decode")}
     assert mc.decoded_frames(tmp_path / "3.mp4") == 600
 
 

@@ -15,7 +15,7 @@ from montage_ray.cluster.pool import EncoderPool
 from montage_ray.cluster.session import connected
 from montage_ray.encoders.records import JobSettings
 from montage_ray.errors import VerificationError
-from montage_ray.media.join import check_structure, container_for, join_segments, verify_output
+from montage_ray.media.join import DecodeDelays, check_structure, container_for, join_segments, verify_output
 from montage_ray.media.info import inspect
 from montage_ray.media.plan import plan_segments
 from montage_ray.media.cut import split_source
@@ -69,6 +69,25 @@ def test_three_encoders_join_into_one_clean_stream(mixed_output, make_clip):
     mc.assert_same_frames_in_order(make_clip("long"), out)
     v = [s for s in mc.streams(out) if s["codec_type"] == "video"][0]
     assert v["codec_tag_string"] == "avc3"  # parameter sets may change in-band
+
+
+def test_decode_delays_read_as_the_pieces_land_give_the_same_join(mixed_output, tmp_path):
+    """A join at the end of mixed encoders whose pieces' decode delays were read in the background as they
+    landed (DecodeDelays, what a job does) is, byte for byte, the join that reads them at the end; the
+    delays differ (the B-frame encoder's pieces are shown later than decoded), so the alignment was needed."""
+    info, out, plan, _, segments, encoded = mixed_output
+    delays = DecodeDelays()
+    try:
+        for path in encoded:
+            delays.offer(path)
+        assert len({round(delays.get(path)[0], 6) for path in encoded}) == 2
+        again = str(tmp_path / "again.mp4")
+        join_segments(info, segments, encoded, again, str(tmp_path), container=container_for(again), mixed=True,
+                      codec="h264", delays=delays)
+    finally:
+        delays.close()
+    with open(again, "rb") as a, open(out, "rb") as b:
+        assert a.read() == b.read()
 
 
 def test_verification_refuses_a_truncated_join(mixed_output, tmp_path):

@@ -158,3 +158,66 @@ def test_a_plan_is_rebuilt_from_its_frame_counts(packets, seconds, taper):
     assert segments_at(packets, TB, [s.frames for s in plan]) == plan
     with pytest.raises(ValueError):
         segments_at(packets, TB, [s.frames for s in plan][:-1])
+
+
+# -- the length policy: segments priced with what each costs beyond its frames -------------------------------
+
+def test_the_plan_takes_fewer_longer_segments_where_a_segment_costs_more():
+    from montage_ray.media.plan import EncoderCost, choose_plan
+
+    packets = closed_gops(3600, 30)  # 120 s, a keyframe every second
+    cheap = choose_plan(packets, TB, [EncoderCost(fps=30, overhead_frames=0, overhead_seconds=0)] * 4)
+    dear = choose_plan(packets, TB, [EncoderCost(fps=30, overhead_frames=150, overhead_seconds=1)] * 4)
+    assert len(cheap.segments) > 4                 # nothing to save: short pieces keep the end even
+    assert len(dear.segments) == 4                 # each more would cost 6 s: one per encoder
+    for plan in (cheap, dear):
+        assert sum(s.frames for s in plan.segments) == 3600
+        assert all(a.end_packet <= b.first_packet + b.skip_frames for a, b in zip(plan.segments, plan.segments[1:]))
+
+
+def test_a_small_machine_gets_one_even_segment_per_encoder():
+    """Two equal encoders, 30 s with a keyframe every 2 s: two halves, the second cut off its keyframe
+    (it decodes 30 frames to drop them) rather than 14 s and 16 s at keyframes."""
+    from montage_ray.media.plan import EncoderCost, choose_plan
+
+    packets = closed_gops(900, 60, bframes=2)
+    plan = choose_plan(packets, TB, [EncoderCost(fps=100, overhead_frames=5, overhead_seconds=0.05,
+                                                 decode_fps=400)] * 2)
+    assert [s.frames for s in plan.segments] == [450, 450]
+    assert [s.skip_frames for s in plan.segments] == [0, 30]
+    assert "1 per encoder" in plan.describe()
+
+
+def test_uneven_encoders_share_the_work_to_an_even_end():
+    """One encoder 8x faster than three others: more pieces than encoders, so the fast one takes more, and
+    the predicted end is near the ideal (all frames over the summed speed)."""
+    from montage_ray.media.plan import EncoderCost, choose_plan
+
+    costs = [EncoderCost(fps=240, overhead_seconds=0.1)] + [EncoderCost(fps=30, overhead_seconds=0.1)] * 3
+    plan = choose_plan(closed_gops(3600, 30), TB, costs)
+    ideal = 3600 / (240 + 3 * 30)
+    assert len(plan.segments) > 4
+    assert plan.predicted < 1.15 * ideal
+
+
+def test_a_chosen_length_is_kept_a_short_clip_is_one_segment_and_pass_through_cuts_at_keyframes():
+    from montage_ray.media.plan import EncoderCost, choose_plan
+
+    costs = [EncoderCost(fps=100, overhead_frames=5)] * 2
+    chosen = choose_plan(closed_gops(900, 30), TB, costs, chosen=2)
+    assert [s.frames for s in chosen.segments] == [60] * 15 and chosen.predicted > 0
+    assert len(choose_plan(closed_gops(450, 30), TB, costs).segments) == 1     # 15 s: one segment
+    copies = [EncoderCost(fps=3000, evens=False)] * 2                          # it cannot drop frames
+    plan = choose_plan(closed_gops(900, 60, bframes=2), TB, copies)
+    assert all(s.skip_frames == 0 and s.tail_frames == 0 for s in plan.segments)
+
+
+def test_predict_prices_overhead_and_a_slow_encoder():
+    from montage_ray.media.plan import SPEED_SPREAD, EncoderCost, plan_segments, predict
+
+    segments = plan_segments(closed_gops(600, 30), TB, 5)                      # 4 x 150 frames
+    cost = EncoderCost(fps=50, overhead_frames=10, overhead_seconds=0.5)
+    assert predict(segments, [cost] * 4) == pytest.approx(0.5 + 160 / 50)
+    assert predict(segments, [cost] * 2) == pytest.approx(2 * (0.5 + 160 / 50))
+    slowed = predict(segments, [cost] * 4, slow=0)
+    assert slowed == pytest.approx(0.5 + 160 / (50 / (1 + SPEED_SPREAD)))

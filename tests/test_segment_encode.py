@@ -135,7 +135,7 @@ def test_the_actor_side_check_catches_a_truncated_or_damaged_segment(pieces, tmp
     result, encoded = encode_segment(cpu_spec("h264", preset="ultrafast"), segments[1], open(paths[1], "rb").read())
     good = tmp_path / "good.mp4"
     good.write_bytes(encoded)
-    assert check_encoded(str(good), 60, decode=True) == ""
+    assert check_encoded(str(good), 60, decode=True) == "" and result.check == "packets"
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(encoded[: len(encoded) * 2 // 3])
     assert check_encoded(str(truncated), 60, decode=False) != ""
@@ -148,6 +148,22 @@ def test_the_actor_side_check_catches_a_truncated_or_damaged_segment(pieces, tmp
     bad.write_bytes(bytes(damaged))
     assert check_encoded(str(bad), 60, decode=False) == ""  # the packets are all there ...
     assert "decod" in check_encoded(str(bad), 60, decode=True)  # ... but they do not decode cleanly
+
+
+@pytest.mark.parametrize("packets, wrong", [
+    ([{"pts": 0, "dts": -1, "flags": "K__"}, {"pts": 2, "dts": 0, "flags": "___"}, {"pts": 1, "dts": 1, "flags": "___"}],
+     ""),
+    ([], "has no video packets"),
+    ([{"pts": 0, "dts": 0, "flags": "___"}], "does not start with a keyframe"),
+    ([{"pts": 0, "dts": 0, "flags": "K_"}, {"pts": 1, "flags": "__"}], "has packets without timestamps"),
+    ([{"pts": 0, "dts": 0, "flags": "K_"}, {"pts": 1, "dts": 0, "flags": "__"}], "has decode times that do not rise"),
+    ([{"pts": 0, "dts": 0, "flags": "K_"}, {"pts": 0, "dts": 1, "flags": "__"}], "has two packets shown at the same time"),
+])
+def test_the_packet_check_reads_the_structure(packets, wrong):
+    """What the check of a segment that is not decoded still catches: ffprobe's packet list, read."""
+    from montage_ray.encoders.segment import packet_structure
+
+    assert packet_structure(packets) == wrong
 
 
 def test_a_piece_cut_wrong_is_a_bad_input_not_an_encoder_failure(pieces):

@@ -52,6 +52,9 @@ def test_a_node_removed_mid_job_loses_no_frame(simulate, make_clip, tmp_path):
         assert s["standin"] == (s["resource"] != "cpu")
         if s["standin"]:
             assert "(stand-in: libx264 on CPU)" in s["encoder"] and s["actor"].endswith(":stand-in")
+            assert s["check"] == "decode"  # verify auto: a stand-in's segments are decoded where encoded
+        if s["attempts"] > 1:
+            assert s["check"] == "decode"  # and so is a segment that failed once
     assert len({s["node"] for s in segs}) >= 3
     assert "vaapi" in report["standins"] or all(s["resource"] != "vaapi" for s in segs)
 

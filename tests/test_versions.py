@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from montage_ray.encoders.segment import video_output_args
 from montage_ray.probe import TEST_VIDEO, explain, make_test_clip, run_probe
 from tests import browser
 from tests import mediacheck as mc
+from tests.helpers import run_bounded
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL = {"rotation": ".mp4", "vfr": ".mp4", "startoffset": ".mp4", "meta": ".mp4", "mkvsubs": ".mkv",
@@ -133,20 +133,6 @@ def test_probe_adapts_to_9_0_and_names_the_refused_time_base(ffmpeg_builds, tmp_
     assert diagnosis.cause == "ffmpeg-version" and "demux" in diagnosis.fix, diagnosis
 
 
-def _run_bounded(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """Run ``args`` in its own process group; past ``timeout`` the whole group (the script and every Ray
-    process it started) is killed and the test fails with what it printed."""
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=30)
-        pytest.fail(f"{args[1]} {args[2]} ran past {timeout:.0f} s and was killed: {err[-3000:]}")
-    return subprocess.CompletedProcess(args, proc.returncode, out, err)
-
-
 def test_one_job_on_nodes_of_different_ffmpeg_versions_joins_exactly_and_plays(ffmpeg_builds, make_clip,
                                                                                  tmp_path):
     """Head (the CPU slot) on Debian's 5.1, a vaapi-labelled node on 4.2.2, an nvenc-labelled node on 9.0.2:
@@ -154,7 +140,7 @@ def test_one_job_on_nodes_of_different_ffmpeg_versions_joins_exactly_and_plays(f
     joined file has every frame, in order, with the rotation, and plays to its end in Chromium."""
     src, dst, report_path = make_clip("rotation"), tmp_path / "mixed.mp4", tmp_path / "report.json"
     system = shutil.which("ffmpeg")
-    done = _run_bounded([sys.executable, str(ROOT / "tests" / "version_job.py"), "--mixed", str(src), str(dst),
+    done = run_bounded([sys.executable, str(ROOT / "tests" / "version_job.py"), "--mixed", str(src), str(dst),
                          str(report_path), system, str(ffmpeg_builds["4.2.2"]), str(ffmpeg_builds["9.0.2"])],
                         timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

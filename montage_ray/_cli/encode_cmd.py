@@ -37,8 +37,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(default: $RAY_ADDRESS, else a local Ray started for this job)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="at most N encoder actors (default: one per CPU)")
-    p.add_argument("--verify", choices=VERIFY_MODES, default="decode",
-                   help="how to verify the output before writing it (default: decode every frame)")
+    p.add_argument("--verify", choices=VERIFY_MODES, default="auto",
+                   help="how each encoded segment is checked where it was made: auto (default: a full decode "
+                        "for hardware encoders, stand-ins, other nodes and encoders that failed; packet count "
+                        "and structure for the software encoders), decode (every segment), packets (none "
+                        "decoded); the joined file's structure, frame total and joins are checked always")
     p.add_argument("--target-quality", metavar="METRIC:VALUE[:TOL]", default=None,
                    help="measure each segment against the source and re-encode it until it reaches this score "
                         "(psnr:42, ssim:0.98, xpsnr:40 on ffmpeg 7.1+, vmaf:93 where ffmpeg has libvmaf; "

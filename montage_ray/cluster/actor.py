@@ -36,8 +36,10 @@ from montage_ray.encoders.config import LabelConfig
 from montage_ray.probe.spec import resolve_spec
 from montage_ray.cluster.nodes import node_tag
 from montage_ray.media.plan import Segment
-from montage_ray.encoders.segment import SegmentEncodeError, encode_segment, video_output_args
+from montage_ray.encoders.segment import SegmentEncodeError, SegmentOutput, SegmentRun, encode_segment
+from montage_ray.encoders.backends import is_hardware
 from montage_ray.encoders.records import EncodeResult, JobSettings
+from montage_ray.encoders.checks import Check, segment_check
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,8 @@ class EncoderActor:
                 "hostname": socket.gethostname(), "node": self._node_name(), "pid": os.getpid()}
         if settings is not None:
             spec = self._spec(settings, 1, config)
-            info.update(encoder=spec.label, standin=spec.is_standin, ffmpeg_build=ffmpeg_caps().build)
+            info.update(encoder=spec.label, standin=spec.is_standin, backend=spec.backend, copies=spec.copies,
+                        hardware=is_hardware(spec.backend), ffmpeg_build=ffmpeg_caps().build)
         return info
 
     @ray.method(concurrency_group="status")
@@ -116,20 +119,22 @@ class EncoderActor:
 
     def encode(self, segment: Segment, data: bytes, settings: JobSettings, *, threads: int = 1,
                timeout: float = 600.0, attempt: int = 1, config: Any = SAME, name: str | None = None,
-               lease: str = "") -> tuple[EncodeResult, bytes]:
+               lease: str = "", check: tuple[str, str] | None = None) -> tuple[EncodeResult, bytes]:
         """Encode one segment with this label's spec for the job's settings (and ``config``, the job's label
         config, when the service shares this actor between jobs; ``name`` is the name the job knows it by,
-        ``lease`` its key at the service's scheduler, by which :meth:`drop` names it)."""
+        ``lease`` its key at the service's scheduler, by which :meth:`drop` names it). ``check`` is the
+        check the driver chose for it and why (:func:`montage_ray.encoders.checks.segment_check`); without
+        one the actor applies the job's policy to what it knows of itself."""
         self._running += 1
         try:
             return self._encode(segment, data, settings, threads=threads, timeout=timeout, attempt=attempt,
-                                config=config, name=name, lease=lease)
+                                config=config, name=name, lease=lease, check=check)
         finally:
             self._running -= 1
 
     def _encode(self, segment: Segment, data: bytes, settings: JobSettings, *, threads: int = 1,
-               timeout: float = 600.0, attempt: int = 1, config: Any = SAME, name: str | None = None,
-               lease: str = "") -> tuple[EncodeResult, bytes]:
+                timeout: float = 600.0, attempt: int = 1, config: Any = SAME, name: str | None = None,
+                lease: str = "", check: tuple[str, str] | None = None) -> tuple[EncodeResult, bytes]:
         lease = lease or settings.job_id
         if self._stopping:
             raise SegmentEncodeError(f"segment {segment.index}: the encoder service is stopping", reason="dropped")
@@ -137,6 +142,9 @@ class EncoderActor:
             raise SegmentEncodeError(f"segment {segment.index}: job {settings.job_id} was dropped (its driver "
                                      "is gone)", reason="dropped")
         spec = self._spec(settings, threads, config)
+        if check is None:  # a caller that chose none: what this actor knows (not its node's distance, nor failures)
+            check = segment_check(settings.verify, hardware=is_hardware(spec.backend), standin=spec.is_standin,
+                                  remote=False, failed=attempt > 1)
         config = self._config if config is SAME else config
         name = name or self._name
         ctx = ray.get_runtime_context()
@@ -155,14 +163,12 @@ class EncoderActor:
             return ctx.is_canceled() or lease in self._dropped or self._stopping
 
         try:
-            result, encoded = encode_segment(spec, segment, data, video_args=video_output_args(settings.video, spec),
-                                             sar=settings.sar, timeout=timeout, actor=name, attempt=attempt,
-                                             should_stop=should_stop, on_progress=on_progress,
-                                             frame_filter=settings.frame_filter,
-                                             decode=settings.verify == "decode", threads=threads,
-                                             caps=ffmpeg_caps(),  # this node's ffmpeg, asked once per process
-                                             hdr=settings.video.hdr,  # carried and checked (montage_ray.encoders.hdr)
-                                             target=settings.target)  # --target-quality / --measure
+            # the job's output (HDR carried and checked, --target-quality) on this node's ffmpeg (asked once)
+            result, encoded = encode_segment(
+                spec, segment, data, SegmentOutput.of(settings, spec),
+                SegmentRun(timeout=timeout, threads=threads, caps=ffmpeg_caps(), actor=name, attempt=attempt,
+                           should_stop=should_stop, on_progress=on_progress),
+                decode=check[0] == Check.DECODE, check_why=check[1])
         except SegmentEncodeError as err:
             log.warning("job %s segment %d attempt %d failed on %s: %s", settings.job_id, segment.index, attempt,
                         name, err)

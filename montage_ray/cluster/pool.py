@@ -47,10 +47,12 @@ from montage_ray.util import metrics
 from montage_ray.spending import quota
 from montage_ray.cluster.workers import ACTOR_GONE, Worker, WorkerRegistry
 from montage_ray.errors import ClusterError, EncoderError, first_line
-from montage_ray.media.plan import Segment
+from montage_ray.media.plan import EncoderCost, Segment
+from montage_ray.encoders.backends import default_fps, segment_overhead
 from montage_ray.encoders.records import FailedAttempt
 from montage_ray.encoders.segment import segment_timeout
 from montage_ray.encoders.records import EncodeResult, JobSettings
+from montage_ray.encoders.checks import Check, segment_check
 
 log = logging.getLogger(__name__)
 
@@ -138,16 +140,26 @@ class _Run:
         self.pending.extend((seg, 1) for seg in sorted(new, key=lambda s: -s.frames))
 
     def submit(self, worker: Worker, seg: Segment, attempt: int, duplicate: bool = False) -> None:
-        """Send ``seg`` to ``worker``."""
+        """Send ``seg`` to ``worker``, with the check it gets there (:meth:`check_for`)."""
         ref = worker.actor.encode.remote(seg, ray.put(self.load(seg)), self.settings, threads=self.threads[worker.name],
                                          timeout=self.pool.timeout_for(seg, worker, self.settings), attempt=attempt,
-                                         **worker.call_options(),
+                                         check=self.check_for(worker, seg, attempt), **worker.call_options(),
                                          **({"lease": self.pool.gate.job} if self.pool.gate is not None else {}))
         if self.pool.gate is not None:
             self.allowed[worker.name] -= 1
         self.in_flight[ref] = _Task(worker, seg, attempt, time.monotonic(), duplicate, time.time())
         self.copies.setdefault(seg.index, set()).add(ref)
         worker.in_flight += 1
+
+    def check_for(self, worker: Worker, seg: Segment, attempt: int) -> tuple[Check, str]:
+        """The check ``seg`` gets on ``worker`` under the job's policy: a full decode on a hardware encoder,
+        a stand-in, a node other than the driver's, an actor that failed in this job, or a segment that
+        failed before (:func:`montage_ray.encoders.checks.segment_check`)."""
+        node = worker.placement.node_id if worker.placement is not None else None
+        failed = attempt > 1 or seg.index in self.failed_on or any(f.actor == worker.name for f in self.pool.failures)
+        return segment_check(self.settings.verify, hardware=worker.hardware, standin=worker.standin,
+                             remote=node is not None and self.pool.driver_node is not None
+                             and node != self.pool.driver_node, failed=failed)
 
     def take(self, ref: Any) -> _Task:
         """The task of a ref that answered, no longer in flight."""
@@ -224,6 +236,7 @@ class EncoderPool:
         self.refusals: list[quota.Refusal] = []        # labels a provider refused in this pool's runs
         self.job_id = ""  # of the job being run, for log lines
         self.gate = gate  # the service's scheduler, when the actors are shared with other jobs
+        self.driver_node = _driver_node()  # segments encoded on other nodes are decoded in full (verify auto)
 
     # -- decisions -------------------------------------------------------------------------------
     def _expected_fps(self, worker: Worker) -> float:
@@ -561,3 +574,44 @@ def _cause_line(err: BaseException) -> str:
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines()]
     lines = [line for line in lines if line]
     return lines[-1] if lines else type(err).__name__
+
+
+def _driver_node() -> str | None:
+    """The Ray node this driver runs on (None when Ray cannot say, e.g. a client connection)."""
+    if not ray.is_initialized():
+        return None
+    try:
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - a client connection without a node of its own
+        return None
+
+
+#: Frames a second one core decodes a 1080p H.264 source at (a segment cut between keyframes decodes the
+#: frames before its cut only to drop them): ~250 measured with ffmpeg 5.1 and 9.0; a first guess for others.
+DECODE_FPS_1080P = 250.0
+
+
+def plan_costs(workers: Sequence[Worker], settings: JobSettings) -> list[EncoderCost]:
+    """What a segment costs on each of ``workers`` for this job, for the planner
+    (:func:`montage_ray.media.plan.choose_plan`): its kind's speed (the mean of what its label's actors
+    measured on this kind of job, else its configured or its backend's first guess scaled to the frame
+    size: one actor's own figure is mostly the noise of its last segment) and its backend's per-segment
+    overhead (:func:`montage_ray.encoders.backends.segment_overhead`)."""
+    pixels = max(1, settings.video.width * settings.video.height)
+    setup = (settings.codec, settings.preset, settings.quality, pixels)
+    measured: dict[tuple[str, str], list[float]] = {}
+    for w in workers:
+        if w.fps > 0 and w.fps_for == setup:
+            measured.setdefault((w.label, w.backend), []).append(w.fps)
+    costs = []
+    for w in workers:
+        seen = measured.get((w.label, w.backend))
+        fps = sum(seen) / len(seen) if seen else (w.fps if w.fps > 0 and not w.fps_for else w.base_fps)
+        known = fps > 0
+        if not known:
+            fps = default_fps(w.backend or w.label) * (1920 * 1080) / pixels
+        frames, seconds = segment_overhead(w.backend or w.label, settings.codec)
+        costs.append(EncoderCost(fps=fps, overhead_frames=frames, overhead_seconds=seconds,
+                                 decode_fps=DECODE_FPS_1080P * (1920 * 1080) / pixels, evens=not w.copies,
+                                 kind=w.label, known=known))
+    return costs

@@ -161,8 +161,7 @@ class Service:
                         continue
                     bad.append(FailedAttempt(-1, 0, w.label, w.name, "actor-died", first_line(err)))
                     continue
-                w.encoder, w.hostname, w.node = info.get("encoder", ""), info.get("hostname", ""), info.get("node", "")
-                w.pid, w.ffmpeg_build = info.get("pid", 0), info.get("ffmpeg_build", "")
+                w.learn(info)
                 ok.append(w)
         for ref, w in pending.items():  # never scheduled: no node offers the slot now; do not leave it pending
             bad.append(FailedAttempt(-1, 0, w.label, w.name, "not-scheduled",

@@ -59,17 +59,30 @@ class RaySession:
     private: bool = False      # a private Ray of this process (this machine is its head)
 
 
-# The registry of a Ray that the caller connected (``ray.init()`` before ``encode()``): it outlives one job,
-# so it is kept with that connection's id and dropped when the connection changes.
-_attached: list[RaySession] = []
+class CallerConnection:
+    """The session of a Ray that the caller connected (``ray.init()`` before ``encode()``): its registry
+    outlives one job, so it is kept with that connection's id and made again when the connection changes.
+    Ray's connection belongs to the process, so there is one of these per process (:data:`CALLER`)."""
+
+    def __init__(self) -> None:
+        self._session: RaySession | None = None
+
+    def session(self, ray: Any) -> RaySession:
+        """The session of the connection ``ray`` has now (the same one while its id is the same)."""
+        job_id = ray.get_runtime_context().get_job_id()
+        if self._session is None or self._session.job_id != job_id:
+            self._session = RaySession(ray.get_runtime_context().gcs_address, False, job_id=job_id,
+                                       service=Service() if enabled() else None)
+        return self._session
+
+    def join_drains(self, timeout: float = 5.0) -> None:
+        """Wait for the collection of cancelled tasks of its jobs (call before shutting that Ray down)."""
+        if self._session is not None:
+            self._session.registry.join_drains(timeout)
 
 
-def _attached_session(ray: Any) -> RaySession:
-    job_id = ray.get_runtime_context().get_job_id()
-    if not _attached or _attached[0].job_id != job_id:
-        _attached[:] = [RaySession(ray.get_runtime_context().gcs_address, False, job_id=job_id,
-                                   service=Service() if enabled() else None)]
-    return _attached[0]
+#: This process's connection made by the caller.
+CALLER = CallerConnection()
 
 
 def connected() -> RaySession:
@@ -80,13 +93,12 @@ def connected() -> RaySession:
 
     if not ray.is_initialized():
         raise ClusterError("not connected to Ray (call ray.init() first)")
-    return _attached_session(ray)
+    return CALLER.session(ray)
 
 
 def join_drains(timeout: float = 5.0) -> None:
     """Wait for the collection of cancelled tasks of the connected Ray's jobs (call before shutting it down)."""
-    if _attached:
-        _attached[0].registry.join_drains(timeout)
+    CALLER.join_drains(timeout)
 
 
 def connect_timeout() -> float:
@@ -366,7 +378,7 @@ def ray_session(address: str | None = None, *, default: str | None = None) -> It
     import ray
 
     if ray.is_initialized():
-        yield _attached_session(ray)
+        yield CALLER.session(ray)
         return
     target = address or os.environ.get("RAY_ADDRESS") or default or None
     if target is not None:  # a form that cannot work says so in one line, before anything starts

@@ -91,7 +91,19 @@ class Worker:
     slot: str = ""             # the service's actor name (its scheduler's key); "" for a registry's actor
     config: LabelConfig | None = None  # the job's label config, sent with each call to a shared actor
     shared: bool = False       # an actor of the service (montage_ray.cluster.service), shared with other jobs
+    backend: str = ""          # the backend its spec resolved to on its node ("cpu" for a stand-in)
+    hardware: bool = False     # it encodes on a device
+    standin: bool = False      # a CPU stand-in serving a hardware label
+    copies: bool = False       # the pass-through stand-in: it copies packets, and cannot drop any
     ffmpeg_build: str = ""     # the build of the ffmpeg it encodes with (FFmpegCaps.build), once ready
+
+    def learn(self, info: Mapping[str, Any]) -> None:
+        """Take what the actor's ``describe`` said about itself and its encoder."""
+        self.encoder, self.hostname, self.node = info.get("encoder", ""), info.get("hostname", ""), info.get("node", "")
+        self.pid, self.ffmpeg_build = info.get("pid", 0), info.get("ffmpeg_build", "")
+        self.backend, self.standin = info.get("backend", ""), bool(info.get("standin", False))
+        self.hardware = bool(info.get("hardware", self.label != "cpu"))
+        self.copies = bool(info.get("copies", False))
 
     def call_options(self) -> dict[str, Any]:
         """Keyword arguments of each call to a shared actor: the job's label config and its name for it."""
@@ -165,8 +177,7 @@ class WorkerRegistry:
                 bad.append(FailedAttempt(-1, 0, w.label, w.name, *why))
                 self.stop([w])
                 continue
-            w.encoder, w.hostname, w.node = info.get("encoder", ""), info.get("hostname", ""), info.get("node", "")
-            w.pid, w.ffmpeg_build = info.get("pid", 0), info.get("ffmpeg_build", "")
+            w.learn(info)
             ok.append(w)
         return ok, bad
 

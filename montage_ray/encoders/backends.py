@@ -228,6 +228,11 @@ class Backend:
     h264_high: str = "high"                 # how this encoder's -profile:v spells H.264 High (segments of
     #                                         different encoders must share profile and level to join)
     default_fps: float = 60.0               # first guess of one session's frames/s at 1080p, before measuring
+    # What one segment costs beyond its frames (the planner prices it: montage_ray.media.plan.choose_plan):
+    # the part that grows with the encoder's cost per frame (start-up, lookahead, the extra keyframe), in
+    # frames of its own encode per codec, and the part that does not (processes, device sessions), seconds
+    overhead_frames: Mapping[str, float] = field(default_factory=dict)
+    overhead_seconds: float = 0.3
     colour: str = "#8c8c8c"                 # its bars on the timeline
     hdr: Mapping[str, HdrCarry] = field(default_factory=dict)  # codec -> how HDR10 survives (absent: dropped)
     hdr_gap: str = ""                       # why the codecs without an entry cannot carry HDR10
@@ -320,6 +325,10 @@ class EncoderSpec:
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend(
         name="cpu", default_fps=25.0, colour="#4c72b0", resource=None, hardware=False,
+        # scripts/bench_overhead.py, one thread, 16 side by side, 1080p: x264 veryfast 0.22 s at 26.6 fps,
+        # x265 fast 1.36 s at 5.8 fps, SVT-AV1 preset 8 0.76 s at 13.1 fps; 720p x264 on 2 cores 0.12 s at
+        # 100 fps: about 0.05 s of process starts plus 5, 8 and 9 frames' worth
+        overhead_frames={"h264": 5.0, "hevc": 8.0, "av1": 9.0}, overhead_seconds=0.05,
         encoders={"h264": "libx264", "hevc": "libx265", "av1": "libsvtav1"},
         quality={"h264": _crf, "hevc": _crf, "av1": _svt_crf},
         knobs={"h264": _CRF_KNOB, "hevc": _CRF_KNOB, "av1": _SVT_KNOB},
@@ -425,7 +434,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
 #: (``scripts/bench_driver.py``). Not in :data:`BACKENDS`: never probed, never offered; only an encoders
 #: config names it (``passthrough: true`` on a stand-in label), and its label says so everywhere.
 PASSTHROUGH = Backend(
-    name="passthrough", resource=None, hardware=False, default_fps=3000.0, colour="#c0c0c0",
+    name="passthrough", resource=None, hardware=False, default_fps=3000.0, colour="#c0c0c0", overhead_seconds=0.05,
     encoders={"h264": "copy", "hevc": "copy", "av1": "copy"},
     quality={"h264": lambda q: [], "hevc": lambda q: [], "av1": lambda q: []},
     notes="PASS-THROUGH stand-in (stream copy, no encode) for driver benchmarks; output keeps the source codec.")
@@ -444,6 +453,19 @@ def backend_of(label: str, backend: str | None = None) -> str:
     """The backend that serves ``label``: the one its config names, else the backend of that name, else the
     software one."""
     return backend or (label if label in BACKENDS else SOFTWARE)
+
+
+def is_hardware(backend: str) -> bool:
+    """Whether ``backend`` (a :data:`BACKENDS` name) encodes on a device; a name not in the table counts as
+    one (its segments are then checked in full: see :mod:`montage_ray.encoders.checks`)."""
+    return BACKENDS[backend].hardware if backend in BACKENDS else backend != PASSTHROUGH.name
+
+
+def segment_overhead(backend: str, codec: str) -> tuple[float, float]:
+    """What one segment of ``codec`` costs on ``backend`` beyond its frames: (frames of its own encode,
+    seconds); the hardware rows are first guesses (no device was measured), the CPU row is measured."""
+    row = BACKENDS.get(backend) or (PASSTHROUGH if backend == PASSTHROUGH.name else None)
+    return (0.0, Backend.overhead_seconds) if row is None else (row.overhead_frames.get(codec, 0.0), row.overhead_seconds)
 
 
 def default_fps(label: str) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from montage_ray.encoders import quality
+from montage_ray.encoders.checks import Verify
 from montage_ray.media.info import VideoInfo
 
 
@@ -42,6 +43,8 @@ class EncodeResult:
     tried: tuple[tuple[str, float], ...] = ()   # every try's (knob, score), in order
     quality_seconds: float = 0.0  # time spent measuring and re-encoding after the first encode
     reused: bool = False    # taken from the segment cache (montage_ray.job.cache): encoded by an earlier run
+    check: str = ""         # how its actor checked it: "decode" or "packets" (montage_ray.encoders.checks.Check)
+    check_why: str = ""     # why that check (the job's --verify, or what auto went by)
 
     @property
     def fps(self) -> float:
@@ -75,7 +78,7 @@ class JobSettings:
     video: VideoInfo
     job_id: str = ""        # carried into the actors' log lines
     frame_filter: str | None = None  # plan.fit_frame's filter for sizes the encoders cannot take as they are
-    verify: str = "decode"  # "decode": each actor decodes its own output in full; "packets": counts them
+    verify: Verify = Verify.AUTO  # how the actors check their segments (see montage_ray.encoders.checks)
     target: quality.Target | None = None  # --target-quality / --measure: each actor measures its segment
 
     @property

@@ -8,21 +8,23 @@ variable frame rate survives, and is checked by counting its packets: ffmpeg's e
 nothing::
 
     from montage_ray.encoders.backends import cpu_spec
-    from montage_ray.encoders.segment import encode_segment
+    from montage_ray.encoders.segment import SegmentOutput, SegmentRun, encode_segment
 
     result, encoded = encode_segment(cpu_spec("h264", threads=2), segment, open("seg.nut", "rb").read(),
-                                     video_args=["-pix_fmt", "yuv420p"])
+                                     SegmentOutput(video_args=("-pix_fmt", "yuv420p")), SegmentRun(timeout=60))
     result.frames, result.fps
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import tempfile
 import time
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 from montage_ray.ffmpeg import commands
 from montage_ray.ffmpeg import tool
@@ -31,11 +33,13 @@ from montage_ray.util import workdirs
 from montage_ray.encoders import hdr as hdr_carry
 from montage_ray.ffmpeg.caps import FFmpegCaps, ffmpeg_caps
 from montage_ray.encoders.backends import EncoderSpec
-from montage_ray.encoders.records import EncodeResult
+from montage_ray.encoders.records import EncodeResult, JobSettings
+from montage_ray.encoders.checks import Check
 from montage_ray.errors import EncoderError, FFmpegError, InputError
 from montage_ray.media.info import HdrInfo, VideoInfo
 from montage_ray.media.mp4 import NotPatchable, set_video_end
 from montage_ray.media.plan import Segment
+from montage_ray.util.params import records
 
 #: Pixel formats each codec is encoded to on CPU backends (broadest playback support).
 _PIX_FMT_8BIT = "yuv420p"
@@ -115,7 +119,8 @@ def count_packets(path: str, *, timeout: float = 60.0) -> int:
 
 
 def check_encoded(path: str, expected: int, *, decode: bool, threads: int = 1, timeout: float = 600.0) -> str:
-    """Check an encoded segment where it was made: its packet count, and with ``decode`` a full decode that
+    """Check an encoded segment where it was made: its packet count and structure (a keyframe first, decode
+    times rising, every packet with its own presentation time), and with ``decode`` a full decode that
     must give ``expected`` frames without a decoder message. Returns "" when it is good, else what is wrong.
 
     One ffprobe pass; ffprobe (unlike ffmpeg's exit status) tells a truncated or damaged file."""
@@ -125,13 +130,17 @@ def check_encoded(path: str, expected: int, *, decode: bool, threads: int = 1, t
     except FFmpegError as err:
         return "cannot be read back: " + (tool.last_error_line(err.stderr) or str(err))
     try:
-        stream = tool.first_stream(done.stdout)
+        listing = json.loads(done.stdout or "{}")
+        stream = (listing.get("streams") or [{}])[0]
         packets = int(stream.get("nb_read_packets") or 0)
         frames = int(stream.get("nb_read_frames") or 0) if decode else packets
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, AttributeError):
         return "cannot be read back"
     if packets != expected:
         return f"wrote {packets} frames, expected {expected}"
+    wrong = packet_structure(listing.get("packets") or [])
+    if wrong:
+        return wrong
     if frames != expected:
         return f"decodes to {frames} frames, expected {expected}"
     if decode and done.stderr.strip():
@@ -139,6 +148,24 @@ def check_encoded(path: str, expected: int, *, decode: bool, threads: int = 1, t
     return ""
 
 
+def packet_structure(packets: list[dict]) -> str:
+    """What is wrong with an encoded segment's packet list (ffprobe's ``pts``, ``dts``, ``flags`` of each, in
+    file order), "" when nothing: it must start with a keyframe, its decode times must rise, and every
+    packet must have a presentation time of its own (a join cuts and shifts by them)."""
+    if not packets:
+        return "has no video packets"
+    if "K" not in str(packets[0].get("flags", "")):
+        return "does not start with a keyframe"
+    try:
+        dts = [int(p["dts"]) for p in packets]
+        pts = [int(p["pts"]) for p in packets]
+    except (KeyError, TypeError, ValueError):
+        return "has packets without timestamps"
+    if any(b <= a for a, b in zip(dts, dts[1:])):
+        return "has decode times that do not rise"
+    if len(set(pts)) != len(pts):
+        return "has two packets shown at the same time"
+    return ""
 
 
 class _ProgressFile:
@@ -165,22 +192,57 @@ class _ProgressFile:
 SEGMENT_PREFIX = "montage-seg-"
 
 
-def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_args: Sequence[str] = (),
-                   sar: str | None = None, timeout: float = 600.0, workdir: str | None = None,
-                   actor: str = "", attempt: int = 1, should_stop: Callable[[], bool] | None = None,
-                   on_progress: Callable[[int], None] | None = None, frame_filter: str | None = None,
-                   decode: bool = False, threads: int = 1,
-                   caps: FFmpegCaps | None = None, hdr: HdrInfo | None = None,
-                   target: quality.Target | None = None) -> tuple[EncodeResult, bytes]:
+@dataclass(frozen=True)
+class SegmentOutput:
+    """What one encoded segment must be, beyond its encoder spec (the job's output settings): ``video_args``
+    after the encoder's own (pixel format, colour), the sample aspect ratio ``sar``, a ``frame_filter`` that
+    fits the frame, the source's ``hdr`` facts to carry and check, and a quality ``target`` to reach."""
+
+    video_args: tuple[str, ...] = ()
+    sar: str | None = None
+    frame_filter: str | None = None
+    hdr: HdrInfo | None = None
+    target: quality.Target | None = None
+
+    @classmethod
+    def of(cls, settings: JobSettings, spec: EncoderSpec) -> "SegmentOutput":
+        """A job's output settings as encoded by ``spec``."""
+        return cls(tuple(video_output_args(settings.video, spec)), settings.sar, settings.frame_filter,
+                   settings.video.hdr, settings.target)
+
+
+@dataclass(frozen=True)
+class SegmentRun:
+    """How and where one encode runs: its ``timeout`` and ffmpeg ``threads``, the folder its scratch folder
+    goes in (``workdir``, default the system's), the ``caps`` of the ffmpeg that runs it (default this
+    process's), who runs it (``actor``, ``attempt``: said in the result), ``should_stop`` (polled: cancel)
+    and ``on_progress(frames)``."""
+
+    timeout: float = 600.0
+    threads: int = 1
+    workdir: str | None = None
+    caps: FFmpegCaps | None = None
+    actor: str = ""
+    attempt: int = 1
+    should_stop: Callable[[], bool] | None = None
+    on_progress: Callable[[int], None] | None = None
+
+
+def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, output: SegmentOutput | None = None,
+                   run: SegmentRun | None = None, *, decode: bool = False, check_why: str = "", **fields: Any
+                   ) -> tuple[EncodeResult, bytes]:
     """Encode one segment's packets (a NUT file's bytes) and return the result and the encoded MP4 bytes.
 
-    The output is checked here (:func:`check_encoded`): its packet count, and with ``decode`` a full
-    decode. When it comes out short, the input is counted too: a piece that was cut wrong is a
+    The output is checked here (:func:`check_encoded`): its packet count and structure, and with ``decode``
+    a full decode; the result says which (``check``, and ``check_why``: what the caller went by). When it
+    comes out short, the input is counted too: a piece that was cut wrong is a
     ``bad-input`` failure (no other encoder would do better), not this encoder's.
 
     A segment cut between keyframes gets ``segment.packets`` packets for its ``segment.frames`` frames: the
     encode keeps only those shown within ``segment.keep`` (:func:`montage_ray.ffmpeg.commands.keep_filter`).
 
+    ``output`` (:class:`SegmentOutput`) says what the piece must be, ``run`` (:class:`SegmentRun`) how and
+    where it is made; their fields may also come as keywords (``timeout=60``, ``video_args=[...]``).
     ``on_progress(frames)`` is called about twice a second with the frames encoded so far. ``caps`` are
     those of the ffmpeg that encodes (default: this process's, :func:`montage_ray.ffmpeg.caps.ffmpeg_caps`).
     ``hdr`` (the source's HDR facts) makes the encoder carry them (:func:`montage_ray.encoders.hdr.for_encoder`) and
@@ -192,6 +254,11 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
     Raises :class:`EncoderError` when ffmpeg fails, crashes, hangs past ``timeout`` or writes a wrong
     number of frames; the error's message carries ffmpeg's last line and ``stderr`` its tail.
     """
+    output, run = records(fields, (output or SegmentOutput(), SegmentOutput), (run or SegmentRun(), SegmentRun))
+    video_args, sar, frame_filter, hdr, target = (output.video_args, output.sar, output.frame_filter, output.hdr,
+                                                  output.target)
+    timeout, threads, workdir, caps = run.timeout, run.threads, run.workdir, run.caps
+    actor, attempt, should_stop, on_progress = run.actor, run.attempt, run.should_stop, run.on_progress
     started, started_at = time.monotonic(), time.time()
 
     def failed(message: str, reason: str, stderr: str) -> SegmentEncodeError:
@@ -270,8 +337,10 @@ def encode_segment(spec: EncoderSpec, segment: Segment, data: bytes, *, video_ar
         segment=segment.index, frames=frames, bytes_in=len(data), bytes_out=len(encoded),
         seconds=time.monotonic() - started, encoder=spec.label, backend=spec.backend,
         resource=spec.resource, standin=spec.is_standin, node=socket.gethostname(), actor=actor,
-        attempt=attempt, stderr=done.stderr[-2000:], started=started_at, ffmpeg=caps.version, ffmpeg_build=caps.build,
-        hdr="" if hdr is None else (hdr_carry.LOST + hdr_lost if hdr_lost else "kept"), **tuning)
+        attempt=attempt, stderr=done.stderr[-2000:], started=started_at, ffmpeg=caps.version,
+        ffmpeg_build=caps.build,
+        hdr="" if hdr is None else (hdr_carry.LOST + hdr_lost if hdr_lost else "kept"),
+        check=Check.DECODE.value if decode else Check.PACKETS.value, check_why=check_why, **tuning)
     return result, encoded
 
 

@@ -29,14 +29,15 @@ ffmpeg-python puts global options after the outputs and keeps only one value per
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
 
 import ffmpeg as ffmpeg_python
 
 from montage_ray.ffmpeg.caps import FFmpegCaps
 from montage_ray.errors import EncoderError
 from montage_ray.ffmpeg.tool import file_url
+from montage_ray.util.params import records
 
 #: Global options that name hardware devices: they may repeat (QSV derives one device from another), which
 #: ffmpeg-python's keyword arguments cannot hold, so they stay in the global part of the command.
@@ -294,22 +295,57 @@ def cover_picture_command(source: str, stream_index: int, dst: str, *, caps: FFm
 MOOV_TOO_SMALL = "reserved_moov_size is too small"
 
 
-def join_command(concat_list: str, source: str, dst: str, *, caps: FFmpegCaps, offset: float,
-                 video_index: int, rotation: int, streams: Sequence[int], stream_options: dict[str, Any],
-                 muxer: str, mp4: bool, tag: str | None = None, attach: Sequence[Attachment] = (),
-                 moov_size: int | None = None) -> list[str]:
-    """Concatenate the encoded segments listed in ``concat_list`` and mux the source's ``streams`` (audio,
-    subtitles, attachments, cover art, by index) from ``source`` into ``dst``, with ``stream_options`` for
-    them, and the files of ``attach`` as attachments (Matroska's cover art).
+@dataclass(frozen=True)
+class JoinVideo:
+    """The joined video's place in the output: shifted by ``offset`` seconds (the source's first frame relative
+    to its start), its metadata from the source's stream ``video_index``, shown turned by ``rotation``."""
+
+    offset: float = 0.0
+    video_index: int = 0
+    rotation: int = 0
+
+
+@dataclass(frozen=True)
+class JoinStreams:
+    """What else goes into the output: the source's ``streams`` by index (audio, subtitles, attachments,
+    cover art) with ``stream_options`` for them, and the files of ``attach`` as attachments."""
+
+    streams: tuple[int, ...] = ()
+    stream_options: Mapping[str, Any] = field(default_factory=dict)
+    attach: tuple[Attachment, ...] = ()
+
+
+@dataclass(frozen=True)
+class JoinContainer:
+    """The output's container: ffmpeg's ``muxer``, whether it is an MP4 (then ``tag``, the video's codec tag,
+    and ``moov_size``, the bytes kept free at the start for the sample tables, apply)."""
+
+    muxer: str
+    mp4: bool
+    tag: str | None = None
+    moov_size: int | None = None
+
+
+def join_command(concat_list: str, source: str, dst: str, *, caps: FFmpegCaps, video: JoinVideo | None = None,
+                 others: JoinStreams | None = None, container: JoinContainer | None = None,
+                 **fields: Any) -> list[str]:
+    """Concatenate the encoded segments listed in ``concat_list`` and mux the source's other streams
+    (``others``) from ``source`` into ``dst``, the video placed as ``video`` says, in ``container``. The
+    records' fields may also come as keywords (``offset=``, ``streams=``, ``muxer=``, ...).
 
     An MP4 output has its sample tables first: in ``moov_size`` bytes kept free for them at the start (then
     ffmpeg 4.2 to 8.x still exit 0 when they did not fit: see :data:`MOOV_TOO_SMALL`), else by moving every
     byte up once the file is written (``+faststart``, a second pass over the whole file).
 
-    The video is shifted by ``offset`` seconds (the source's first frame relative to its start) and gets the
-    source's display ``rotation``: with ``-display_rotation`` on the concat input (7.0+), else with the
-    ``rotate`` stream tag, which 4.2 to 6.x turn into a display matrix on stream copy.
+    The video is shifted by ``offset`` and gets the source's display ``rotation``: with ``-display_rotation``
+    on the concat input (7.0+), else with the ``rotate`` stream tag, which 4.2 to 6.x turn into a display
+    matrix on stream copy.
     """
+    video, others, container = records(fields, (video, JoinVideo), (others or JoinStreams(), JoinStreams),
+                                       (container, JoinContainer))
+    offset, video_index, rotation = video.offset, video.video_index, video.rotation
+    streams, stream_options, attach = others.streams, others.stream_options, others.attach
+    muxer, mp4, tag, moov_size = container.muxer, container.mp4, container.tag, container.moov_size
     concat_kwargs: dict[str, Any] = {"f": "concat", "safe": "0", "itsoffset": f"{offset:.9f}"}
     out: dict[str, Any] = {"c:v": "copy", "map_metadata": "1", "map_chapters": "1",
                            "map_metadata:s:v:0": f"1:s:{video_index}"}
@@ -369,9 +405,9 @@ def verify_command(ffprobe: str, path: str, *, decode: bool) -> list[str]:
 
 
 def segment_check_command(ffprobe: str, path: str, *, decode: bool, threads: int = 1) -> list[str]:
-    """ffprobe counting an encoded segment's video packets, and with ``decode`` decoding every frame (the
-    encoder actor's own check of its output)."""
-    entries = "stream=nb_read_packets" + (",nb_read_frames" if decode else "")
+    """ffprobe listing an encoded segment's video packets (pts, dts, flags) and counting them, and with
+    ``decode`` decoding every frame (the encoder actor's own check of its output)."""
+    entries = "packet=pts,dts,flags:stream=nb_read_packets" + (",nb_read_frames" if decode else "")
     # -ignore_editlist: every packet decodes to a frame, whatever edit list the encoding ffmpeg wrote (4.2
     # trims the first or last frame of some segments by one there; the join uses the packets, not the list).
     # -skip_loop_filter all: every picture is still parsed and reconstructed, so a damaged or truncated

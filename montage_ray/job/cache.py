@@ -66,6 +66,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from montage_ray.media.plan import Segment
 from montage_ray.encoders.records import EncodeResult
+from montage_ray.encoders.backends import is_hardware
+from montage_ray.encoders.checks import Verify, accepts
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +365,7 @@ class SegmentCache:
         return entry if isinstance(entry, dict) and entry.get("format") == FORMAT and entry.get("key") == key \
             else None
 
-    def candidates(self, segments: Sequence[Segment], *, makers: Iterable[str], verify: str) -> list[Segment]:
+    def candidates(self, segments: Sequence[Segment], *, makers: Iterable[str], verify: str | Verify) -> list[Segment]:
         """The segments that have an entry this job could take (a maker serving it, checked as ``verify``
         asks), before their cut pieces are compared: the ones a re-run waits for the cut of."""
         makers = set(makers)
@@ -380,18 +382,21 @@ class SegmentCache:
             return []
 
     @staticmethod
-    def _usable(entry: dict[str, Any], segment: Segment, makers: set[str], verify: str) -> bool:
+    def _usable(entry: dict[str, Any], segment: Segment, makers: set[str], verify: str | Verify) -> bool:
+        made = entry.get("result") if isinstance(entry.get("result"), dict) else {}
         return (entry.get("maker") in makers and entry.get("packets") == segment.frames
-                and (verify != "decode" or entry.get("verified") == "decode")
+                and accepts(Verify.parse(verify), str(entry.get("verified", "")),
+                            hardware=is_hardware(str(made.get("backend", ""))), standin=bool(made.get("standin")))
                 and isinstance(entry.get("piece"), str) and _PIECE.fullmatch(entry["piece"]) is not None)
 
-    def take(self, segment: Segment, dest: str, *, makers: Iterable[str], verify: str,
+    def take(self, segment: Segment, dest: str, *, makers: Iterable[str], verify: str | Verify,
              cut: str) -> EncodeResult | None:
         """The cached piece of ``segment`` linked (or copied) to ``dest`` and its result (``reused``), or None
         when there is none this job may use: made from another cut piece than ``cut`` (the hash of the piece
         this run cut: the source changed there) or by an encoder not serving the job (``makers``), checked
-        with less than ``verify`` asks ("decode" takes only decoded pieces), or not the bytes that were
-        stored (its hash: then it is removed and the segment encoded again)."""
+        with less than ``verify`` asks for it (:func:`montage_ray.encoders.checks.accepts`: a piece only
+        counted is taken unless this job would decode it), or not the bytes that were stored (its hash: then
+        it is removed and the segment encoded again)."""
         key = self.key(segment, cut)
         try:
             with self._dir() as fd:
@@ -445,8 +450,9 @@ class SegmentCache:
     def store(self, segment: Segment, result: EncodeResult, path: str, *, maker: str, verified: str, cut: str,
               plan: tuple[Any, Sequence[Segment]] | None = None) -> bool:
         """Keep the verified piece at ``path``, made from the cut piece whose hash is ``cut`` (and, with the
-        first piece, the job's ``plan``: its key and segments). A failure to write is logged once and turns
-        storing off for the job; a piece that does not fit under the cap is not kept. Returns whether kept."""
+        first piece, the job's ``plan``: its key and segments); it is recorded as checked the way
+        ``result.check`` says (else as ``verified``). A failure to write is logged once and turns storing off
+        for the job; a piece that does not fit under the cap is not kept. Returns whether kept."""
         if self.broken:
             return False
         key = self.key(segment, cut)
@@ -471,7 +477,7 @@ class SegmentCache:
                 record = {k: v for k, v in dataclasses.asdict(result).items() if k != "stderr"}
                 self._write(fd, key + ".json", json.dumps({
                     "format": FORMAT, "key": key, "piece": name, "bytes": size, "sha256": digest, "cut": cut,
-                    "packets": result.frames, "verified": verified, "maker": maker, "stored": time.time(),
+                    "packets": result.frames, "verified": result.check or verified, "maker": maker, "stored": time.time(),
                     "plan": self._plans[0] if self._plans else None,
                     "segment": {k: v for k, v in dataclasses.asdict(segment).items() if k != "index"},
                     "result": record}).encode())
@@ -680,7 +686,7 @@ class ReplayedCut:
 
 
 def reuse_from_cut(cache: SegmentCache, segments: Sequence[Segment], cut: Any, paths: Sequence[str], *,
-                   makers: Iterable[str], verify: str,
+                   makers: Iterable[str], verify: str | Verify,
                    digests: Callable[[int], str]) -> tuple[dict[int, EncodeResult], Any]:
     """The segments whose cached piece this job may take, each put at ``paths[index]`` (index -> its result,
     ``reused``), and the cut to encode the rest from (a :class:`ReplayedCut` when pieces were taken from it

@@ -27,10 +27,11 @@ from montage_ray.encoders.config import LabelConfig, check_config_for_codec, loa
 from montage_ray.errors import InputError
 from montage_ray.media.join import container_for
 from montage_ray.encoders.quality import Target, parse_measure, parse_target, require
+from montage_ray.encoders.checks import Verify
 from montage_ray.spending.providers import check_providers
 from montage_ray.spending.routing import PROFILES
 
-VERIFY_MODES = ("decode", "packets")
+VERIFY_MODES = tuple(v.value for v in Verify)
 
 PathLike = str | os.PathLike
 
@@ -48,7 +49,7 @@ class EncodeOptions:
     report: PathLike | None = None          # JSON report to write
     timeline: PathLike | None = None        # PNG timeline to draw
     workers: int | None = None              # at most this many encoder actors
-    verify: str = "decode"                  # "decode" every frame, or count "packets"
+    verify: Verify = Verify.AUTO            # how segments are checked (montage_ray.encoders.checks): auto, decode, packets
     profile: str = "standard"               # fast, standard, master
     encoders_config: PathLike | None = None  # encoders YAML (see montage_ray.encoders.config)
     labels: tuple[str, ...] | None = None   # use only these resource labels
@@ -65,6 +66,8 @@ class EncodeOptions:
         object.__setattr__(self, "codec", codec_name(self.codec))  # h265 is hevc
         if self.labels is not None and not isinstance(self.labels, tuple):
             object.__setattr__(self, "labels", tuple(self.labels))
+        if isinstance(self.verify, str) and self.verify in VERIFY_MODES:  # a mode's name: the mode itself
+            object.__setattr__(self, "verify", Verify(self.verify))
 
     def replace(self, **changes: Any) -> "EncodeOptions":
         """A copy with ``changes`` (InputError naming an option that does not exist)."""
@@ -84,8 +87,8 @@ class EncodeOptions:
         if self.segment_seconds is not None and not (isinstance(self.segment_seconds, (int, float))
                                                      and self.segment_seconds > 0):
             raise InputError(f"segment length must be more than 0 seconds, not {self.segment_seconds!r}")
-        if self.verify not in VERIFY_MODES:
-            raise InputError(f"verify must be 'decode' or 'packets', not {self.verify!r}")
+        if not isinstance(self.verify, Verify):
+            raise InputError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {self.verify!r}")
         if self.profile not in PROFILES:
             raise InputError(f"unknown profile {self.profile!r}: use one of {', '.join(PROFILES)}")
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):

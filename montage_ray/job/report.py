@@ -108,6 +108,9 @@ class JobReport:
                                               f"{c['bytes'] / 1e9:.2f} GB)" for label, c in sorted(self.cost.items())))
         lines.extend(f"provider: {line}" for line in self.provider)
         lines.extend(f"hdr: {line}" for line in self.hdr)
+        checks = self.check_summary()
+        if checks:
+            lines.append(checks)
         quality_line = self.quality_summary()
         if quality_line:
             lines.append(quality_line)
@@ -115,6 +118,22 @@ class JobReport:
             lines.append(f"reused: {self.segments_reused} of {len(self.segments)} segments, encoded and verified "
                          "by an earlier run (segment cache)")
         return "\n".join(lines)
+
+    def check_summary(self) -> str:
+        """One line on how the segments were checked where they were encoded (see
+        :mod:`montage_ray.encoders.checks`): how many decoded in full and how many counted and read, and why
+        ("" when no segment says: all reused from an older cache)."""
+        counts: dict[tuple[str, str], int] = {}
+        for seg in self.segments:
+            if seg.check:
+                key = (seg.check, seg.check_why)
+                counts[key] = counts.get(key, 0) + 1
+        if not counts:
+            return ""
+        shown = {"decode": "decoded in full", "packets": "counted and read"}
+        parts = [f"{n} {shown.get(check, check)}" + (f" ({why})" if why else "")
+                 for (check, why), n in sorted(counts.items(), key=lambda kv: (kv[0][0], -kv[1]))]
+        return "segment checks: " + ", ".join(parts) + "; the output's structure, frames and joins checked"
 
     def quality_summary(self) -> str:
         """One line on the measured scores (``--target-quality``, ``--measure``): their spread over the

@@ -47,17 +47,17 @@ from montage_ray.spending.providers import provider_of
 from montage_ray.spending.ledger import Ledger, LedgerFile, open_ledger
 from montage_ray.cluster.link import measure_links
 from montage_ray.cluster.nodes import Placement, offered_labels, offers, placements, remote_labels
-from montage_ray.cluster.pool import EncoderPool, PoolOptions, ReadyFeed
+from montage_ray.cluster.pool import EncoderPool, PoolOptions, ReadyFeed, plan_costs
 from montage_ray.cluster.service import JobLease
 from montage_ray.cluster.session import RaySession, ray_session, starts_private
 from montage_ray.cluster.workers import Worker
 from montage_ray.errors import ClusterError, EncoderError, FFmpegError, InputError, VerificationError
 from montage_ray.util.files import publish
-from montage_ray.media.join import JoinPlan, MoovRoomTooSmall, NoNamedPipes, StreamingJoin, join_segments, verify_output
+from montage_ray.media.join import (DecodeDelays, JoinPlan, MoovRoomTooSmall, NoNamedPipes, StreamingJoin,
+                                    join_segments, verify_output)
 from montage_ray.media.info import MediaInfo, inspect
 from montage_ray.job.options import EncodeOptions, ValidJob
-from montage_ray.media.plan import (FrameFit, Segment, fit_frame, is_small_job, plan_segments, segment_length,
-                              small_job_seconds)
+from montage_ray.media.plan import FrameFit, Segment, choose_plan, fit_frame, is_small_job, small_job_seconds
 from montage_ray.job.progress import CallbackListener, ProgressListener
 from montage_ray.spending.quota import Refusal
 from montage_ray.job.report import JobReport
@@ -146,6 +146,7 @@ class JobRun:
         self.tmp_out = ""
         self.cache: SegmentCache | None = None
         self.streaming: StreamingJoin | None = None
+        self.delays: DecodeDelays | None = None  # a join at the end of mixed encoders: read as pieces land
         self.reused: dict[int, EncodeResult] = {}
         self.cut: Cut | None = None
         self.ledger: Ledger | LedgerFile | None = None
@@ -176,6 +177,8 @@ class JobRun:
                 self.cut.close()
             if self.streaming is not None:
                 self.streaming.stop()  # a failed job's join: killed, its feeder ended
+            if self.delays is not None:
+                self.delays.close()
             if self.workdir is not None:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -253,15 +256,17 @@ class JobRun:
                                + "; ".join(f"{u.actor}: {u.message}" for u in self.unavailable))
 
     def plan(self) -> None:
-        """The segments: an earlier run's cuts when the segment cache has them, else cut points at the length
-        :func:`~montage_ray.media.plan.segment_length` chooses; and where each encoded piece will be written."""
+        """The segments: an earlier run's cuts when the segment cache has them, else the cut points that
+        :func:`~montage_ray.media.plan.choose_plan` prices best on these workers; and where each encoded piece
+        will be written."""
         self.cache = self._open_cache()
         opts, media = self.opts, self.media
         self.segments: list[Segment] = self.cache and self.cache.plan(opts.segment_seconds, len(media.packets))
         if not self.segments:
-            length = segment_length(_duration(media), chosen=opts.segment_seconds,
-                                    speeds=[w.fps for w in self.ready])
-            self.segments = plan_segments(media.packets, media.video.time_base, length.seconds, taper=length.taper)
+            plan = choose_plan(media.packets, media.video.time_base, plan_costs(self.ready, self.settings),
+                               chosen=opts.segment_seconds, source_bytes=media.size)
+            log.info("job %s: %s", self.job_id, plan.describe())
+            self.segments = plan.segments
         self.ready = self.ready[:max(1, len(self.segments))]
         self.encoded = Encoded.start(self.segments, self.workdir, self.ready)
 
@@ -269,10 +274,12 @@ class JobRun:
         """The join, started now and fed each segment as it arrives in order
         (:class:`~montage_ray.media.join.StreamingJoin`), when every worker is the same encoder: segments of
         differently configured encoders are aligned first, which needs all of them (then, and with
-        ``MONTAGE_RAY_STREAM_JOIN=0``, none: the join waits for the end)."""
-        if os.environ.get(STREAM_JOIN_ENV, "1") == "0" or not hasattr(os, "mkfifo") or len(self.segments) < 2:
+        ``MONTAGE_RAY_STREAM_JOIN=0``, none: the join waits for the end; their decode delays, which the
+        alignment needs, are read as they land: :class:`~montage_ray.media.join.DecodeDelays`)."""
+        if len({w.encoder for w in self.ready}) > 1 and len(self.segments) > 1:
+            self.delays = DecodeDelays()
             return
-        if len({w.encoder for w in self.ready}) != 1:
+        if os.environ.get(STREAM_JOIN_ENV, "1") == "0" or not hasattr(os, "mkfifo") or len(self.segments) < 2:
             return
         try:
             self.streaming = StreamingJoin(self.media, self.segments, self.tmp_out, self.workdir,
@@ -331,7 +338,7 @@ class JobRun:
                 os.unlink(self.tmp_out)
         self.joined = join_segments(self.media, self.segments, encoded.paths, self.tmp_out, self.workdir,
                                     container=self.job.container, mixed=mixed, codec=self.opts.codec,
-                                    reserve=reserve)
+                                    reserve=reserve, delays=self.delays)
 
     def verify(self) -> None:
         """The joined file's structure and joins (each actor decoded its own segment in full with ``--verify
@@ -433,9 +440,12 @@ class JobRun:
 
     def _landed(self, seg: Segment, result: EncodeResult, path: str) -> None:
         """An encoded piece is written: handed to the streamed join first (the last piece's store is not on the
-        way to the output), then kept in the cache (with the job's plan, beside the first)."""
+        way to the output), or its decode delay read for a join at the end of mixed encoders; then kept in the
+        cache (with the job's plan, beside the first)."""
         if self.streaming is not None:
             self.streaming.offer(seg.index, path)
+        if self.delays is not None:
+            self.delays.offer(path)
         if self.cache is not None:
             config = self.job.config
             maker = maker_id(result.resource or result.backend, result.encoder, config.get(result.resource or ""),

@@ -1,0 +1,28 @@
+"""Helpers the tests share that are neither media nor Ray checks: running a script under a hard bound."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bounded(args: list[str], timeout: float, *, env: dict | None = None,
+                what: str = "") -> subprocess.CompletedProcess:
+    """Run ``args`` (from the repository root) in its own process group; past ``timeout`` the whole group
+    (the script and every Ray process it started) is killed and the test fails with ``what`` (default: the
+    script and its first argument) and the tail of what it printed."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=30)
+        pytest.fail(f"{what or ' '.join(args[1:3])} ran past {timeout:.0f} s and was killed: {err[-3000:]}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
