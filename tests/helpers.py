@@ -1,4 +1,5 @@
-"""Helpers the tests share that are neither media nor Ray checks: running a script under a hard bound."""
+"""Helpers the tests share that are neither media nor Ray checks: running a script under a hard bound, a
+small disk (a tmpfs) to fill."""
 
 from __future__ import annotations
 
@@ -26,3 +27,13 @@ def run_bounded(args: list[str], timeout: float, *, env: dict | None = None,
         out, err = proc.communicate(timeout=30)
         pytest.fail(f"{what or ' '.join(args[1:3])} ran past {timeout:.0f} s and was killed: {err[-3000:]}")
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def mount_tmpfs(folder, size: str):
+    """``folder`` made and a fresh tmpfs of ``size`` mounted on it (the caller unmounts); skips without root."""
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not permitted'}): needs root")
+    return folder

@@ -27,6 +27,7 @@ from montage_ray.job.options import EncodeOptions
 from montage_ray.media.plan import Segment
 from montage_ray.encoders.records import EncodeResult
 from tests import mediacheck as mc
+from tests.helpers import mount_tmpfs
 
 
 
@@ -128,6 +129,23 @@ def test_discard_removes_what_the_job_stored_or_took_and_nothing_else(piece, tmp
     rerun.discard()  # (its joined file failed verification)
     assert rerun.take(seg, str(tmp_path / "again.mp4"), makers={CPU}, verify="decode", cut=CUT) is None
     assert len(_entries(folder)) == 1 and len(list(folder.glob("*.mp4"))) == 1  # the other job's entry
+
+
+def test_a_folder_whose_tag_does_not_fit_on_a_full_disk_is_not_left_behind(piece, tmp_path):
+
+    path, seg, result = piece
+    disk = mount_tmpfs(tmp_path / "disk", "64k")
+    try:
+        with open(disk / "filler", "wb", buffering=0) as fh:  # the disk full to the last block
+            with contextlib.suppress(OSError):
+                while True:
+                    fh.write(b"x" * 4096)
+        cache = SegmentCache(str(disk / CACHE_DIRNAME), SOURCE, {"quality": 23})
+        assert not cache.store(seg, result, str(path), maker=CPU, verified="decode", cut=CUT)
+        cache.discard()
+        assert sorted(os.listdir(disk)) == ["filler"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
 
 
 def test_a_piece_a_kill_left_without_its_sidecar_does_not_pile_up(piece, tmp_path):

@@ -19,6 +19,7 @@ import pytest
 from montage_ray import encode
 from montage_ray.util import workdirs
 from tests import mediacheck as mc
+from tests.helpers import mount_tmpfs
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -62,12 +63,7 @@ def tiny_disk(tmp_path):
     mounted = []
 
     def mount_tiny(size: str):
-        folder = tmp_path / f"disk-{size}"
-        folder.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not permitted'}): needs root")
+        folder = mount_tmpfs(tmp_path / f"disk-{size}", size)
         mounted.append(folder)
         return folder
 

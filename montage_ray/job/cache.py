@@ -296,10 +296,16 @@ class SegmentCache:
         if why is not None:
             raise CacheRefused(errno.EPERM, f"segment cache {self.folder!r} {why}")
         if _tag_made(self.folder) is None:
+            fresh = made
             made = made or bool(os.listdir(self.folder))  # only names the cache makes: an untagged cache
             fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW | _CLOEXEC)
             try:
                 self._write(fd, TAG_NAME, TAG_TEXT.format(made="yes" if made else "no").encode())
+            except OSError:
+                if fresh:  # a folder made just now whose tag did not fit (a full disk) is not left behind
+                    with contextlib.suppress(OSError):
+                        os.rmdir(self.folder)
+                raise
             finally:
                 os.close(fd)
 
