@@ -146,11 +146,35 @@ def simulated_cluster(tmp_path_factory: pytest.TempPathFactory):
     proc.wait(timeout=120)
 
 
+#: The modules that take longest (clusters of their own, jobs held to a rate, node timeouts), in the order
+#: they start under ``pytest -n N`` (scripts/test.sh) so that none of them starts last and runs alone.
+LONG_FIRST = ("test_netns_cluster", "test_service", "test_versions", "test_ledger_restart", "test_job_edges",
+              "test_cache", "test_deploy", "test_readme", "test_chaos", "test_exact", "test_job", "test_observe")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests on the shared simulated cluster run last, one after another: it starts for the first of
-    them and stops with the session, and never idles beside the other tests."""
-    shared = [item for item in items if "simulated_cluster" in getattr(item, "fixturenames", ())]
-    items[:] = [item for item in items if item not in shared] + shared
+    """Groups for ``pytest -n N --dist loadgroup`` (scripts/test.sh): each test module runs whole on one worker,
+    so a module's fixtures (a cluster of network namespaces, a started Ray head) are made once and never twice
+    side by side; every test on the shared simulated cluster joins one group, so one worker starts that
+    cluster. Modules run longest first (LONG_FIRST), and the tests on the simulated cluster last, one after
+    another: the cluster starts for the first of them and stops with the session, and never idles beside the
+    other tests."""
+    def group(item: pytest.Item) -> str:
+        if "simulated_cluster" in getattr(item, "fixturenames", ()):
+            return "simulated-cluster"
+        return item.nodeid.split("::", 1)[0]
+
+    def rank(item: pytest.Item) -> int:
+        name = group(item)
+        if name == "simulated-cluster":
+            return len(LONG_FIRST) + 1
+        stem = Path(name).stem
+        return LONG_FIRST.index(stem) if stem in LONG_FIRST else len(LONG_FIRST)
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=rank)  # stable: a module's tests keep their order
 
 
 @pytest.fixture
