@@ -15,13 +15,26 @@ The layers, lowest first (imports only run downward; ``docs/architecture.md``): 
 :mod:`.cluster`, :mod:`.job`, and the command line in ``_cli``.
 """
 
+from typing import TYPE_CHECKING
+
 from montage_ray import _moved
 from montage_ray.errors import (ClusterError, EncoderError, InputError, MontageError,
                                 VerificationError)
-from montage_ray.job import EncodeOptions, JobReport, encode
 from montage_ray.util.version import VERSION
 
+if TYPE_CHECKING:
+    from montage_ray.job import EncodeOptions, JobReport, encode
+
 _moved.install()
+
+
+def __getattr__(name: str) -> object:
+    """``encode``, ``EncodeOptions`` and ``JobReport``, imported on first use: an encoder actor's process
+    imports the package for its own layers and never pays for the job's (PEP 562)."""
+    if name in ("encode", "EncodeOptions", "JobReport"):
+        from montage_ray import job
+        return getattr(job, name)
+    raise AttributeError(f"module 'montage_ray' has no attribute {name!r}")
 
 __all__ = ["encode", "EncodeOptions", "JobReport", "MontageError", "InputError", "EncoderError", "ClusterError",
            "VerificationError"]
