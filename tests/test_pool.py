@@ -8,6 +8,7 @@ import ray
 from montage_ray.encoders.config import LabelConfig
 from montage_ray.cluster.nodes import Placement
 from montage_ray.cluster.pool import EncoderPool, PoolOptions
+from montage_ray.cluster.workers import Starting
 from montage_ray.cluster.session import connected
 from montage_ray.encoders.records import JobSettings
 from montage_ray.errors import EncoderError
@@ -51,6 +52,52 @@ def test_a_failing_encoder_is_taken_out_and_others_finish(job):
     assert len(pool.failures) in (2, 3) and {f.actor for f in pool.failures} == {broken[0].name}
     assert all(f.reason == "failed" and "no-such-tune" in f.stderr for f in pool.failures)
     assert not broken[0].alive
+
+
+def _started_beside(settings, ready, late):
+    """``late`` as a job's actors still starting next to ``ready`` (their describe answers already in)."""
+    registry = connected().registry
+    refs = {w.actor.describe.remote(settings): w for w in late}
+    ray.wait(list(refs), num_returns=len(refs), timeout=60)
+    return Starting(registry, refs, {w.encoder for w in ready})
+
+
+def test_an_actor_that_was_still_starting_takes_segments_once_it_is_up(job):
+    segments, load, settings, node = job
+    registry = connected().registry
+    first = workers(node, 0, readrate=4)
+    ready, bad = registry.wait_ready(first, settings)
+    assert ready and not bad
+    late = workers(node, 1, readrate=4)  # same setup as the ready one: the job's other actor
+    starting = _started_beside(settings, ready, late)
+    pool = EncoderPool(ready)
+    try:
+        done = {seg.index: r for seg, r, _ in pool.run(segments, load=load, settings=settings, starting=starting)}
+    finally:
+        registry.stop(first + late)
+    assert sorted(done) == [s.index for s in segments]
+    assert sum(r.frames for r in done.values()) == sum(s.frames for s in segments)
+    assert any(w is late[0] for w in pool.workers) and late[0].encoder == ready[0].encoder
+    assert {r.actor for r in done.values()} == {first[0].name, late[0].name}
+    assert not starting and not starting.unavailable
+
+
+def test_an_actor_that_comes_up_with_another_encoder_is_left_out_and_says_why(job):
+    segments, load, settings, node = job
+    registry = connected().registry
+    first = workers(node, 0)
+    ready, _ = registry.wait_ready(first, settings)
+    other = workers(node, 1, readrate=8)  # another setup: its pieces would not join as one stream
+    starting = _started_beside(settings, ready, other)
+    pool = EncoderPool(ready)
+    try:
+        done = {seg.index: r for seg, r, _ in pool.run(segments, load=load, settings=settings, starting=starting)}
+    finally:
+        registry.stop(first + other)
+    assert sorted(done) == [s.index for s in segments]
+    assert {r.actor for r in done.values()} == {first[0].name}
+    assert [u.actor for u in starting.unavailable] == [other[0].name]
+    assert "encodes with" in starting.unavailable[0].message and not other[0].alive
 
 
 def test_a_killed_actor_loses_no_segment(job):

@@ -9,6 +9,8 @@ from montage_ray.cluster.nodes import Placement
 from montage_ray.cluster.session import connected
 from montage_ray.cluster.workers import WorkerRegistry
 from montage_ray.encoders.config import LabelConfig
+from montage_ray.encoders.records import JobSettings
+from montage_ray.media.info import inspect
 
 
 @pytest.fixture(autouse=True)
@@ -67,3 +69,20 @@ def test_registries_are_independent():
     finally:
         one.stop()
         two.stop()
+
+
+def test_wait_first_is_back_with_one_ready_actor_and_the_others_still_starting(make_clip):
+    registry = WorkerRegistry()
+    settings = JobSettings(codec="h264", quality=23, preset="ultrafast", video=inspect(make_clip("noaudio")).video)
+    try:
+        fresh = registry.start([_slot(0), _slot(1)], {})
+        ready, bad, starting = registry.wait_first(fresh, settings, grace=0.0)
+        assert not bad and 1 <= len(ready) <= 2
+        assert {w.name for w in ready + starting.workers} == {w.name for w in fresh}  # none lost, none twice
+        assert all(w.encoder for w in ready) and starting.encoder == {ready[0].encoder}
+        for ref, w in list(starting.pending.items()):  # the other answers as soon as its process is up
+            ray.wait([ref], timeout=120)
+            assert starting.take(ref) is w and w.encoder == ready[0].encoder
+        assert not starting and not starting.unavailable
+    finally:
+        registry.stop()

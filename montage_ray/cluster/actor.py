@@ -31,7 +31,7 @@ import ray
 
 from montage_ray.util import metrics
 from montage_ray.spending import quota
-from montage_ray.ffmpeg.caps import ffmpeg_caps
+from montage_ray.ffmpeg.caps import ffmpeg_build, ffmpeg_caps
 from montage_ray.encoders.config import LabelConfig
 from montage_ray.probe.spec import resolve_spec
 from montage_ray.cluster.nodes import node_tag
@@ -92,7 +92,7 @@ class EncoderActor:
         if settings is not None:
             spec = self._spec(settings, 1, config)
             info.update(encoder=spec.label, standin=spec.is_standin, backend=spec.backend, copies=spec.copies,
-                        hardware=is_hardware(spec.backend), ffmpeg_build=ffmpeg_caps().build)
+                        hardware=is_hardware(spec.backend), ffmpeg_build=ffmpeg_build())
         return info
 
     @ray.method(concurrency_group="status")

@@ -45,7 +45,7 @@ from ray.exceptions import RayTaskError, TaskCancelledError
 
 from montage_ray.util import metrics
 from montage_ray.spending import quota
-from montage_ray.cluster.workers import ACTOR_GONE, Worker, WorkerRegistry
+from montage_ray.cluster.workers import ACTOR_GONE, Starting, Worker, WorkerRegistry
 from montage_ray.errors import ClusterError, EncoderError, first_line
 from montage_ray.media.plan import EncoderCost, Segment
 from montage_ray.encoders.backends import default_fps, segment_overhead
@@ -119,6 +119,7 @@ class _Run:
     pending: list[tuple[Segment, int]] = field(default_factory=list)  # (segment, attempt), largest first
     waiting: dict[int, Segment] = field(default_factory=dict)         # index -> segment not cut yet
     feed: ReadyFeed | None = None
+    setup: tuple = ()                                                 # (codec, preset, quality, pixels)
     in_flight: dict[Any, _Task] = field(default_factory=dict)         # object ref -> task
     copies: dict[int, set[Any]] = field(default_factory=dict)         # segment index -> its running refs
     failed_on: dict[int, set[str]] = field(default_factory=dict)      # segment index -> workers it failed on
@@ -237,6 +238,7 @@ class EncoderPool:
         self.job_id = ""  # of the job being run, for log lines
         self.gate = gate  # the service's scheduler, when the actors are shared with other jobs
         self.driver_node = _driver_node()  # segments encoded on other nodes are decoded in full (verify auto)
+        self.starting: Starting | None = None  # actors of the running job still starting (run's ``starting``)
 
     # -- decisions -------------------------------------------------------------------------------
     def _expected_fps(self, worker: Worker) -> float:
@@ -256,7 +258,8 @@ class EncoderPool:
         """CPU workers share their node's CPUs when a job has fewer segments than CPU slots."""
         if worker.label != "cpu" or worker.placement is None:
             return 1
-        same_node = [w for w in self.workers if w.alive and w.label == "cpu" and w.placement
+        coming = self.starting.workers if self.starting else []  # their share of the CPUs is kept for them
+        same_node = [w for w in self.workers + coming if w.alive and w.label == "cpu" and w.placement
                      and w.placement.node_id == worker.placement.node_id]
         return max(1, worker.placement.node_cpus // max(1, min(active, len(same_node))))
 
@@ -266,8 +269,8 @@ class EncoderPool:
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, segments: Sequence[Segment], *, load: Callable[[Segment], bytes], settings: JobSettings,
-            on_tick: TickCallback | None = None, tick: float = 1.0, ready: ReadyFeed | None = None
-            ) -> Iterator[tuple[Segment, EncodeResult, bytes]]:
+            on_tick: TickCallback | None = None, tick: float = 1.0, ready: ReadyFeed | None = None,
+            starting: Starting | None = None) -> Iterator[tuple[Segment, EncodeResult, bytes]]:
         """Encode every segment; yield ``(segment, result, encoded bytes)`` in completion order.
 
         With ``ready`` the segments are not all there yet: ``ready(wait)`` returns the indices of those
@@ -277,14 +280,18 @@ class EncoderPool:
         ``on_tick(partial, busy)`` is called about every ``tick`` seconds with the frames done so far of
         the segments being encoded (``{index: frames}``, from the actors' ``-progress``) and the number
         of busy actors.
+
+        With ``starting`` (:meth:`WorkerRegistry.wait_first`), more actors are on their way: each joins the pool
+        the moment it is ready.
         """
         self.job_id = settings.job_id
+        self.starting = starting
         setup = (settings.codec, settings.preset, settings.quality, settings.video.width * settings.video.height)
         for w in self.workers:  # a speed measured on another kind of job says little about this one
             if w.fps_for != setup:
                 w.fps, w.fps_for = w.base_fps, setup
         run = _Run(self, settings, load, {w.name: self._threads(w, len(segments)) for w in self.workers},
-                   len(segments), feed=ready)
+                   len(segments), feed=ready, setup=setup)
         if ready is None:
             run.pending = sorted(((s, 1) for s in segments), key=lambda x: -x[0].frames)
         else:
@@ -310,6 +317,7 @@ class EncoderPool:
         next_tick = time.monotonic() + tick
         while not run.done:
             run.arrive()
+            self._admit(run, 0.0)
             self._ask_gate(run)
             self._fill(run)
             if opts.duplicate_tail and not run.pending and not run.waiting:
@@ -323,6 +331,11 @@ class EncoderPool:
                         raise ClusterError(f"the encoder service granted this job nothing in "
                                            f"{opts.stall_timeout:.0f} s")
                     continue
+                if self.starting and not any(w.alive for w in self.workers):  # the next actor is on its way
+                    self._admit(run, min(5.0, opts.stall_timeout))
+                    if time.monotonic() - last_progress > opts.stall_timeout:
+                        raise ClusterError(f"no encoder actor started in {opts.stall_timeout:.0f} s")
+                    continue
                 if run.waiting and not run.pending:  # nothing to do until the cutter lists the next segment
                     run.arrive(wait=0.5)
                     if time.monotonic() - last_progress > opts.stall_timeout:
@@ -330,8 +343,12 @@ class EncoderPool:
                     continue
                 reasons = "; ".join(f"{f.encoder}: {f.message}" for f in self.failures[-3:])
                 raise EncoderError(f"no encoder is left to finish the job ({reasons or 'all actors died'})")
-            ready, _ = ray.wait(list(run.in_flight), num_returns=1,
+            starting = list(self.starting.pending) if self.starting else []
+            ready, _ = ray.wait(list(run.in_flight) + starting, num_returns=1,
                                 timeout=self._wait_seconds(run, None if on_tick is None else next_tick))
+            if ready and ready[0] not in run.in_flight:  # an actor is up: it takes work on the next turn
+                self._take_started(run, ready[0])
+                continue
             if on_tick is not None and time.monotonic() >= next_tick:
                 polls = self._tick(polls, on_tick)
                 next_tick = time.monotonic() + tick
@@ -344,6 +361,25 @@ class EncoderPool:
             answer = self._answer(run, ready[0])
             if answer is not None:
                 yield answer
+
+    def _admit(self, run: _Run, wait: float) -> None:
+        """Take the actors of ``starting`` that are ready (waiting up to ``wait`` seconds for one)."""
+        if not self.starting:
+            return
+        refs = list(self.starting.pending)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0) if wait <= 0 else \
+            ray.wait(refs, num_returns=1, timeout=wait)
+        for ref in ready:
+            self._take_started(run, ref)
+
+    def _take_started(self, run: _Run, ref: Any) -> None:
+        worker = self.starting.take(ref) if self.starting else None
+        if worker is None:
+            return
+        worker.fps, worker.fps_for = worker.base_fps, run.setup
+        self.workers.append(worker)
+        run.threads[worker.name] = self._threads(worker, run.total)
+        log.info("job %s: %s is up and takes segments too", self.job_id, worker.name)
 
     def _wait_seconds(self, run: _Run, next_tick: float | None) -> float:
         """How long the loop may wait for an answer before it must look again: until the next tick, while

@@ -163,23 +163,57 @@ class WorkerRegistry:
         ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
         ok, bad = [], []
         for ref, w in pending.items():
-            why = None
             if ref not in ready:
-                why = ("not-scheduled", f"{w.name} did not start within {timeout:.0f} s (no node offers it any more?)")
-            else:
-                try:
-                    info = ray.get(ref)
-                except RayTaskError as err:
-                    why = ("unavailable", first_line(err.cause if isinstance(err.cause, BaseException) else err))
-                except ACTOR_GONE as err:
-                    why = ("actor-died", first_line(err))
-            if why is not None:
-                bad.append(FailedAttempt(-1, 0, w.label, w.name, *why))
+                bad.append(FailedAttempt(-1, 0, w.label, w.name, "not-scheduled",
+                                         f"{w.name} did not start within {timeout:.0f} s (no node offers it any more?)"))
                 self.stop([w])
-                continue
-            w.learn(info)
-            ok.append(w)
+            elif (failed := self.learn(ref, w)) is not None:
+                bad.append(failed)
+            else:
+                ok.append(w)
         return ok, bad
+
+    def wait_first(self, workers: Sequence[Worker], settings: JobSettings, timeout: float = 60.0,
+                   grace: float = 0.1) -> tuple[list[Worker], list[FailedAttempt], "Starting"]:
+        """Like :meth:`wait_ready`, but back as soon as one worker is ready (and those ready ``grace`` seconds
+        later): the others are still :class:`Starting`, for the pool to take as they come. On a fresh Ray every
+        actor is a new process that must import its modules and ask its ffmpeg what it can do; waiting for the
+        last of 16 kept the first segment back by 1-2 s."""
+        pending = {w.actor.describe.remote(settings): w for w in workers}
+        ok: list[Worker] = []
+        bad: list[FailedAttempt] = []
+        deadline = time.monotonic() + timeout
+        while pending and not ok and time.monotonic() < deadline:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if done:
+                done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=grace)
+            for ref in done:
+                w = pending.pop(ref)
+                failed = self.learn(ref, w)
+                ok += [w] if failed is None else []
+                bad += [failed] if failed is not None else []
+        if not ok:  # nothing started: the others are reported as wait_ready would
+            for w in pending.values():
+                bad.append(FailedAttempt(-1, 0, w.label, w.name, "not-scheduled",
+                                         f"{w.name} did not start within {timeout:.0f} s (no node offers it any more?)"))
+                self.stop([w])
+            pending = {}
+        return ok, bad, Starting(self, pending, encoder={w.encoder for w in ok})
+
+    def learn(self, ref: Any, w: Worker) -> FailedAttempt | None:
+        """Take the answer ``ref`` of ``w.describe``: None when ``w`` is ready (it learnt what it encodes
+        with), else why not (and ``w`` is stopped)."""
+        try:
+            info = ray.get(ref)
+        except RayTaskError as err:
+            why = ("unavailable", first_line(err.cause if isinstance(err.cause, BaseException) else err))
+        except ACTOR_GONE as err:
+            why = ("actor-died", first_line(err))
+        else:
+            w.learn(info)
+            return None
+        self.stop([w])
+        return FailedAttempt(-1, 0, w.label, w.name, *why)
 
     def stop(self, workers: Iterable[Worker] | None = None) -> None:
         """Kill actors (every one this registry holds when ``workers`` is None); their ffmpeg children die
@@ -210,6 +244,61 @@ class WorkerRegistry:
         deadline = time.monotonic() + timeout
         while self._drains:
             self._drains.pop().join(max(0.0, deadline - time.monotonic()))
+
+
+
+class Starting:
+    """Actors of a job that were still starting when its first segment went out
+    (:meth:`WorkerRegistry.wait_first`). The pool waits on their ``describe`` answers beside its segments' and
+    takes each actor the moment it is ready (:meth:`take`); one that failed to start is stopped and kept in
+    :attr:`unavailable`, and so is one that would encode with another encoder than the ready ones (one job's
+    segments are joined as one stream: that needs them to agree).
+
+        ready, unavailable, starting = registry.wait_first(workers, settings)
+        for seg, result, data in EncoderPool(ready).run(segments, load=load, settings=settings,
+                                                        starting=starting):
+            ...
+    """
+
+    def __init__(self, registry: WorkerRegistry, pending: Mapping[Any, Worker], encoder: set[str]) -> None:
+        self.registry = registry
+        self.pending = dict(pending)  # describe ref -> worker
+        self.encoder = set(encoder)
+        self.unavailable: list[FailedAttempt] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.pending)
+
+    @property
+    def workers(self) -> list[Worker]:
+        """The workers still starting."""
+        return list(self.pending.values())
+
+    def keep(self, count: int) -> None:
+        """Wait for at most ``count`` of them (a job of few segments needs no more actors); the others start
+        for a later job of this Ray, their answers collected off the job's path."""
+        extra = list(self.pending)[max(0, count):]
+        for ref in extra:
+            del self.pending[ref]
+        self.registry.drain(extra)
+
+    def take(self, ref: Any) -> Worker | None:
+        """The worker whose answer ``ref`` is, if it is ready to serve this job."""
+        w = self.pending.pop(ref)
+        failed = self.registry.learn(ref, w)
+        if failed is None and self.encoder and w.encoder not in self.encoder:
+            self.registry.stop([w])
+            failed = FailedAttempt(-1, 0, w.label, w.name, "unavailable",
+                                   f"{w.name} encodes with {w.encoder}, the job's other encoders with "
+                                   f"{', '.join(sorted(self.encoder))}")
+        if failed is not None:
+            self.unavailable.append(failed)
+            return None
+        return w
+
+    def close(self) -> None:
+        """The job is done with them: those still starting are left to start for a later job."""
+        self.keep(0)
 
 
 def _collect(refs: list[Any], timeout: float = 5.0) -> None:

@@ -50,7 +50,7 @@ from montage_ray.cluster.nodes import Placement, offered_labels, offers, placeme
 from montage_ray.cluster.pool import EncoderPool, PoolOptions, ReadyFeed, plan_costs
 from montage_ray.cluster.service import JobLease
 from montage_ray.cluster.session import RaySession, ray_session, starts_private
-from montage_ray.cluster.workers import Worker
+from montage_ray.cluster.workers import Starting, Worker
 from montage_ray.errors import ClusterError, EncoderError, FFmpegError, InputError, VerificationError
 from montage_ray.util.files import publish
 from montage_ray.media.join import (DecodeDelays, JoinPlan, MoovRoomTooSmall, NoNamedPipes, StreamingJoin,
@@ -250,7 +250,7 @@ class JobRun:
             chosen = chosen[:1]  # shorter than two segments: one segment, one actor
         if opts.workers is not None:
             chosen = chosen[:opts.workers]
-        self.ready, self.unavailable = self._start(chosen)
+        self.ready, self.unavailable, self.starting = self._start_first(chosen)
         if not self.ready:
             raise ClusterError("no encoder could start: "
                                + "; ".join(f"{u.actor}: {u.message}" for u in self.unavailable))
@@ -263,11 +263,13 @@ class JobRun:
         opts, media = self.opts, self.media
         self.segments: list[Segment] = self.cache and self.cache.plan(opts.segment_seconds, len(media.packets))
         if not self.segments:
-            plan = choose_plan(media.packets, media.video.time_base, plan_costs(self.ready, self.settings),
+            plan = choose_plan(media.packets, media.video.time_base,
+                               plan_costs(self.ready + self.starting.workers, self.settings),
                                chosen=opts.segment_seconds, source_bytes=media.size)
             log.info("job %s: %s", self.job_id, plan.describe())
             self.segments = plan.segments
         self.ready = self.ready[:max(1, len(self.segments))]
+        self.starting.keep(len(self.segments) - len(self.ready))
         self.encoded = Encoded.start(self.segments, self.workdir, self.ready)
 
     def start_join(self) -> None:
@@ -313,6 +315,8 @@ class JobRun:
                 self._encode(todo, self.cut)
         finally:
             self.cut.close()
+            self.starting.close()
+            self.unavailable += self.starting.unavailable
             self.bill: Bill = settle(self.job_id, self.clock.started_at, self.encoded.results,
                                self.unavailable + self.encoded.failures, self.job.config,
                                refusals_at_start(self.unavailable) + self.encoded.refusals, ledger=self.ledger)
@@ -384,6 +388,7 @@ class JobRun:
         if gate is not None:
             gate.update(frames=sum(s.frames for s in segments), segments=len(segments))
         pool = EncoderPool(encoded.workers, self.pool_options, registry=registry, gate=gate)
+        starting = self.starting
         pieces = cut.paths
         arrivals = _Arrivals(cut)
         done: set[int] = set()
@@ -405,13 +410,13 @@ class JobRun:
 
         if listener:
             listener.start(frames=sum(s.frames for s in segments), segments=len(segments),
-                           encoders=len(encoded.workers))
+                           encoders=len(encoded.workers) + len(starting.workers))
         try:
             while True:
                 try:
                     for seg, result, data in pool.run([s for s in segments if s.index not in done], load=load,
                                                       settings=self.settings, ready=arrivals.feed(),
-                                                      on_tick=on_tick if listener else None):
+                                                      on_tick=on_tick if listener else None, starting=starting):
                         with open(encoded.paths[seg.index], "wb") as fh:
                             fh.write(data)
                         self._landed(seg, result, encoded.paths[seg.index])
@@ -431,7 +436,7 @@ class JobRun:
                     encoded.workers += [w for w in local if all(w is not x for x in encoded.workers)]
                     encoded.provider.append("every encoder of the job was refused; the rest went to "
                                             + ", ".join(sorted({w.label for w in local})))
-                    pool, told = EncoderPool(local, self.pool_options, registry=registry, gate=gate), 0
+                    pool, told, starting = EncoderPool(local, self.pool_options, registry=registry, gate=gate), 0, None
         finally:
             encoded.add_pool(pool)
             if listener:
@@ -491,6 +496,15 @@ class JobRun:
         ready, _ = self._start(placements(nodes, local, config))
         return ready
 
+    def _start_first(self, chosen: list[Placement]) -> tuple[list[Worker], list[FailedAttempt], Starting]:
+        """Like :meth:`_start`, but a job whose actors are all of one label and this session's own goes on
+        once the first is ready: the others join the pool as they come (:class:`Starting`; a fresh Ray starts
+        each as a new process). Mixed labels wait for all: the join and the plan depend on every encoder."""
+        session = self.session
+        if session.service is not None or len(chosen) < 2 or len({p.label for p in chosen}) > 1:
+            return *self._start(chosen), Starting(session.registry, {}, set())
+        return session.registry.wait_first(session.registry.start(chosen, self.job.config), self.settings)
+
     def _start(self, chosen: list[Placement]) -> tuple[list[Worker], list[FailedAttempt]]:
         """The actors of ``chosen`` that start: the encoder service's on a shared Ray (this process's own
         registry actors are stopped first: they would hold the slots), else this session's registry's."""
@@ -536,7 +550,9 @@ class Encoded:
         return cls([os.path.join(workdir, f"enc-{i:06d}.mp4") for i in range(len(segments))], list(workers))
 
     def add_pool(self, pool: EncoderPool) -> None:
-        """Take over the failures, duplicates and refusals of a pool that is done."""
+        """Take over the failures, duplicates and refusals of a pool that is done, and the workers that joined
+        it while it ran (:class:`~montage_ray.cluster.workers.Starting`)."""
+        self.workers += [w for w in pool.workers if all(w is not x for x in self.workers)]
         self.failures += pool.failures
         self.duplicates += pool.duplicates
         self.refusals += pool.refusals
