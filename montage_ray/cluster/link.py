@@ -6,7 +6,8 @@ object store and a task pinned to the remote node takes it: the time that takes,
 call with a tiny blob (scheduling, the round trip), is the transfer. Blobs grow until one takes at least
 ``min_seconds`` or reaches ``max_bytes``, so a fast link costs a fraction of a second and a slow one a few
 seconds; the rate is taken between the last two blobs, so that what every call shares (scheduling, the
-round trip, a traffic shaper's first burst) drops out::
+round trip, a traffic shaper's first burst) drops out, and where they were quick each is the better of two
+tries, so that a busy driver's stall is not read as a slow link::
 
     from montage_ray.cluster.link import measure_links
 
@@ -91,6 +92,11 @@ def measure_node(node_id: str, address: str, *, min_seconds: float = 0.5, max_by
                 break
             # the next blob sized to take about twice min_seconds at the speed just seen
             nbytes = min(max_bytes, max(nbytes * 2, int(nbytes * 2 * min_seconds / max(times[-1] - latency, 1e-3))))
+        if times[-1] < 2 * min_seconds:
+            # a busy machine only ever adds time to a call: where it is cheap, the quicker of two tries of
+            # the last two sizes
+            times[-2] = min(times[-2], timed(sizes[-2])) if sizes[-2] else times[-2]
+            times[-1] = min(times[-1], timed(sizes[-1]))
     except (GetTimeoutError, RayError, RuntimeError):
         return None
     # the rate between the last two sizes: what both calls share (scheduling, the round trip, a shaper's

@@ -228,7 +228,8 @@ class JobRun:
         offered, hdr_reasons = (master_offers(offered, media.video.hdr, opts.codec, config)
                                 if opts.profile == "master" else (offered, []))
         decision = route(JobFacts(frames=media.video.frames, duration=_duration(media), input_bytes=media.size,
-                                  profile=opts.profile, small_job_seconds=small_job_seconds(opts.segment_seconds)),
+                                  profile=opts.profile, small_job_seconds=small_job_seconds(opts.segment_seconds),
+                                  segment_seconds=opts.segment_seconds),
                          offered)
         link_lines = [f"{label}: link to {speed.node} measured at {speed.mbps:.3g} Mbit/s "
                       f"({speed.nbytes / 1e6:.2f} MB in {speed.seconds:.2f} s)" for label, speed in links.items()]

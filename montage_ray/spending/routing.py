@@ -70,6 +70,7 @@ class JobFacts:
     output_ratio: float = 0.5      # expected output size / input size (the way back over the link)
     profile: str = "standard"
     small_job_seconds: float = 20.0  # shorter jobs stay on one local encoder
+    segment_seconds: float | None = None  # the job's segment length when chosen; None: about 10 s
 
 
 @dataclass(frozen=True)
@@ -93,10 +94,12 @@ def remote_rate(offer: Offer, job: JobFacts) -> float:
 
 
 def first_trip(offer: Offer, job: JobFacts) -> float:
-    """Seconds before a remote label's first output is back: one segment (about 10 s of video) each way."""
+    """Seconds before a remote label's first output is back: one segment (the job's length, else about 10 s
+    of video) each way."""
     if not offer.remote or not offer.bandwidth_mbps:
         return 0.0
-    return (job.input_bytes * (1 + job.output_ratio) * min(1.0, 10 / max(job.duration, 1e-9))
+    seconds = job.segment_seconds or 10.0
+    return (job.input_bytes * (1 + job.output_ratio) * min(1.0, seconds / max(job.duration, 1e-9))
             * 8 / (offer.bandwidth_mbps * 1e6))
 
 
