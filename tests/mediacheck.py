@@ -56,11 +56,18 @@ def frame_signatures(path, size: int = 24) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8).reshape(-1, size * size).astype(np.float32)
 
 
-def assert_same_frames_in_order(src, out) -> None:
-    """Each output frame looks most like the source frame at the same position (none lost or doubled)."""
+def assert_same_frames_in_order(src, out, damaged=()) -> None:
+    """Each output frame looks most like the source frame at the same position (none lost or doubled).
+
+    ``damaged``: positions of source frames decoded from damaged packets, left out of the comparison (a
+    decoder conceals such a frame differently from run to run, its frame threads racing); the count still
+    covers them."""
     a, b = frame_signatures(src), frame_signatures(out)
     assert a.shape == b.shape, f"source has {a.shape[0]} frames, output {b.shape[0]}"
+    skip = {int(i) for i in damaged}
     for i in range(len(a)):
+        if i in skip:
+            continue
         err_same = float(np.mean((a[i] - b[i]) ** 2))
         for j in (i - 1, i + 1):
             if 0 <= j < len(a) and float(np.mean((a[j] - a[i]) ** 2)) > 4.0:
