@@ -177,16 +177,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=rank)  # stable: a module's tests keep their order
 
 
-@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook, on the process that hands out the tests
-def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
-    """Stop a ``--dist loadgroup`` run whose groups did not take (pytest-xdist tags each test's id with its
-    group; a pytest it does not know can leave the tag off): every module would be spread over the workers, and
-    its module fixtures made once on each of them, silently doubling the suite's time."""
-    if node.config.getoption("dist") == "loadgroup" and any("@" not in nodeid for nodeid in ids):
-        pytest.exit("pytest-xdist's groups did not take (a test's id has no group): this pytest and pytest-xdist "
-                    "do not work together; install the versions pyproject.toml names", returncode=3)
-
-
 @pytest.fixture
 def session_ray(ray_cluster) -> str:
     """The session's Ray, its CPU slots freed of this process's actors, for a driver of another process
