@@ -148,6 +148,23 @@ def test_a_folder_whose_tag_does_not_fit_on_a_full_disk_is_not_left_behind(piece
         subprocess.run(["umount", str(disk)], check=False)
 
 
+def test_a_piece_whose_sidecar_does_not_fit_is_not_left_behind(piece, tmp_path):
+    path, seg, result = piece
+    disk = mount_tmpfs(tmp_path / "disk", "1m")
+    try:
+        pages = -(-path.stat().st_size // 4096)
+        with open(disk / "filler", "wb", buffering=0) as fh:  # the disk full to the last block ...
+            with contextlib.suppress(OSError):
+                while True:
+                    fh.write(b"x" * 4096)
+            fh.truncate(fh.tell() - (1 + pages) * 4096)  # ... but for the tag and the piece: not its sidecar
+        cache = SegmentCache(str(disk / CACHE_DIRNAME), SOURCE, {"quality": 23})
+        assert not cache.store(seg, result, str(path), maker=CPU, verified="decode", cut=CUT) and cache.broken
+        assert sorted(os.listdir(disk)) == ["filler"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
 def test_a_piece_a_kill_left_without_its_sidecar_does_not_pile_up(piece, tmp_path):
     path, seg, result = piece
     folder = tmp_path / "c"

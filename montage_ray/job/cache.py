@@ -497,6 +497,11 @@ class SegmentCache:
             self.broken = True
             log.warning("segment cache %s: cannot store segment %d (%s); going on without storing", self.folder,
                         segment.index, err.strerror or err)
+            # what the failed store did write (a piece renamed before its sidecar would not fit) is not left
+            # without a sidecar; removing needs no space
+            with contextlib.suppress(OSError), self._dir() as fd:
+                self._remove_keys(fd, {key})
+                self._finish(fd)
             return False
         self.stored += 1
         self._mine.append(key)
