@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
 # Four workers on any machine: most of the suite's wall time is waiting (Ray starting, node timeouts, encoders
-# held to a rate), not computing. Each module runs whole on one worker (tests/conftest.py's groups), the longest first.
+# held to a rate), not computing. Each module runs whole on one worker (its module fixtures made once), the longest
+# first (tests/conftest.py).
 # MONTAGE_TEST_WORKERS=0 runs the suite in this process, one test after another.
-exec .venv/bin/python -m pytest -q -n "${MONTAGE_TEST_WORKERS:-4}" --dist loadgroup --no-loadscope-reorder "$@"
+exec .venv/bin/python -m pytest -q -n "${MONTAGE_TEST_WORKERS:-4}" --dist loadfile --no-loadscope-reorder "$@"

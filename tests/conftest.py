@@ -75,6 +75,10 @@ def clip_recipes(tmp: Path) -> dict[str, tuple]:
                  "bt709", "-colorspace", "bt709", "-color_range", "tv", "-g", "30"] + X264 + AAC),
         "tenbit": ("tenbit.mkv", _testsrc(4) + _sine(4) + ["-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt",
                    "yuv420p10le", "-x265-params", "keyint=30:min-keyint=30:log-level=error"] + AAC),
+        # motion with temporal noise, near-lossless with a keyframe every 15 frames: PSNR moves with the knob
+        # and the preset (the quality target's tests)
+        "noisy": ("noisy.mp4", V + ["testsrc2=size=320x240:rate=30:duration=6,noise=alls=12:allf=t", "-c:v",
+                  "libx264", "-preset", "veryfast", "-crf", "8", "-g", "15"]),
         "long": ("long.mp4", _testsrc(20) + _sine(20) + X264 + ["-g", "30"] + AAC),
     }
 
@@ -147,34 +151,24 @@ def simulated_cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 #: The modules that take longest (clusters of their own, jobs held to a rate, node timeouts), in the order
-#: they start under ``pytest -n N`` (scripts/test.sh) so that none of them starts last and runs alone.
+#: they start under ``pytest -n N --dist loadfile`` (scripts/test.sh: each module runs whole on one worker, so
+#: its module fixtures are made once) so that none of them starts last and runs alone. test_simulate, every
+#: test on the session's simulated cluster, comes last: the cluster starts for it and stops with the session,
+#: and never idles beside the other tests.
 LONG_FIRST = ("test_netns_cluster", "test_service", "test_versions", "test_ledger_restart", "test_job_edges",
               "test_cache", "test_deploy", "test_readme", "test_chaos", "test_exact", "test_job", "test_observe")
+LAST = ("test_simulate",)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Groups for ``pytest -n N --dist loadgroup`` (scripts/test.sh): each test module runs whole on one worker,
-    so a module's fixtures (a cluster of network namespaces, a started Ray head) are made once and never twice
-    side by side; every test on the shared simulated cluster joins one group, so one worker starts that
-    cluster. Modules run longest first (LONG_FIRST), and the tests on the simulated cluster last, one after
-    another: the cluster starts for the first of them and stops with the session, and never idles beside the
-    other tests."""
-    def group(item: pytest.Item) -> str:
-        if "simulated_cluster" in getattr(item, "fixturenames", ()):
-            return "simulated-cluster"
-        return item.nodeid.split("::", 1)[0]
-
+    """Modules longest first (LONG_FIRST), test_simulate last; a module's tests keep their order."""
     def rank(item: pytest.Item) -> int:
-        name = group(item)
-        if name == "simulated-cluster":
+        stem = Path(item.nodeid.split("::", 1)[0]).stem
+        if stem in LAST:
             return len(LONG_FIRST) + 1
-        stem = Path(name).stem
         return LONG_FIRST.index(stem) if stem in LONG_FIRST else len(LONG_FIRST)
 
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
-    items.sort(key=rank)  # stable: a module's tests keep their order
+    items.sort(key=rank)  # stable
 
 
 @pytest.fixture

@@ -1,12 +1,10 @@
 """A quality target per segment (montage_ray/encoders/quality.py): the metric and target syntax, the knob search, real
-encodes of noisy moving clips measured against their source pieces, the refusal of a metric this ffmpeg
-lacks, and the spread of scores on a simulated cluster of stand-ins with unlike presets."""
+encodes of noisy moving clips measured against their source pieces, and the refusal of a metric this ffmpeg
+lacks. The spread of scores on a simulated cluster of stand-ins with unlike presets is in test_simulate."""
 
 from __future__ import annotations
 
-import json
 import os
-import statistics
 import subprocess
 import sys
 
@@ -28,14 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def noisy(tmp_path_factory):
-    """6 s of 320x240 testsrc2 (motion) with temporal noise: PSNR moves with the knob and the preset. The
-    source is near-lossless (CRF 8) with a keyframe every 15 frames."""
-    out = tmp_path_factory.mktemp("noisy") / "noisy.mp4"
-    subprocess.run([FFMPEG, "-hide_banner", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    "testsrc2=size=320x240:rate=30:duration=6,noise=alls=12:allf=t", "-c:v", "libx264",
-                    "-preset", "veryfast", "-crf", "8", "-g", "15", str(out)], check=True, timeout=120)
-    return out
+def noisy(make_clip):
+    """6 s of 320x240 testsrc2 (motion) with temporal noise (conftest's "noisy")."""
+    return make_clip("noisy")
 
 
 @pytest.fixture(scope="module")
@@ -181,43 +174,3 @@ def test_the_probe_says_which_metrics_this_ffmpeg_has():
     assert done.returncode == 0, done.stderr[-2000:]
     assert "quality metrics: psnr, ssim" in done.stdout
     assert "quality metric xpsnr: this ffmpeg" in done.stdout and "quality metric vmaf: this ffmpeg" in done.stdout
-
-
-# -- the simulated cluster: the spread of scores with and without a target -------------------------------
-
-@pytest.mark.slow
-def test_a_target_narrows_the_spread_of_unlike_stand_ins_to_a_third(noisy, simulated_cluster, tmp_path):
-    """Stand-ins with unlike presets (ultrafast .. medium, as unlike hardware) give segments whose PSNR
-    differs by dB at one --quality; with --target-quality each segment is re-encoded until it is within the
-    tolerance, and the spread of the scores is at most a third of what it was."""
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "simulate_cluster.py"), str(noisy),
-                           str(tmp_path / "out.mp4"), "--preset-spread", "--segment-seconds", "1", "--report",
-                           str(tmp_path / "r.json"), "--compare-target", "psnr:33.8", *simulated_cluster],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("quality: psnr per segment") == 2 and "compare: spread without a target" in done.stdout
-    reports = {"without": json.loads((tmp_path / "r.json").read_text()),
-               "with": json.loads((tmp_path / "r.target.json").read_text())}
-    assert mc.decoded_frames(tmp_path / "out.target.mp4") == mc.decoded_frames(noisy)
-    spread, presets, extra = {}, {}, {}
-    for name, report in reports.items():
-        segs = report["segments"]
-        assert len(segs) >= 5 and all(s["metric"] == "psnr" and s["score"] is not None for s in segs)
-        layout = report["simulation"]["layout"]
-        presets[name] = {layout.get(s["resource"], {}).get("preset", "medium") for s in segs}
-        scores = [s["score"] for s in segs]
-        spread[name] = max(scores) - min(scores)
-        extra[name] = (sum(s["seconds"] for s in segs), sum(s["tries"] - 1 for s in segs))
-    segs = reports["with"]["segments"]
-    assert all(abs(s["score"] - 33.8) <= 0.5 for s in segs)
-    assert all(s["tries"] == len(s["tried"]) and s["knob"].startswith("-crf ") for s in segs)
-    assert all(s["tries"] == 1 and s["knob"] == "-crf 23" for s in reports["without"]["segments"])
-    assert len(presets["without"]) >= 2, f"the job without a target used one preset only: {presets}"
-    print(f"\nspread without a target {spread['without']:.3f} dB ({sorted(presets['without'])}), with "
-          f"psnr:33.8 {spread['with']:.3f} dB ({sorted(presets['with'])}); encode seconds (sum over segments, "
-          f"re-encodes) without {extra['without'][0]:.1f} ({extra['without'][1]}), with {extra['with'][0]:.1f} "
-          f"({extra['with'][1]}); wall {reports['without']['wall_seconds']:.1f} s vs "
-          f"{reports['with']['wall_seconds']:.1f} s; median score {statistics.median(s['score'] for s in segs):.2f}")
-    print(done.stdout.strip().splitlines()[-1])
-    assert spread["without"] >= 1.0
-    assert spread["with"] <= spread["without"] / 3

@@ -1,11 +1,14 @@
 """The simulated mixed cluster (scripts/simulate_cluster.py): several Ray nodes on this machine labelled
-vaapi, nvenc, nvmpi and CPU, the hardware labels served by CPU stand-ins of different speeds. The jobs run
-on the session's one simulated cluster (conftest's ``simulated_cluster``), each a driver of its own."""
+vaapi, nvenc, nvmpi and CPU, the hardware labels served by CPU stand-ins of different speeds (or presets: the
+quality target's spread of scores). The jobs run on the session's one simulated cluster (conftest's
+``simulated_cluster``), each a driver of its own: every test on that cluster is in this module, which runs whole
+on one worker (scripts/test.sh), so the cluster starts once."""
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -122,3 +125,43 @@ def test_a_paid_label_refused_by_its_provider_moves_its_work_to_local_encoders(s
     assert cost["month_total"] == pytest.approx(cost["cost"])   # the ledger holds this job's spend
     assert set(report["cost"]) == {"nvenc"}                     # local labels cost nothing
     assert "provider: nvenc: provider refused" in done.stdout and "cost: nvenc $" in done.stdout
+
+
+# -- the simulated cluster: the spread of scores with and without a target -------------------------------
+
+def test_a_target_narrows_the_spread_of_unlike_stand_ins_to_a_third(make_clip, simulated_cluster, tmp_path):
+    """Stand-ins with unlike presets (ultrafast .. medium, as unlike hardware) give segments whose PSNR
+    differs by dB at one --quality; with --target-quality each segment is re-encoded until it is within the
+    tolerance, and the spread of the scores is at most a third of what it was."""
+    noisy = make_clip("noisy")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "simulate_cluster.py"), str(noisy),
+                           str(tmp_path / "out.mp4"), "--preset-spread", "--segment-seconds", "1", "--report",
+                           str(tmp_path / "r.json"), "--compare-target", "psnr:33.8", *simulated_cluster],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("quality: psnr per segment") == 2 and "compare: spread without a target" in done.stdout
+    reports = {"without": json.loads((tmp_path / "r.json").read_text()),
+               "with": json.loads((tmp_path / "r.target.json").read_text())}
+    assert mc.decoded_frames(tmp_path / "out.target.mp4") == mc.decoded_frames(noisy)
+    spread, presets, extra = {}, {}, {}
+    for name, report in reports.items():
+        segs = report["segments"]
+        assert len(segs) >= 5 and all(s["metric"] == "psnr" and s["score"] is not None for s in segs)
+        layout = report["simulation"]["layout"]
+        presets[name] = {layout.get(s["resource"], {}).get("preset", "medium") for s in segs}
+        scores = [s["score"] for s in segs]
+        spread[name] = max(scores) - min(scores)
+        extra[name] = (sum(s["seconds"] for s in segs), sum(s["tries"] - 1 for s in segs))
+    segs = reports["with"]["segments"]
+    assert all(abs(s["score"] - 33.8) <= 0.5 for s in segs)
+    assert all(s["tries"] == len(s["tried"]) and s["knob"].startswith("-crf ") for s in segs)
+    assert all(s["tries"] == 1 and s["knob"] == "-crf 23" for s in reports["without"]["segments"])
+    assert len(presets["without"]) >= 2, f"the job without a target used one preset only: {presets}"
+    print(f"\nspread without a target {spread['without']:.3f} dB ({sorted(presets['without'])}), with "
+          f"psnr:33.8 {spread['with']:.3f} dB ({sorted(presets['with'])}); encode seconds (sum over segments, "
+          f"re-encodes) without {extra['without'][0]:.1f} ({extra['without'][1]}), with {extra['with'][0]:.1f} "
+          f"({extra['with'][1]}); wall {reports['without']['wall_seconds']:.1f} s vs "
+          f"{reports['with']['wall_seconds']:.1f} s; median score {statistics.median(s['score'] for s in segs):.2f}")
+    print(done.stdout.strip().splitlines()[-1])
+    assert spread["without"] >= 1.0
+    assert spread["with"] <= spread["without"] / 3
