@@ -12,16 +12,19 @@ import uuid
 from montage_ray.ffmpeg import tool
 
 
-def _pids_with(marker: str) -> list[int]:
+def _pids_with(marker: str, *, execed: bool = False) -> list[int]:
+    """Processes whose command line holds ``marker``; with ``execed`` only those past setpriv's exec (whose
+    first argument is no longer setpriv: the parent-death signal is set by then)."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                    if marker.encode() in fh.read():
-                        found.append(int(entry))
+                    argv = fh.read().split(b"\0")
             except OSError:
-                pass
+                continue
+            if marker.encode() in b"\0".join(argv) and not (execed and os.path.basename(argv[0]) == b"setpriv"):
+                found.append(int(entry))
     return found
 
 
@@ -43,9 +46,12 @@ time.sleep(600)
     try:
         assert parent.stdout.readline().strip() == "started"
         deadline = time.monotonic() + 60
-        while not _pids_with(marker) and time.monotonic() < deadline:
+        # ffmpeg itself, not setpriv before its exec: a parent killed before setpriv has set the signal leaves an
+        # orphan no parent-death signal reaches (a window a loaded machine widens; a private Ray's reaper ends
+        # those, by the node id in their environment)
+        while not _pids_with(marker, execed=True) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _pids_with(marker), "ffmpeg never started"
+        assert _pids_with(marker, execed=True), "ffmpeg never started"
     finally:
         parent.send_signal(signal.SIGKILL)
         parent.wait()

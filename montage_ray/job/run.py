@@ -33,7 +33,6 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -55,7 +54,7 @@ from montage_ray.errors import ClusterError, EncoderError, FFmpegError, InputErr
 from montage_ray.util.files import publish
 from montage_ray.media.join import (DecodeDelays, JoinPlan, MoovRoomTooSmall, NoNamedPipes, StreamingJoin,
                                     join_segments, verify_output)
-from montage_ray.media.info import MediaInfo, inspect
+from montage_ray.media.info import MediaInfo, inspect, read_header
 from montage_ray.job.options import EncodeOptions, ValidJob
 from montage_ray.media.plan import FrameFit, Segment, choose_plan, fit_frame, is_small_job, small_job_seconds
 from montage_ray.job.progress import CallbackListener, ProgressListener
@@ -70,11 +69,6 @@ log = logging.getLogger(__name__)
 
 #: Prefix of a job's hidden work folder beside the destination (see :mod:`montage_ray.util.workdirs`).
 WORKDIR_PREFIX = ".montage-ray-"
-
-#: Seconds the source's inspection runs alone before Ray starts beside it: ffprobe refuses a file that is
-#: not a video (text, truncated, audio only, unknown codec) within them, and the job ends with its one line
-#: without starting and stopping a private Ray (seconds).
-INSPECT_HEAD_START = 0.3
 
 #: Called after each finished segment with (segments done, segments total, the result).
 ProgressCallback = Callable[[int, int, EncodeResult], None]
@@ -184,15 +178,15 @@ class JobRun:
 
     @contextlib.contextmanager
     def in_session(self) -> Iterator[None]:
-        """Inspect the source while Ray starts (or is connected), then hold the Ray session and, on a shared
-        Ray, the job's lease at the encoder service while the block runs."""
+        """Read the source's header (a bad input ends here, before Ray), its packets while Ray starts (or is
+        connected), then hold the Ray session and, on a shared Ray, the job's lease at the encoder service while
+        the block runs."""
         opts = self.opts
         with contextlib.ExitStack() as in_session:
             with ThreadPoolExecutor(2, thread_name_prefix="inspect") as side:
-                inspecting = side.submit(_timed, inspect, self.job.source)      # inspect, while ...
                 side.submit(ffmpeg_caps)  # (what this ffmpeg can do, for the cut: asked once per process)
-                with contextlib.suppress(FutureTimeout):  # a bad input mostly fails at once: say so
-                    inspecting.result(timeout=INSPECT_HEAD_START)  # before a Ray is started for nothing
+                header = read_header(self.job.source)  # a bad input says so before a Ray is started for nothing
+                inspecting = side.submit(_timed, inspect, self.job.source, header)  # the packets, while ...
                 ray_from = time.monotonic()
                 if self.listener and starts_private(opts.address):
                     self.listener.stage("starting a local Ray ...")  # seconds, before anything else shows

@@ -320,15 +320,21 @@ def _read_packets(url: str, index: int) -> tuple[PacketIndex, str]:
     return parse_packet_csv(done.stdout), done.stderr
 
 
-def inspect(path: str | os.PathLike[str]) -> MediaInfo:
-    """Read a source's streams, timing and packet table (no decoding). Raises InputError on bad input.
+@dataclass(frozen=True)
+class Header:
+    """What ffprobe's first, quick look at a source says (streams, format, chapters), its video stream checked
+    to be there and readable: every bad input but a truncated or damaged packet table fails here."""
 
-    ``path`` is taken as a local file name (see :func:`montage_ray.job.options.check_source`, which a job runs
-    first); it is never read as a protocol.
-    """
+    path: str                       # as the user gave it (for messages)
+    data: dict[str, Any]            # ffprobe's JSON
+    video_streams: list[dict[str, Any]]
+
+
+def read_header(path: str | os.PathLike[str]) -> Header:
+    """The first half of :func:`inspect`: one ffprobe of the streams and format (tens of milliseconds, no
+    packet scan), so that a job can refuse a bad input before it starts anything. Raises InputError."""
     shown = os.fspath(path)
-    absolute = os.path.abspath(shown)
-    url = tool.file_url(absolute)
+    url = tool.file_url(os.path.abspath(shown))
     try:
         data = tool.probe_json(["-show_format", "-show_streams", "-show_chapters", url],
                                      timeout=PROBE_TIMEOUT)
@@ -350,6 +356,22 @@ def inspect(path: str | os.PathLike[str]) -> MediaInfo:
                          f"(codec tag {v.get('codec_tag_string', '?')})")
     if not v.get("width") or not v.get("height"):
         raise InputError(f"input {shown!r}: the video stream has no picture size (is the file truncated?)")
+    return Header(shown, data, video_streams)
+
+
+def inspect(path: str | os.PathLike[str], header: Header | None = None) -> MediaInfo:
+    """Read a source's streams, timing and packet table (no decoding). Raises InputError on bad input.
+
+    ``path`` is taken as a local file name (see :func:`montage_ray.job.options.check_source`, which a job runs
+    first); it is never read as a protocol. ``header`` is :func:`read_header`'s answer for it when already read.
+    """
+    header = header or read_header(path)
+    shown = header.path
+    absolute = os.path.abspath(shown)
+    url = tool.file_url(absolute)
+    data, video_streams = header.data, header.video_streams
+    streams = data.get("streams", [])
+    v = video_streams[0]
     packets, packet_errors = _read_packets(url, int(v["index"]))
     if len(packets) == 0:
         raise InputError(f"input {shown!r}: the video stream has no frames (is the file truncated?)")
