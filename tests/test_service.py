@@ -165,6 +165,7 @@ def _exact(src, dst) -> None:
     assert a.shape == b.shape and abs((b - b[0]) - (a - a[0])).max() < 1e-3
 
 
+@pytest.mark.timing
 def test_two_drivers_at_once_both_make_progress(cluster, make_clip, tmp_path):
     src = make_clip("long")
     one, two = _encode(cluster, src, tmp_path / "1.mp4"), _encode(cluster, src, tmp_path / "2.mp4")
@@ -182,6 +183,7 @@ def test_two_drivers_at_once_both_make_progress(cluster, make_clip, tmp_path):
     _exact(src, tmp_path / "2.mp4")
 
 
+@pytest.mark.timing
 def test_a_high_priority_short_job_finishes_long_before_a_long_job_started_earlier(cluster, make_clip, render_clip,
                                                                                  tmp_path):
     long_src, short_src = render_clip, make_clip("noaudio")
@@ -205,6 +207,7 @@ def test_a_high_priority_short_job_finishes_long_before_a_long_job_started_earli
     _exact(long_src, tmp_path / "render.mp4")
 
 
+@pytest.mark.timing
 def test_a_killed_driver_is_dropped_and_the_other_job_and_the_rerun_finish_exact(cluster, make_clip, tmp_path):
     src = make_clip("noaudio")
     doomed = _encode(cluster, src, tmp_path / "doomed.mp4")
@@ -233,6 +236,7 @@ def test_a_killed_driver_is_dropped_and_the_other_job_and_the_rerun_finish_exact
     _exact(src, tmp_path / "doomed.mp4")
 
 
+@pytest.mark.timing
 def test_a_notebooks_actors_do_not_hold_the_slots_a_cli_job_needs(cluster, make_clip, tmp_path):
     """Issue 11: a driver that stays connected (a notebook, the chaos script) kept its encoder actors in every
     slot, and a CLI job on the same cluster found none free: "no encoder could start ... did not start within
@@ -256,6 +260,7 @@ def test_a_notebooks_actors_do_not_hold_the_slots_a_cli_job_needs(cluster, make_
     _exact(src, tmp_path / "cli.mp4")
 
 
+@pytest.mark.timing
 def test_the_actors_stop_after_the_idle_time_and_service_stop_stops_them_at_once(cluster, make_clip, tmp_path):
     src = make_clip("noaudio")
 
@@ -304,6 +309,7 @@ def _plain_task(cluster, timeout: float) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.timing
 def test_a_working_cpu_slot_reserves_its_cpu_and_an_idle_one_leaves_it_to_plain_tasks(cluster, render_clip, tmp_path):
     job = _encode(cluster, render_clip, tmp_path / "r.mp4", "--no-cache")
     _wait_for(job, "segment ")
@@ -321,6 +327,7 @@ def test_a_working_cpu_slot_reserves_its_cpu_and_an_idle_one_leaves_it_to_plain_
     assert not any(a["cpu_reserved"] for a in status["actors"])  # the actor is still there for the next job
 
 
+@pytest.mark.timing
 def test_service_stop_during_a_job_needs_force_names_the_job_and_the_job_says_so(cluster, render_clip, tmp_path):
     job = _encode(cluster, render_clip, tmp_path / "s.mp4", "--no-cache")
     first = job.stdout.readline()
