@@ -91,6 +91,18 @@ def test_bad_input_is_one_line_and_writes_nothing(case, make_clip, tmp_path):
         assert "starting a local Ray" not in done.stdout + done.stderr  # refused before a Ray was started
 
 
+def test_a_local_ray_that_cannot_start_is_one_line_and_writes_nothing(make_clip, tmp_path):
+    """Ray's own failures to start (here a RAY_TMPDIR that does not exist; on a machine too busy, its node
+    timing out) are one line, exit 6, not Ray's traceback."""
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, RAY_ADDRESS="", RAY_TMPDIR=str(tmp_path / "no-such-folder"))
+    done = subprocess.run([sys.executable, "-m", "montage_ray", "encode", str(make_clip("noaudio")),
+                           str(out / "o.mp4")], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert_one_line_error(done, "a local Ray could not start", "no-such-folder", "--address")
+    assert done.returncode == 6 and list(out.iterdir()) == []
+
+
 def test_existing_destination_needs_overwrite(make_clip, tmp_path):
     dst = tmp_path / "keep.mp4"
     dst.write_bytes(b"precious")
