@@ -8,9 +8,9 @@ import urllib.request
 import ray
 
 
-def exported_total(metric: str, *tags: str, at_least: float, timeout: float = 30.0) -> tuple[float, str]:
+def exported_total(metric: str, *tags: str, at_least: float, timeout: float = 60.0) -> tuple[float, str]:
     """Sum of ``metric``'s samples on the first node whose lines carry every tag (``'label="cpu"'``),
-    polled until it reaches ``at_least`` or ``timeout`` passes (metrics are exported once a second); the
+    polled until it reaches ``at_least`` or ``timeout`` passes (Ray reports metrics every 10 s); the
     total and the exporter's last page."""
     node = ray.nodes()[0]
     url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
