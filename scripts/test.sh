@@ -3,15 +3,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
-# Four workers on any machine: most of the suite's wall time is waiting (Ray starting, node timeouts, encoders
-# held to a rate), not computing. Each module runs whole on one worker (its module fixtures made once), the longest
-# first (tests/conftest.py).
+# Three workers on any machine: on two cores the suite is CPU-bound (the machine ~95 % busy), and a fourth
+# worker (its own Ray, idle-busy for the whole run) gave the same wall time for 1.2x the CPU; more than two
+# still fill the waits (Ray starting, encoders held to a rate). Each module runs whole on one worker (its
+# module fixtures made once), the longest first (tests/conftest.py).
 # MONTAGE_TEST_WORKERS=0 runs the suite in this process, one test after another.
 # --timing runs the other stage instead: the scenarios whose outcome rests on clocks (tests marked `timing`: a
 # cluster of network namespaces with shaped links and faults, jobs racing for the service's slots, kills mid-job),
 # apart from the suite's load, one module per worker. CI runs both (.ci/run).
 marks=(-m "not timing")
-workers="${MONTAGE_TEST_WORKERS:-4}"
+workers="${MONTAGE_TEST_WORKERS:-3}"
 if [ "${1:-}" = "--timing" ]; then
   shift
   marks=(-m timing)
