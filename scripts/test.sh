@@ -3,8 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
-# Three workers on any machine: on two cores the suite is CPU-bound (the machine ~95 % busy), and a fourth
-# worker (its own Ray, idle-busy for the whole run) gave the same wall time for 1.2x the CPU; more than two
+# Three workers on any machine: on two cores the suite is CPU-bound (the machine 93-97 % busy), and a fourth
+# worker (its own Ray, idle-busy for the whole run) gave no shorter wall time for more CPU; more than two
 # still fill the waits (Ray starting, encoders held to a rate). Each module runs whole on one worker (its
 # module fixtures made once), the longest first (tests/conftest.py).
 # MONTAGE_TEST_WORKERS=0 runs the suite in this process, one test after another.
