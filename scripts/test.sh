@@ -16,6 +16,5 @@ workers="${MONTAGE_TEST_WORKERS:-3}"
 if [ "${1:-}" = "--timing" ]; then
   shift
   marks=(-m timing)
-  workers="${MONTAGE_TEST_WORKERS:-3}"
 fi
 exec .venv/bin/python -m pytest -q -n "$workers" --dist loadfile --no-loadscope-reorder "${marks[@]}" "$@"

@@ -34,7 +34,7 @@ from montage_ray.util import workdirs
 from montage_ray.util.reaper import Reaper
 from montage_ray.cluster.service import Service, enabled
 from montage_ray.cluster.workers import WorkerRegistry
-from montage_ray.errors import ClusterError, InputError, MontageError, Terminated, first_line
+from montage_ray.errors import ClusterError, InputError, Terminated, first_line
 
 #: The montage_ray package folder, shipped to a cluster as a py_module.
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -250,8 +250,6 @@ def _start_private(ray: Any) -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         _init(ray, address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
-    except MontageError:
-        raise
     except Exception as err:  # Ray raises a bare Exception when its node does not come up in time
         with contextlib.suppress(Exception):
             ray.shutdown()
