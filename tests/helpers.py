@@ -1,5 +1,5 @@
 """Helpers the tests share that are neither media nor Ray checks: running a script under a hard bound, a
-small disk (a tmpfs) to fill."""
+small disk (a tmpfs) to fill, the processes a process started."""
 
 from __future__ import annotations
 
@@ -37,3 +37,20 @@ def mount_tmpfs(folder, size: str):
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not permitted'}): needs root")
     return folder
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes that ``pid`` started and that still run: the kernel's list of each of its threads'
+    children (cheap enough to poll, unlike a scan of every process in /proc); [] once ``pid`` is gone."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found = []
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/children") as fh:
+                found.extend(int(child) for child in fh.read().split())
+        except OSError:
+            continue
+    return found

@@ -27,7 +27,7 @@ from montage_ray.job.options import EncodeOptions
 from montage_ray.media.plan import Segment
 from montage_ray.encoders.records import EncodeResult
 from tests import mediacheck as mc
-from tests.helpers import mount_tmpfs
+from tests.helpers import child_pids, mount_tmpfs
 
 
 
@@ -471,16 +471,6 @@ def test_a_cache_folder_beside_dst_that_is_not_ours_is_not_used(kind, make_clip,
     assert len(lines) == 1 and ("another user" if kind != "symlink" else "symbolic link") in lines[0], lines
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            text = Path(f"/proc/{name}/stat").read_text()
-            if int(text[text.rfind(")") + 2:].split()[1]) == pid:
-                found.append(int(name))
-    return found
-
-
 def _command(pid: int) -> str:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
@@ -491,7 +481,7 @@ def _private_ray_node(driver: int) -> str:
     """The node id of the private Ray that process ``driver`` started (from its raylet's command line)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        for pid in _children(driver):
+        for pid in child_pids(driver):
             with contextlib.suppress(OSError):
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
                 if argv[0].endswith("/raylet"):

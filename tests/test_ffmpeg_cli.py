@@ -20,10 +20,11 @@ def _pids_with(marker: str, *, execed: bool = False) -> list[int]:
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                    argv = fh.read().split(b"\0")
+                    cmdline = fh.read()
             except OSError:
                 continue
-            if marker.encode() in b"\0".join(argv) and not (execed and os.path.basename(argv[0]) == b"setpriv"):
+            program = os.path.basename(cmdline.split(b"\0", 1)[0])
+            if marker.encode() in cmdline and not (execed and program == b"setpriv"):
                 found.append(int(entry))
     return found
 

@@ -19,7 +19,7 @@ import pytest
 from montage_ray import encode
 from montage_ray.util import workdirs
 from tests import mediacheck as mc
-from tests.helpers import mount_tmpfs
+from tests.helpers import child_pids, mount_tmpfs
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -181,26 +181,14 @@ def test_a_full_tmpdir_is_one_line_that_names_it(tiny_disk, make_clip, tmp_path)
 
 
 def _ray_children(pid: int) -> list[str]:
-    """The names of the processes that ``pid`` started (Ray's gcs_server and raylet, ffmpeg, ...): read from
-    the kernel's list of each of its threads' children, not from a scan of /proc (this is polled every 10 ms,
-    and a scan of every process costs a loaded machine a share of a core)."""
+    """The names of the processes that ``pid`` started (Ray's gcs_server and raylet, ffmpeg, ...)."""
     names = []
-    try:
-        threads = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return []
-    for thread in threads:
+    for child in child_pids(pid):
         try:
-            with open(f"/proc/{pid}/task/{thread}/children") as fh:
-                children = fh.read().split()
+            with open(f"/proc/{child}/comm") as fh:
+                names.append(fh.read().strip())
         except OSError:
             continue
-        for child in children:
-            try:
-                with open(f"/proc/{child}/comm") as fh:
-                    names.append(fh.read().strip())
-            except OSError:
-                continue
     return names
 
 
