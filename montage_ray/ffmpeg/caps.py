@@ -19,10 +19,13 @@ one generated frame decides. Nothing here trusts the version string alone.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -222,16 +225,95 @@ def detect(ffmpeg: str, *, timeout: float = 30.0) -> FFmpegCaps:
 _cache: dict[str, FFmpegCaps] = {}
 _lock = threading.Lock()
 
+#: Bumped when :class:`FFmpegCaps` or what :func:`detect` asks changes, so older answers on disk are not read.
+_DISK_FORMAT = 1
+
+
+def caps_dir() -> str | None:
+    """Where the answers of :func:`detect` are kept between processes: ``$MONTAGE_RAY_CAPS_CACHE``, else
+    ``$XDG_CACHE_HOME/montage-ray/ffmpeg-caps``, else ``~/.cache/montage-ray/ffmpeg-caps``; ``off`` (or an
+    empty value) keeps them in memory only. Every encoder actor is a process of its own, and asking one ffmpeg
+    its nine questions is nine processes (each loading a distribution build's ~200 shared libraries): on a
+    node that starts sixteen actors, 144 processes before the first segment."""
+    chosen = os.environ.get("MONTAGE_RAY_CAPS_CACHE")
+    if chosen is not None:
+        return None if chosen.strip() in ("", "off") else chosen
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "montage-ray", "ffmpeg-caps")
+
+
+def _disk_key(real: str) -> str | None:
+    """The name of ``real``'s answers on disk: its path and the file's identity (device, inode, size, change
+    and modification times), so a binary replaced or rebuilt in place is asked again; None when it is not a
+    file this process can see (a name left for PATH to find)."""
+    try:
+        st = os.stat(real)
+    except OSError:
+        return None
+    ident = f"{_DISK_FORMAT}|{real}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+
+def _to_disk(caps: FFmpegCaps) -> dict[str, object]:
+    return {"format": _DISK_FORMAT, "path": caps.path, "version": caps.version, "major": caps.major,
+            "options": sorted(caps.options), "bsfs": sorted(caps.bsfs), "muxer_options": sorted(caps.muxer_options),
+            "enc_time_base": caps.enc_time_base, "filters": sorted(caps.filters), "build": caps.build}
+
+
+def _from_disk(data: dict, path: str) -> FFmpegCaps:
+    if data.get("format") != _DISK_FORMAT:
+        raise ValueError("another format")
+    return FFmpegCaps(path=path, version=str(data["version"]), major=int(data["major"]),
+                      options=frozenset(data["options"]), bsfs=frozenset(data["bsfs"]),
+                      muxer_options=frozenset(data["muxer_options"]), enc_time_base=data["enc_time_base"],
+                      filters=frozenset(data["filters"]), build=str(data["build"]))
+
+
+def _load(real: str, path: str) -> FFmpegCaps | None:
+    folder, key = caps_dir(), _disk_key(real)
+    if folder is None or key is None:
+        return None
+    try:
+        with open(os.path.join(folder, key + ".json"), encoding="utf-8") as fh:
+            return _from_disk(json.load(fh), path)
+    except (OSError, ValueError, KeyError, TypeError):   # none yet, unreadable or damaged: ask the binary
+        return None
+
+
+def _store(real: str, caps: FFmpegCaps) -> None:
+    """Keep ``caps`` for the next process, whole or not at all (a temporary file renamed into place); a cache
+    that cannot be written (a read-only home) only costs the next process the questions."""
+    folder, key = caps_dir(), _disk_key(real)
+    if folder is None or key is None:
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(_to_disk(caps), fh)
+            os.replace(tmp, os.path.join(folder, key + ".json"))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError:
+        pass
+
 
 def ffmpeg_caps(ffmpeg: str | None = None) -> FFmpegCaps:
     """The capabilities of ``ffmpeg`` (default: this process's, :func:`montage_ray.ffmpeg.tool.ffmpeg`),
-    asked once per real path and cached for the life of the process."""
+    asked once per binary and kept for the life of the process and on disk (:func:`caps_dir`) for the next."""
     path = ffmpeg or tool.ffmpeg()
     key = os.path.realpath(shutil.which(path) or path)
     with _lock:
         if key not in _cache:
-            _cache[key] = detect(path)
-            _builds[key] = _cache[key].build
+            found = _load(key, path)
+            if found is None:
+                found = detect(path)
+                _store(key, found)
+            _cache[key] = found
+            _builds[key] = found.build
         return _cache[key]
 
 
@@ -240,9 +322,12 @@ _builds: dict[str, str] = {}
 
 def ffmpeg_build(ffmpeg: str | None = None) -> str:
     """:attr:`FFmpegCaps.build` of ``ffmpeg`` from its ``-version`` alone (one run, cached; the whole
-    :func:`ffmpeg_caps` when that is known already): what an actor says of itself before its first segment."""
+    :func:`ffmpeg_caps` when that is known already, in this process or on disk): what an actor says of itself
+    before its first segment."""
     path = ffmpeg or tool.ffmpeg()
     key = os.path.realpath(shutil.which(path) or path)
     if key not in _builds:
-        _builds[key] = build_id(tool.run(queries.help_command(path, "-version"), timeout=30.0).stdout)
+        known = _cache.get(key) or _load(key, path)
+        _builds[key] = known.build if known is not None else \
+            build_id(tool.run(queries.help_command(path, "-version"), timeout=30.0).stdout)
     return _builds[key]
